@@ -1,0 +1,229 @@
+"""The command line: `rknn-dropbox run | convert | check | status`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from loguru import logger
+
+from . import __version__
+from .analyzer import split_name
+from .config import Config, ConfigError, load_config
+from .logsetup import setup_logging
+
+DEFAULT_CONFIG_NAMES = ("rknn-dropbox.toml", "/etc/rknn-dropbox/config.toml")
+
+
+def _find_config(arg: str | None) -> Path | None:
+    if arg:
+        return Path(arg)
+    env = os.environ.get("RKNN_DROPBOX_CONFIG")
+    if env:
+        return Path(env)
+    for name in DEFAULT_CONFIG_NAMES:
+        if Path(name).is_file():
+            return Path(name)
+    return None
+
+
+def _load(args: argparse.Namespace) -> Config:
+    overrides = {k: getattr(args, k, None) for k in ("inbox", "outbox", "failed", "state_dir", "host", "port",
+                                                     "workers")}
+    cfg = load_config(_find_config(args.config), overrides)
+    if getattr(args, "debug", False):
+        from dataclasses import replace
+        cfg = replace(cfg, log_level="DEBUG")
+    return cfg
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .daemon import Daemon, StartupError
+    cfg = _load(args)
+    setup_logging(cfg.log_level)
+    try:
+        return Daemon(cfg).run()
+    except StartupError as exc:
+        logger.error("cannot start: {}", exc)
+        return 2
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    """Convert once, in this process, with the same converter code the workers use."""
+    from .converter import ConversionError, convert_job
+    from .options import parse_convert_options
+    from .workarea import claim_bundle
+    cfg = _load(args)
+    setup_logging(cfg.log_level)
+    defaults = cfg.convert
+    if args.target:
+        defaults = parse_convert_options({"target_platform": args.target.split(",")}, "--target", base=defaults)
+    out_dir = Path(args.output)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    failures = 0
+    for model in args.models:
+        src = Path(model)
+        if not src.exists():
+            logger.error("{}: no such file", src)
+            failures += 1
+            continue
+        name = src.name if src.is_dir() else split_name(src.name)[0]
+        with tempfile.TemporaryDirectory(prefix="rknn-dropbox-") as tmp:
+            staging = Path(tmp) / "inbox"
+            staging.mkdir()
+            entries = [src.name]
+            for partner in _partners(src):
+                entries.append(partner.name)
+            for entry in entries:
+                s = src.parent / entry
+                (shutil.copytree if s.is_dir() else shutil.copy2)(s, staging / entry)
+            job = claim_bundle(staging, Path(tmp) / "work", name, entries, "file")
+            assert job is not None
+            try:
+                result = convert_job(job, name, defaults, lambda stage, pct: None)
+            except ConversionError as exc:
+                logger.error("{}: {}{}", src.name, exc.error, f" (hint: {exc.hint})" if exc.hint else "")
+                log = job.log
+                if log.exists():
+                    shutil.copy2(log, out_dir / f"{name}.conversion.log")
+                failures += 1
+                continue
+            for target in result.targets:
+                if target.get("ok"):
+                    shutil.copy2(job.output / target["file"], out_dir / target["file"])
+                    logger.success("{} -> {}", src.name, out_dir / target["file"])
+                else:
+                    logger.error("{} for {}: {}", src.name, target["platform"], target["error"])
+            (out_dir / f"{name}.result.json").write_text(json.dumps(asdict(result), indent=2, default=str))
+    return 1 if failures else 0
+
+
+def _partners(src: Path) -> list[Path]:
+    """Files that belong with `src` in a bundle: its sidecar and the other half of a Darknet/Caffe pair."""
+    if src.is_dir():
+        return []
+    stem, ext = split_name(src.name)
+    wanted = [".yaml", ".yml"] + {".cfg": [".weights"], ".weights": [".cfg"], ".prototxt": [".caffemodel"],
+                                  ".caffemodel": [".prototxt"]}.get(ext, [])
+    return [src.parent / (stem + e) for e in wanted if (src.parent / (stem + e)).is_file()]
+
+
+def check_environment(cfg: Config) -> list[str]:
+    """Problems that would stop the daemon from working, as sentences; empty when all is well."""
+    from .daemon import StartupError, prepare_folders
+    problems: list[str] = []
+    try:
+        prepare_folders(cfg)
+    except StartupError as exc:
+        problems.append(str(exc))
+    probe = subprocess.run([sys.executable, "-c", "import importlib.metadata as m, rknn.api; "
+                            "print(m.version('rknn-toolkit2'))"], capture_output=True, text=True, timeout=300)
+    if probe.returncode != 0:
+        last = (probe.stderr.strip().splitlines() or ["no output"])[-1]
+        problems.append(f"rknn-toolkit2 cannot be imported: {last}")
+    else:
+        print(f"rknn-toolkit2 {probe.stdout.strip()} imports fine")
+    try:
+        watches = int(Path("/proc/sys/fs/inotify/max_user_watches").read_text())
+        instances = int(Path("/proc/sys/fs/inotify/max_user_instances").read_text())
+        print(f"inotify: max_user_watches={watches}, max_user_instances={instances}")
+        if watches < 1024 or instances < 8:
+            problems.append("inotify limits are very low: raise fs.inotify.max_user_watches / max_user_instances "
+                            "or set poll = true")
+    except (OSError, ValueError):
+        print("inotify limits unknown (not Linux?)")
+    return problems
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    problems = check_environment(cfg)
+    for p in problems:
+        print(f"problem: {p}", file=sys.stderr)
+    if not problems:
+        print(f"ok: inbox {cfg.inbox}, outbox {cfg.outbox}, failed {cfg.failed}, work area {cfg.claim_dir}")
+    return 1 if problems else 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from .store import JobStore
+    cfg = _load(args)
+    while True:
+        store = JobStore(cfg.store_path)
+        jobs = store.list(limit=args.limit)
+        store.close()
+        if args.json:
+            print(json.dumps([j.to_task() for j in jobs], default=str, indent=2))
+        else:
+            print(f"{'TASK ID':<23} {'NAME':<24} {'STATUS':<10} {'PROG':>5}  {'TARGET':<10} ERROR")
+            for j in jobs:
+                print(f"{j.id:<23} {j.name[:24]:<24} {j.status:<10} {j.progress:>5.0f}  {j.target[:10]:<10} "
+                      f"{(j.error or '')[:60]}")
+        if not args.watch:
+            return 0
+        time.sleep(2)
+        print()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rknn-dropbox", description="Drop a model in inbox/, get a .rknn")
+    parser.add_argument("--version", action="version", version=f"rknn-dropbox {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", help="TOML config (default: $RKNN_DROPBOX_CONFIG, ./rknn-dropbox.toml)")
+        p.add_argument("--inbox")
+        p.add_argument("--outbox")
+        p.add_argument("--failed")
+        p.add_argument("--state-dir", dest="state_dir")
+        p.add_argument("--debug", action="store_true", help="verbose logging")
+
+    run = sub.add_parser("run", help="run the daemon in the foreground until SIGTERM/SIGINT")
+    common(run)
+    run.add_argument("--host", help="status endpoint address (default 127.0.0.1)")
+    run.add_argument("--port", type=int, help="status endpoint port (default 8080)")
+    run.add_argument("--workers", type=int, help="worker processes (default 2)")
+    run.set_defaults(func=cmd_run)
+
+    conv = sub.add_parser("convert", help="convert models once, without the daemon")
+    common(conv)
+    conv.add_argument("models", nargs="+", metavar="MODEL")
+    conv.add_argument("--target", help="target platform(s), comma-separated (default from config: rk3588)")
+    conv.add_argument("-o", "--output", default=".", help="output folder (default: .)")
+    conv.set_defaults(func=cmd_convert)
+
+    check = sub.add_parser("check", help="verify the environment and folders")
+    common(check)
+    check.set_defaults(func=cmd_check)
+
+    status = sub.add_parser("status", help="list jobs from the store")
+    common(status)
+    status.add_argument("--json", action="store_true")
+    status.add_argument("--watch", action="store_true")
+    status.add_argument("--limit", type=int, default=30)
+    status.set_defaults(func=cmd_status)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        print(f"rknn-dropbox: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,171 @@
+"""Daemon configuration: the TOML file and command-line overrides, validated into dataclasses."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from .options import ConvertOptions, OptionsError, parse_convert_options
+
+
+class ConfigError(ValueError):
+    """An invalid configuration: the message names the key."""
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 8080
+
+
+@dataclass(frozen=True)
+class Config:
+    inbox: Path = Path("inbox")
+    outbox: Path = Path("outbox")
+    failed: Path = Path("failed")
+    state_dir: Path = Path("state")
+    # Where claimed bundles live while they are converted. Must be on inbox's filesystem (claims are renames).
+    # Default: <inbox>/.rknn-dropbox/<hostname> (hidden, so the analyzer never sees it).
+    work_dir: Path | None = None
+    workers: int = 2
+    stable_seconds: float = 3.0
+    poll: bool | str = False  # true / false / "auto"
+    poll_interval_seconds: float = 1.0
+    rescan_seconds: float = 300.0
+    max_file_size: int = 500 * 1024 * 1024
+    timeout_seconds: float = 1800.0
+    max_jobs_per_worker: int = 50
+    bundle_timeout_seconds: float = 600.0
+    drain_seconds: float = 30.0
+    log_level: str = "INFO"
+    http: HttpConfig = field(default_factory=HttpConfig)
+    convert: ConvertOptions = field(default_factory=ConvertOptions)
+    source: Path | None = None  # the TOML file this came from
+
+    @property
+    def claim_dir(self) -> Path:
+        if self.work_dir is not None:
+            return self.work_dir
+        return self.inbox / ".rknn-dropbox" / (socket.gethostname() or "localhost")
+
+    @property
+    def store_path(self) -> Path:
+        return self.state_dir / "jobs.sqlite3"
+
+
+_PATH_KEYS = {"inbox", "outbox", "failed", "state_dir", "work_dir"}
+_TOP_KEYS = {f.name for f in fields(Config)} - {"http", "convert", "source"}
+
+
+def _check_type(key: str, value: Any, expected: type | tuple[type, ...]) -> None:
+    if isinstance(value, bool) and expected in (int, float, (int, float)):
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if not isinstance(value, expected):
+        name = expected.__name__ if isinstance(expected, type) else " or ".join(t.__name__ for t in expected)
+        raise ConfigError(f"{key}: expected {name}, got {value!r}")
+
+
+def _build_top(raw: dict[str, Any], base_dir: Path) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key in ("http", "convert"):
+            continue
+        if key not in _TOP_KEYS:
+            raise ConfigError(f"unknown key {key!r} (allowed: {', '.join(sorted(_TOP_KEYS | {'http', 'convert'}))})")
+        if key in _PATH_KEYS:
+            _check_type(key, value, str)
+            p = Path(os.path.expanduser(value))
+            out[key] = p if p.is_absolute() else base_dir / p
+        elif key in ("workers", "max_jobs_per_worker", "max_file_size"):
+            _check_type(key, value, int)
+            if value < 1:
+                raise ConfigError(f"{key}: must be at least 1, got {value}")
+            out[key] = value
+        elif key in ("stable_seconds", "timeout_seconds", "bundle_timeout_seconds", "drain_seconds",
+                     "poll_interval_seconds", "rescan_seconds"):
+            _check_type(key, value, (int, float))
+            if value < 0 or (key in ("timeout_seconds", "poll_interval_seconds") and value == 0):
+                raise ConfigError(f"{key}: must be positive, got {value}")
+            out[key] = float(value)
+        elif key == "poll":
+            if value not in (True, False, "auto"):
+                raise ConfigError(f"poll: expected true, false or \"auto\", got {value!r}")
+            out[key] = value
+        elif key == "log_level":
+            _check_type(key, value, str)
+            if value.upper() not in ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"):
+                raise ConfigError(f"log_level: unknown level {value!r}")
+            out[key] = value.upper()
+    return out
+
+
+def _build_http(raw: Any) -> HttpConfig:
+    if raw is None:
+        return HttpConfig()
+    if not isinstance(raw, dict):
+        raise ConfigError("[http] must be a table")
+    allowed = {f.name for f in fields(HttpConfig)}
+    for key, value in raw.items():
+        if key not in allowed:
+            raise ConfigError(f"http.{key}: unknown key (allowed: {', '.join(sorted(allowed))})")
+    http = HttpConfig(**raw)
+    _check_type("http.enabled", http.enabled, bool)
+    _check_type("http.host", http.host, str)
+    _check_type("http.port", http.port, int)
+    if not 0 <= http.port <= 65535:
+        raise ConfigError(f"http.port: must be 0-65535, got {http.port}")
+    return http
+
+
+def config_from_mapping(raw: dict[str, Any], base_dir: Path, source: Path | None = None) -> Config:
+    """Validate a parsed TOML mapping; relative paths resolve against `base_dir`."""
+    top = _build_top(raw, base_dir)
+    try:
+        convert = parse_convert_options(raw.get("convert") or {}, where="convert", base_dir=base_dir)
+    except OptionsError as exc:
+        raise ConfigError(str(exc)) from None
+    return Config(**top, http=_build_http(raw.get("http")), convert=convert, source=source)
+
+
+def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> Config:
+    """Read the TOML at `path` (or defaults when None) and apply command-line `overrides` (None values ignored)."""
+    raw: dict[str, Any] = {}
+    base_dir = Path.cwd()
+    if path is not None:
+        try:
+            with open(path, "rb") as fh:
+                raw = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        base_dir = path.resolve().parent
+    cfg = config_from_mapping(raw, base_dir, source=path)
+    return apply_overrides(cfg, overrides or {})
+
+
+def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
+    top: dict[str, Any] = {}
+    http: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if key in ("host", "port"):
+            http[key] = value
+        elif key in _PATH_KEYS:
+            top[key] = Path(value).absolute()
+        else:
+            top[key] = value
+    if "workers" in top and top["workers"] < 1:
+        raise ConfigError(f"workers: must be at least 1, got {top['workers']}")
+    return replace(cfg, **top, http=replace(cfg.http, **http))

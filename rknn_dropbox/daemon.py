@@ -1,0 +1,329 @@
+"""The daemon: one loop that moves bundles watcher → analyzer → store → pool and delivers to outbox/ or failed/."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from loguru import logger
+
+from . import __version__
+from .analyzer import InboxScanner, Rejection
+from .config import Config
+from .converter import finish_log
+from .pool import PoolEvent, WorkerPool
+from .store import CANCELLED, COMPLETED, FAILED, FINAL_STATUSES, PROCESSING, QUEUED, JobRecord, JobStore
+from .systemd import notify
+from .watcher import InboxWatcher
+from .workarea import DeliveryError, JobDir, claim_bundle, deliver, find_delivered, finish_claim, mount_point
+
+DELIVERY_RETRY_SECONDS = 30.0
+
+
+class StartupError(RuntimeError):
+    """The daemon cannot start (folders, filesystems); the message says what to fix."""
+
+
+def prepare_folders(cfg: Config) -> None:
+    """Create the folders and refuse a work area that is not on inbox's filesystem (claims are renames)."""
+    for p in (cfg.inbox, cfg.outbox, cfg.failed, cfg.state_dir, cfg.claim_dir):
+        try:
+            p.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StartupError(f"cannot create {p}: {exc.strerror}") from None
+        if not os.access(p, os.W_OK | os.X_OK):
+            raise StartupError(f"{p} is not writable by this user")
+    if os.stat(cfg.inbox).st_dev != os.stat(cfg.claim_dir).st_dev:
+        raise StartupError(
+            f"the work area {cfg.claim_dir} (mount {mount_point(cfg.claim_dir)}) is not on inbox's filesystem "
+            f"{cfg.inbox} (mount {mount_point(cfg.inbox)}): claims are atomic renames, which only work within one "
+            "filesystem; put work_dir on the same mount as inbox")
+
+
+@dataclass
+class PendingDelivery:
+    job_id: str
+    success: bool
+    payload: dict[str, Any]
+    next_try: float
+
+
+class Daemon:
+    """Owns the loop; the status server (if any) only reads the store."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.store = JobStore(cfg.store_path)
+        self.scanner = InboxScanner(cfg.inbox, cfg.stable_seconds, cfg.bundle_timeout_seconds, cfg.max_file_size)
+        self.pool = WorkerPool(cfg.workers, cfg.timeout_seconds, cfg.max_jobs_per_worker)
+        self.watcher: InboxWatcher | None = None
+        self.queue: deque[str] = deque()
+        self.deliveries: dict[str, PendingDelivery] = {}
+        self.stopping = False
+        self.reload_requested = False
+        self._last_scan = 0.0
+        self._last_full_scan = 0.0
+        self._waiting = 0
+        self.server: Any = None
+
+    # ---- start-up -------------------------------------------------------------------------------------------
+    def recover(self) -> None:
+        """Re-queue whatever a previous run left claimed; finish deliveries a crash interrupted."""
+        dests = [self.cfg.outbox, self.cfg.failed]
+        on_disk = {p.name: JobDir(p) for p in self.cfg.claim_dir.iterdir() if p.is_dir()} \
+            if self.cfg.claim_dir.exists() else {}
+        for job_id, job in sorted(on_disk.items()):
+            if not (job.root / "job.json").exists():
+                shutil.rmtree(job.root, ignore_errors=True)  # died before the claim began
+                continue
+            record = self.store.get(job_id)
+            manifest = job.manifest()
+            finish_claim(self.cfg.inbox, job)
+            if record is None:
+                record = JobRecord(id=job_id, name=manifest["name"], work_path=str(job.root),
+                                   target=",".join(self.cfg.convert.target_platform))
+                self.store.add(record)
+            if record.status in FINAL_STATUSES:
+                shutil.rmtree(job.root, ignore_errors=True)
+                continue
+            delivered = find_delivered(dests, job_id)
+            if delivered:
+                self._mark_delivered(job_id, delivered)
+                shutil.rmtree(job.root, ignore_errors=True)
+                continue
+            shutil.rmtree(job.root / "tmp", ignore_errors=True)
+            if record.status == PROCESSING and job.output.exists():
+                finish_log(job)
+            self.store.update(job_id, status=QUEUED, stage="queued", progress=0.0, attempts=record.attempts + 1)
+            self.queue.append(job_id)
+            logger.info("resuming job {} ({}) left by the previous run", job_id, record.name)
+        for record in self.store.iter_unfinished():
+            if record.id in on_disk:
+                continue
+            delivered = find_delivered(dests, record.id)
+            if delivered:
+                self._mark_delivered(record.id, delivered)
+            else:
+                self.store.update(record.id, status=FAILED, error="its files were no longer in the work area",
+                                  finished_at=time.time())
+
+    def _mark_delivered(self, job_id: str, delivered: tuple[Path, str]) -> None:
+        folder, fname = delivered
+        status = COMPLETED if fname == "result.json" else FAILED
+        self.store.update(job_id, status=status, output_dir=str(folder), finished_at=time.time(),
+                          progress=100.0 if status == COMPLETED else 0.0)
+
+    def start(self) -> None:
+        prepare_folders(self.cfg)
+        self.recover()
+        self.pool.start()
+        self.watcher = InboxWatcher(self.cfg.inbox, self.cfg.claim_dir.parent if self.cfg.work_dir is None
+                                    else self.cfg.claim_dir, self.cfg.poll, self.cfg.poll_interval_seconds)
+        self.pool.extra_fds = [self.watcher.read_fd]
+        self.watcher.start()
+        self.scan_inbox(force=True)
+        if self.cfg.http.enabled:
+            from .server import StatusServer
+            self.server = StatusServer(self.cfg.http.host, self.cfg.http.port, self.store, self.status_snapshot)
+            self.server.start()
+            logger.info("status endpoint on http://{}:{}/", self.cfg.http.host, self.server.port)
+        logger.info("rknn-dropbox {} ready: inbox {}, outbox {}, failed {}, {} workers", __version__,
+                    self.cfg.inbox, self.cfg.outbox, self.cfg.failed, self.cfg.workers)
+        notify("READY=1", f"STATUS={self.status_line()}")
+
+    # ---- the loop ---------------------------------------------------------------------------------------------
+    def run(self) -> int:
+        self.install_signal_handlers()
+        self.start()
+        try:
+            while not self.stopping:
+                self.step(timeout=0.5)
+        finally:
+            self.shutdown()
+        return 0
+
+    def install_signal_handlers(self) -> None:
+        def stop(signum: int, _frame: Any) -> None:
+            logger.info("received {}: stopping", signal.Signals(signum).name)
+            self.stopping = True
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+
+    def step(self, timeout: float) -> None:
+        """One turn: worker events, inbox changes, deliveries, dispatch."""
+        for event in self.pool.wait_events(timeout):
+            self.handle_event(event)
+        woke = self.watcher.drain() if self.watcher else False
+        now = time.monotonic()
+        if woke or (self._waiting and now - self._last_scan >= 0.5) or \
+                now - self._last_full_scan >= self.cfg.rescan_seconds:
+            self.scan_inbox()
+        self.retry_deliveries()
+        self.dispatch()
+        notify("WATCHDOG=1")
+
+    def scan_inbox(self, force: bool = False) -> None:
+        now = time.monotonic()
+        self._last_scan = now
+        self._last_full_scan = now
+        result = self.scanner.scan()
+        self._waiting = result.waiting
+        for bundle in result.ready:
+            job = self.claim(bundle.name, bundle.entries, bundle.kind)
+            if job is not None:
+                self.queue.append(job.job_id)
+        for rejection in result.rejected:
+            self.reject(rejection)
+
+    def claim(self, name: str, entries: list[str], kind: str) -> JobDir | None:
+        job = claim_bundle(self.cfg.inbox, self.cfg.claim_dir, name, entries, kind)
+        self.scanner.forget(entries)
+        if job is None:
+            return None
+        self.store.add(JobRecord(id=job.job_id, name=name, work_path=str(job.root),
+                                 target=",".join(self.cfg.convert.target_platform)))
+        logger.info("claimed {} as job {} ({})", name, job.job_id, ", ".join(entries))
+        return job
+
+    def reject(self, rejection: Rejection) -> None:
+        job = self.claim(rejection.name, rejection.entries, "rejected")
+        if job is None:
+            return
+        logger.warning("rejecting {}: {}", ", ".join(rejection.entries), rejection.error)
+        self.fail_job(job.job_id, rejection.error, rejection.hint, stage="analyze")
+
+    def dispatch(self) -> None:
+        while self.queue and self.pool.idle_slots() and not self.stopping:
+            job_id = self.queue.popleft()
+            record = self.store.get(job_id)
+            if record is None or record.status != QUEUED:
+                continue
+            order = {"job_id": job_id, "root": record.work_path, "name": record.name,
+                     "defaults": self.cfg.convert.to_json()}
+            if self.pool.submit(order):
+                self.store.update(job_id, status=PROCESSING, stage="starting", started_at=time.time(),
+                                  progress=1.0)
+                logger.info("job {} ({}) started", job_id, record.name)
+            else:  # pragma: no cover - idle_slots said yes
+                self.queue.appendleft(job_id)
+                return
+
+    # ---- results ----------------------------------------------------------------------------------------------
+    def handle_event(self, event: PoolEvent) -> None:
+        if event.kind == "progress":
+            self.store.raise_progress(event.job_id, min(99.0, event.data["progress"]), event.data["stage"])
+        elif event.kind == "done":
+            if event.data.get("ok"):
+                self.complete_job(event.job_id, event.data["result"])
+            else:
+                self.fail_job(event.job_id, event.data["error"], event.data.get("hint"))
+        elif event.kind == "died":
+            job = self._job_dir(event.job_id)
+            if job:
+                finish_log(job)
+            self.fail_job(event.job_id, event.data["cause"],
+                          "the toolkit ended the worker process; see conversion.log for its last words")
+        elif event.kind == "timeout":
+            job = self._job_dir(event.job_id)
+            if job:
+                finish_log(job)
+            self.fail_job(event.job_id, f"timed out after {event.data['seconds']:.0f} s (timeout_seconds)",
+                          "raise timeout_seconds for very large models")
+
+    def _job_dir(self, job_id: str) -> JobDir | None:
+        record = self.store.get(job_id)
+        return JobDir(Path(record.work_path)) if record and record.work_path else None
+
+    def complete_job(self, job_id: str, result: dict[str, Any]) -> None:
+        record = self.store.get(job_id)
+        assert record is not None
+        finished = time.time()
+        outputs = [t["file"] for t in result["targets"] if t.get("ok")]
+        payload = {
+            "task_id": job_id, "name": record.name, "status": COMPLETED, "format": result["format"],
+            "inputs": result["inputs"], "target_platform": [t["platform"] for t in result["targets"]],
+            "targets": result["targets"], "quantization": result["quantization"],
+            "quantized": result["quantization"].get("quantized"), "toolkit_version": result["toolkit_version"],
+            "rknn_dropbox_version": __version__, "started_at": record.started_at, "finished_at": finished,
+            "duration": round(finished - (record.started_at or finished), 3),
+            "outputs": [{"name": t["file"], "size": t["size"], "sha256": t["sha256"]}
+                        for t in result["targets"] if t.get("ok")],
+            "warnings": result["warnings"], "config": result["options"],
+        }
+        self.store.update(job_id, format=result["format"], outputs=outputs, warnings=result["warnings"],
+                          target=",".join(payload["target_platform"]))
+        self._deliver(job_id, True, payload)
+
+    def fail_job(self, job_id: str, error: str, hint: str | None, stage: str | None = None) -> None:
+        record = self.store.get(job_id)
+        assert record is not None
+        payload = {"task_id": job_id, "name": record.name, "status": FAILED, "error": error, "hint": hint,
+                   "stage": stage or record.stage, "format": record.format or None, "failed_at": time.time(),
+                   "log": "conversion.log", "rknn_dropbox_version": __version__}
+        self._deliver(job_id, False, payload)
+
+    def _deliver(self, job_id: str, success: bool, payload: dict[str, Any]) -> None:
+        record = self.store.get(job_id)
+        assert record is not None
+        job = JobDir(Path(record.work_path))
+        dest = self.cfg.outbox if success else self.cfg.failed
+        status = COMPLETED if success else (payload.get("status") if payload.get("status") == CANCELLED
+                                             else FAILED)
+        try:
+            folder = deliver(job, dest, record.name, {"result.json" if success else "error.json": payload})
+        except DeliveryError as exc:
+            logger.error("job {}: {}; will retry in {:.0f} s", job_id, exc.strerror, DELIVERY_RETRY_SECONDS)
+            self.store.update(job_id, stage="delivery", error=f"{exc.strerror} (will retry)")
+            self.deliveries[job_id] = PendingDelivery(job_id, success, payload,
+                                                      time.monotonic() + DELIVERY_RETRY_SECONDS)
+            return
+        self.deliveries.pop(job_id, None)
+        self.store.update(job_id, status=status, output_dir=str(folder), finished_at=time.time(),
+                          progress=100.0 if success else record.progress, stage="done",
+                          error=None if success else payload.get("error"),
+                          hint=None if success else payload.get("hint"))
+        if success:
+            logger.success("job {} ({}) completed: {}", job_id, record.name, folder)
+        else:
+            logger.warning("job {} ({}) failed: {} -> {}", job_id, record.name, payload.get("error"), folder)
+
+    def retry_deliveries(self) -> None:
+        now = time.monotonic()
+        for pending in list(self.deliveries.values()):
+            if pending.next_try <= now:
+                self._deliver(pending.job_id, pending.success, pending.payload)
+
+    # ---- status and shutdown ----------------------------------------------------------------------------------
+    def status_snapshot(self) -> dict[str, Any]:
+        return {"queue_depth": len(self.queue), "workers_alive": self.pool.alive, "workers": self.cfg.workers,
+                "in_progress": len(self.pool.busy()), "watcher_alive": bool(self.watcher and self.watcher.is_alive()),
+                "waiting_in_inbox": self._waiting}
+
+    def status_line(self) -> str:
+        s = self.status_snapshot()
+        return f"{s['in_progress']} converting, {s['queue_depth']} queued, {s['workers_alive']} workers"
+
+    def shutdown(self) -> None:
+        notify("STOPPING=1")
+        logger.info("shutting down: draining running jobs for up to {:.0f} s", self.cfg.drain_seconds)
+        if self.watcher:
+            self.watcher.stop()
+        unfinished = self.pool.stop(self.cfg.drain_seconds, self.handle_event)
+        for job_id in unfinished:
+            job = self._job_dir(job_id)
+            if job:
+                shutil.rmtree(job.output, ignore_errors=True)
+                shutil.rmtree(job.root / "tmp", ignore_errors=True)
+                (job.root / "conversion.raw").unlink(missing_ok=True)
+            self.store.update(job_id, status=QUEUED, stage="queued", progress=0.0)
+            logger.info("job {} left queued; it resumes on the next start", job_id)
+        if self.server:
+            self.server.stop()
+        self.store.close()

@@ -1,0 +1,236 @@
+"""Conversion options: the sidecar YAML / TOML [convert] keys, parsed and validated into ConvertOptions."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+from .platforms import (
+    NO_FP16_PLATFORMS, OPTIMIZATION_LEVELS, PLATFORMS, QUANTIZED_ALGORITHMS, QUANTIZED_DTYPES,
+    QUANTIZED_METHODS, dtype_platform_error,
+)
+
+MAX_SIDECAR_BYTES = 1024 * 1024
+Quantize = Union[bool, str]  # True / False / "auto"
+
+
+class OptionsError(ValueError):
+    """A bad sidecar or [convert] value; the message names the key and what is allowed."""
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    target_platform: tuple[str, ...] = ("rk3588",)
+    do_quantization: Quantize = "auto"
+    dataset: str | None = None
+    mean_values: list[list[float]] | None = None
+    std_values: list[list[float]] | None = None
+    quantized_dtype: str = "w8a8"
+    quantized_algorithm: str = "normal"
+    quantized_method: str = "channel"
+    optimization_level: int = 3
+    input_size_list: list[list[int]] | None = None
+    inputs: list[str] | None = None
+    outputs: list[str] | None = None
+    # A test-only hook (honoured only when RKNN_DROPBOX_FAULT_INJECTION=1): segfault / exit / hang / oom / abort.
+    fault: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["target_platform"] = list(self.target_platform)
+        if d.get("fault") is None:
+            d.pop("fault", None)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "ConvertOptions":
+        d = dict(d)
+        d["target_platform"] = tuple(d.get("target_platform") or ("rk3588",))
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+ALLOWED_KEYS = tuple(f.name for f in fields(ConvertOptions) if f.name != "fault")
+
+
+def _fail(where: str, key: str, msg: str) -> OptionsError:
+    return OptionsError(f"{where}: {key}: {msg}")
+
+
+def _number_lists(where: str, key: str, value: Any, kind: type) -> list[list[Any]]:
+    """Accept [a, b, c] (one input) or [[a, b, c], [..]] (one list per input)."""
+    if not isinstance(value, list) or not value:
+        raise _fail(where, key, f"expected a list of numbers or a list of such lists, got {value!r}")
+    rows = value if all(isinstance(v, list) for v in value) else [value]
+    out: list[list[Any]] = []
+    for row in rows:
+        if not row or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in row):
+            raise _fail(where, key, f"expected numbers, got {row!r}")
+        if kind is int and not all(isinstance(x, int) for x in row):
+            raise _fail(where, key, f"expected whole numbers, got {row!r}")
+        out.append([kind(x) for x in row])
+    return out
+
+
+def _choice(where: str, key: str, value: Any, allowed: tuple[Any, ...]) -> Any:
+    if isinstance(value, bool) or value not in allowed:
+        raise _fail(where, key, f"{value!r} is not one of: {', '.join(map(str, allowed))}")
+    return value
+
+
+def _parse_value(where: str, key: str, value: Any) -> Any:
+    if key == "target_platform":
+        items = value if isinstance(value, list) else [value]
+        if not items:
+            raise _fail(where, key, "an empty list; name at least one platform")
+        out = []
+        for item in items:
+            item = item.lower() if isinstance(item, str) else item
+            out.append(_choice(where, key, item, PLATFORMS))
+        return tuple(dict.fromkeys(out))
+    if key == "do_quantization":
+        if value in (True, False) or value == "auto":
+            return value
+        raise _fail(where, key, f"{value!r} is not one of: true, false, auto")
+    if key == "dataset":
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value.strip():
+            raise _fail(where, key, f"expected a path to a dataset.txt, got {value!r}")
+        return value
+    if key in ("mean_values", "std_values"):
+        return None if value is None else _number_lists(where, key, value, float)
+    if key == "input_size_list":
+        return None if value is None else _number_lists(where, key, value, int)
+    if key == "quantized_dtype":
+        return _choice(where, key, value, QUANTIZED_DTYPES)
+    if key == "quantized_algorithm":
+        return _choice(where, key, value, QUANTIZED_ALGORITHMS)
+    if key == "quantized_method":
+        return _choice(where, key, value, QUANTIZED_METHODS)
+    if key == "optimization_level":
+        return _choice(where, key, value, OPTIMIZATION_LEVELS)
+    if key in ("inputs", "outputs"):
+        if value is None:
+            return None
+        items = value if isinstance(value, list) else [value]
+        if not items or not all(isinstance(v, str) and v for v in items):
+            raise _fail(where, key, f"expected a list of tensor names, got {value!r}")
+        return list(items)
+    if key == "fault":
+        return _choice(where, key, value, ("segfault", "exit", "hang", "oom", "abort", "raise"))
+    raise _fail(where, key, f"unknown key (allowed: {', '.join(ALLOWED_KEYS)})")  # pragma: no cover
+
+
+def parse_convert_options(raw: Any, where: str, base: ConvertOptions | None = None,
+                          base_dir: Path | None = None) -> ConvertOptions:
+    """Overlay the mapping `raw` on `base`. `base_dir` makes a relative dataset absolute (TOML only)."""
+    if not isinstance(raw, dict):
+        raise OptionsError(f"{where}: expected a mapping of option: value, got {type(raw).__name__}")
+    allowed = set(ALLOWED_KEYS)
+    if os.environ.get("RKNN_DROPBOX_FAULT_INJECTION") == "1":
+        allowed.add("fault")
+    changes: dict[str, Any] = {}
+    for key, value in raw.items():
+        if not isinstance(key, str) or key not in allowed:
+            raise OptionsError(f"{where}: unknown key {key!r} (allowed: {', '.join(ALLOWED_KEYS)})")
+        changes[key] = _parse_value(where, key, value)
+    if base_dir is not None and changes.get("dataset") and not os.path.isabs(changes["dataset"]):
+        changes["dataset"] = str(base_dir / changes["dataset"])
+    opts = replace(base or ConvertOptions(), **changes)
+    if opts.do_quantization is not False:
+        for platform in opts.target_platform:
+            reason = dtype_platform_error(opts.quantized_dtype, platform)
+            if reason and (opts.do_quantization is True or "quantized_dtype" in changes):
+                raise OptionsError(f"{where}: {reason}")
+    return opts
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """safe_load without aliases (billion laughs) and without duplicate keys."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:  # type: ignore[override]
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.constructor.ConstructorError(None, None, "YAML aliases (*name) are not allowed",
+                                                    event.start_mark)
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:  # type: ignore[override]
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            try:
+                seen.add(key)
+            except TypeError:
+                raise yaml.constructor.ConstructorError(None, None, "a key that is not a plain value",
+                                                        key_node.start_mark) from None
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml_mapping(path: Path) -> dict[str, Any]:
+    """Parse a sidecar file strictly; OptionsError names the file and what is wrong."""
+    name = path.name
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise OptionsError(f"{name}: cannot read: {exc.strerror}") from None
+    if size > MAX_SIDECAR_BYTES:
+        raise OptionsError(f"{name}: {size} bytes is too large for a sidecar (limit {MAX_SIDECAR_BYTES} bytes)")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise OptionsError(f"{name}: not UTF-8 text") from None
+    except OSError as exc:
+        raise OptionsError(f"{name}: cannot read: {exc.strerror}") from None
+    try:
+        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise OptionsError(f"{name}: not valid YAML: {' '.join(str(exc).split())}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise OptionsError(f"{name}: expected a mapping (key: value lines), got a {type(data).__name__}")
+    return data
+
+
+def effective_quantization(opts: ConvertOptions, has_dataset: bool, prequantized: bool) -> tuple[bool, str]:
+    """Decide do_quantization for the build and say why, in words for result.json and the log."""
+    if prequantized:
+        return False, "the model is already quantized; built with do_quantization=False"
+    if opts.do_quantization is True:
+        if not has_dataset:
+            raise OptionsError(
+                "do_quantization is true but no calibration dataset was given: add `dataset: dataset.txt` to the "
+                "sidecar, put a dataset.txt or calibration images in the model's folder, or set [convert] dataset "
+                "in the TOML")
+        return True, f"int8 ({opts.quantized_dtype}) with the calibration dataset"
+    if opts.do_quantization is False:
+        return False, "fp16 build (do_quantization: false)"
+    if has_dataset:
+        return True, f"int8 ({opts.quantized_dtype}): a calibration dataset was found"
+    return False, "fp16 build: no calibration dataset was found (give one for an int8 model)"
+
+
+def check_fp16_platforms(opts: ConvertOptions, quantize: bool) -> None:
+    if quantize:
+        return
+    bad = [p for p in opts.target_platform if p in NO_FP16_PLATFORMS]
+    if bad:
+        raise OptionsError(
+            f"{', '.join(bad)} cannot run fp16 models and no calibration dataset was found: give a dataset "
+            "(sidecar `dataset:`, a dataset.txt or images in the folder) for an int8 build")
+
+
+def options_field_names() -> list[str]:
+    return list(ALLOWED_KEYS)
+
+
+__all__ = ["ConvertOptions", "OptionsError", "parse_convert_options", "read_yaml_mapping",
+           "effective_quantization", "check_fp16_platforms", "field"]

@@ -1,0 +1,226 @@
+"""The worker pool: supervises N long-lived worker processes and knows which job each one holds."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from typing import Any, Callable
+
+from loguru import logger
+
+from .worker import worker_main
+
+_SIGNAL_CAUSES = {
+    signal.SIGKILL: "worker killed by signal 9 (SIGKILL) — out of memory?",
+    signal.SIGSEGV: "worker crashed with signal 11 (SIGSEGV) in the toolkit's native code",
+    signal.SIGABRT: "worker aborted with signal 6 (SIGABRT): the toolkit's native compiler gave up "
+                    "(an unsupported quantized_dtype for this platform?)",
+    signal.SIGBUS: "worker crashed with signal 7 (SIGBUS): the model file is probably truncated or corrupt",
+    signal.SIGTERM: "worker stopped by signal 15 (SIGTERM)",
+}
+
+
+def death_cause(exitcode: int | None) -> str:
+    """Words for how a worker process ended, for error.json."""
+    if exitcode is None:
+        return "worker vanished"
+    if exitcode < 0:
+        sig = -exitcode
+        try:
+            known = _SIGNAL_CAUSES.get(signal.Signals(sig))
+        except ValueError:
+            known = None
+        return known or f"worker killed by signal {sig}"
+    return (f"worker exited with code {exitcode}: the toolkit ended the process "
+            "(its native compiler calls exit() on inputs it cannot build)")
+
+
+@dataclass
+class PoolEvent:
+    kind: str  # "progress" | "done" | "died" | "timeout" | "cancelled"
+    job_id: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class WorkerSlot:
+    index: int
+    process: Any
+    conn: Connection
+    ready: bool = False
+    job_id: str | None = None
+    started_at: float = 0.0
+    jobs_done: int = 0
+    stopping: bool = False  # killed on purpose (timeout/cancel/stop): the cause is already known
+
+
+class WorkerPool:
+    """gunicorn-arbiter style: spawn, watch sentinels, kill on timeout, replace the dead, recycle the old."""
+
+    def __init__(self, size: int, timeout_seconds: float, max_jobs_per_worker: int,
+                 target: Callable[..., None] = worker_main, clock: Callable[[], float] = time.monotonic) -> None:
+        self.size = size
+        self.timeout_seconds = timeout_seconds
+        self.max_jobs_per_worker = max_jobs_per_worker
+        self.target = target
+        self.clock = clock
+        self._ctx = mp.get_context("spawn")
+        self.slots: list[WorkerSlot] = []
+        self.extra_fds: list[int] = []  # waited on too (the watcher's wake-up pipe)
+
+    def start(self) -> None:
+        for i in range(self.size):
+            self.slots.append(self._spawn(i))
+
+    def _spawn(self, index: int) -> WorkerSlot:
+        parent, child = self._ctx.Pipe(duplex=True)
+        proc = self._ctx.Process(target=self.target, args=(child, os.getpid()), name=f"rknn-worker-{index}",
+                                 daemon=False)
+        proc.start()
+        child.close()
+        logger.debug("worker {} started (pid {})", index, proc.pid)
+        return WorkerSlot(index, proc, parent)
+
+    @property
+    def alive(self) -> int:
+        return sum(1 for s in self.slots if s.process.is_alive())
+
+    def idle_slots(self) -> list[WorkerSlot]:
+        return [s for s in self.slots if s.ready and s.job_id is None and not s.stopping]
+
+    def busy(self) -> dict[str, WorkerSlot]:
+        return {s.job_id: s for s in self.slots if s.job_id is not None}
+
+    def submit(self, order: dict[str, Any]) -> bool:
+        idle = self.idle_slots()
+        if not idle:
+            return False
+        slot = idle[0]
+        slot.conn.send(order)
+        slot.job_id = order["job_id"]
+        slot.started_at = self.clock()
+        return True
+
+    def kill_job(self, job_id: str, kind: str) -> bool:
+        """Stop the worker holding job_id (timeout or cancel); its replacement is spawned by wait_events."""
+        for slot in self.slots:
+            if slot.job_id == job_id:
+                slot.stopping = True
+                slot.process.kill()
+                slot.process.join(5)
+                self._replace(slot)
+                return True
+        return False
+
+    def _replace(self, slot: WorkerSlot) -> None:
+        try:
+            slot.conn.close()
+        except OSError:
+            pass
+        self.slots[self.slots.index(slot)] = self._spawn(slot.index)
+
+    def wait_events(self, timeout: float) -> list[PoolEvent]:
+        """Block until a worker says something, dies, a job times out, or `timeout` passes."""
+        events: list[PoolEvent] = []
+        now = self.clock()
+        deadline_wait = timeout
+        for slot in list(self.slots):
+            if slot.job_id is not None and not slot.stopping:
+                left = slot.started_at + self.timeout_seconds - now
+                if left <= 0:
+                    job_id = slot.job_id
+                    logger.warning("job {} timed out after {:.0f} s; killing worker {}", job_id,
+                                   self.timeout_seconds, slot.process.pid)
+                    self.kill_job(job_id, "timeout")
+                    events.append(PoolEvent("timeout", job_id, {"seconds": self.timeout_seconds}))
+                else:
+                    deadline_wait = min(deadline_wait, left)
+        if events:
+            return events
+        waitables: list[Any] = [s.conn for s in self.slots] + [s.process.sentinel for s in self.slots]
+        waitables += self.extra_fds
+        ready = wait(waitables, timeout=max(0.0, deadline_wait))
+        for slot in list(self.slots):
+            if slot.conn in ready:
+                events.extend(self._drain(slot))
+        for slot in list(self.slots):
+            if slot not in self.slots:
+                continue  # recycled while draining
+            if slot.process.sentinel in ready or not slot.process.is_alive():
+                events.extend(self._drain(slot))
+                slot.process.join(1)
+                if slot.job_id is not None:
+                    cause = death_cause(slot.process.exitcode)
+                    logger.error("worker {} (pid {}) died holding job {}: {}", slot.index, slot.process.pid,
+                                 slot.job_id, cause)
+                    events.append(PoolEvent("died", slot.job_id, {"cause": cause,
+                                                                   "exitcode": slot.process.exitcode}))
+                elif not slot.stopping:
+                    logger.warning("idle worker {} exited ({})", slot.index, death_cause(slot.process.exitcode))
+                self._replace(slot)
+        return events
+
+    def _drain(self, slot: WorkerSlot) -> list[PoolEvent]:
+        events = []
+        while True:
+            try:
+                if not slot.conn.poll():
+                    break
+                kind, job_id, data = slot.conn.recv()
+            except (EOFError, OSError):
+                break
+            if kind == "ready":
+                slot.ready = True
+            elif kind == "progress" and job_id == slot.job_id:
+                events.append(PoolEvent("progress", job_id, data))
+            elif kind == "done" and job_id == slot.job_id:
+                events.append(PoolEvent("done", job_id, data))
+                slot.job_id = None
+                slot.jobs_done += 1
+                if slot.jobs_done >= self.max_jobs_per_worker:
+                    self._recycle(slot)
+        return events
+
+    def _recycle(self, slot: WorkerSlot) -> None:
+        logger.info("recycling worker {} after {} jobs", slot.index, slot.jobs_done)
+        slot.stopping = True
+        try:
+            slot.conn.send(None)
+        except OSError:
+            pass
+        slot.process.join(10)
+        if slot.process.is_alive():
+            slot.process.kill()
+            slot.process.join(5)
+        self._replace(slot)
+
+    def stop(self, drain_seconds: float, on_event: Callable[[PoolEvent], None]) -> list[str]:
+        """Let running jobs finish for up to drain_seconds (their events go to on_event), then kill the rest.
+
+        Returns the ids of the jobs left unfinished."""
+        deadline = self.clock() + drain_seconds
+        while self.busy() and self.clock() < deadline:
+            for event in self.wait_events(min(0.5, max(0.0, deadline - self.clock()))):
+                on_event(event)
+        unfinished = list(self.busy())
+        for slot in self.slots:
+            slot.stopping = True
+            try:
+                if slot.job_id is None:
+                    slot.conn.send(None)
+            except OSError:
+                pass
+        for slot in self.slots:
+            if slot.job_id is not None:
+                slot.process.kill()
+            slot.process.join(3)
+            if slot.process.is_alive():
+                slot.process.kill()
+                slot.process.join(2)
+            slot.conn.close()
+        self.slots = []
+        return unfinished

@@ -1,0 +1,167 @@
+"""The job store: one sqlite row per job (JobRecord), shared by the daemon's threads and read by the status server."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Iterator
+
+QUEUED, PROCESSING, COMPLETED, FAILED, CANCELLED = "queued", "processing", "completed", "failed", "cancelled"
+STATUSES = (QUEUED, PROCESSING, COMPLETED, FAILED, CANCELLED)
+FINAL_STATUSES = frozenset({COMPLETED, FAILED, CANCELLED})
+
+
+@dataclass
+class JobRecord:
+    id: str
+    name: str
+    format: str = ""
+    status: str = QUEUED
+    progress: float = 0.0
+    stage: str = "queued"
+    target: str = ""
+    created_at: float = field(default_factory=time.time)
+    started_at: float | None = None
+    finished_at: float | None = None
+    error: str | None = None
+    hint: str | None = None
+    work_path: str = ""
+    output_dir: str | None = None
+    outputs: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    attempts: int = 0
+    cancel_requested: bool = False
+    updated_at: float = field(default_factory=time.time)
+
+    @property
+    def duration(self) -> float | None:
+        if self.started_at is None:
+            return None
+        return (self.finished_at or time.time()) - self.started_at
+
+    def to_task(self) -> dict[str, Any]:
+        """The task JSON of the older HTTP API (task_id, status, progress) plus this design's fields."""
+        d = asdict(self)
+        d["task_id"] = d.pop("id")
+        d["duration"] = self.duration
+        return d
+
+
+_JSON_FIELDS = {"outputs", "warnings"}
+_BOOL_FIELDS = {"cancel_requested"}
+_COLUMNS = [f.name for f in fields(JobRecord)]
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL, format TEXT, status TEXT NOT NULL, progress REAL, stage TEXT,
+    target TEXT, created_at REAL, started_at REAL, finished_at REAL, error TEXT, hint TEXT, work_path TEXT,
+    output_dir TEXT, outputs TEXT, warnings TEXT, attempts INTEGER, cancel_requested INTEGER, updated_at REAL
+);
+CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status);
+CREATE INDEX IF NOT EXISTS jobs_created ON jobs(created_at);
+"""
+
+
+def _to_row(job: JobRecord) -> tuple[Any, ...]:
+    values = []
+    for name in _COLUMNS:
+        v = getattr(job, name)
+        if name in _JSON_FIELDS:
+            v = json.dumps(v)
+        elif name in _BOOL_FIELDS:
+            v = int(bool(v))
+        values.append(v)
+    return tuple(values)
+
+
+def _from_row(row: sqlite3.Row) -> JobRecord:
+    kw: dict[str, Any] = {}
+    for name in _COLUMNS:
+        v = row[name]
+        if name in _JSON_FIELDS:
+            v = json.loads(v) if v else []
+        elif name in _BOOL_FIELDS:
+            v = bool(v)
+        kw[name] = v
+    return JobRecord(**kw)
+
+
+class JobStore:
+    """sqlite in WAL mode; one connection per thread, writes serialized by sqlite itself."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        with self._conn() as conn:
+            conn.executescript(_SCHEMA)
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            self._local.conn = conn
+        return conn
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    def add(self, job: JobRecord) -> None:
+        placeholders = ",".join("?" for _ in _COLUMNS)
+        self._conn().execute(f"INSERT INTO jobs ({','.join(_COLUMNS)}) VALUES ({placeholders})", _to_row(job))
+
+    def get(self, job_id: str) -> JobRecord | None:
+        row = self._conn().execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return _from_row(row) if row else None
+
+    def update(self, job_id: str, **changes: Any) -> None:
+        unknown = set(changes) - set(_COLUMNS)
+        if unknown:
+            raise KeyError(f"unknown job fields: {sorted(unknown)}")
+        changes["updated_at"] = time.time()
+        sets, values = [], []
+        for name, v in changes.items():
+            if name in _JSON_FIELDS:
+                v = json.dumps(v)
+            elif name in _BOOL_FIELDS:
+                v = int(bool(v))
+            sets.append(f"{name} = ?")
+            values.append(v)
+        self._conn().execute(f"UPDATE jobs SET {', '.join(sets)} WHERE id = ?", (*values, job_id))
+
+    def raise_progress(self, job_id: str, progress: float, stage: str) -> None:
+        """Progress only goes up."""
+        self._conn().execute(
+            "UPDATE jobs SET progress = MAX(COALESCE(progress, 0), ?), stage = ?, updated_at = ? WHERE id = ?",
+            (float(progress), stage, time.time(), job_id))
+
+    def list(self, status: str | None = None, limit: int | None = None) -> list[JobRecord]:
+        sql, args = "SELECT * FROM jobs", []
+        if status:
+            sql += " WHERE status = ?"
+            args.append(status)
+        sql += " ORDER BY created_at DESC, id DESC"
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(int(limit))
+        return [_from_row(r) for r in self._conn().execute(sql, args)]
+
+    def iter_unfinished(self) -> Iterator[JobRecord]:
+        rows = self._conn().execute(
+            "SELECT * FROM jobs WHERE status IN (?, ?) ORDER BY created_at, id", (QUEUED, PROCESSING)).fetchall()
+        return (_from_row(r) for r in rows)
+
+    def counts(self) -> dict[str, int]:
+        out = {s: 0 for s in STATUSES}
+        for row in self._conn().execute("SELECT status, COUNT(*) AS n FROM jobs GROUP BY status"):
+            out[row["status"]] = row["n"]
+        return out

@@ -1,0 +1,73 @@
+"""A worker process: imports the toolkit once, then converts the jobs its supervisor sends over a pipe."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import threading
+import time
+from dataclasses import asdict
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Never outlive the daemon: the kernel's parent-death signal, and a watchdog thread where that is missing."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent_pid:
+                os._exit(1)
+            time.sleep(1.0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def worker_main(conn: Connection, parent_pid: int, preload: bool = True) -> None:
+    """The worker loop: ("convert", order) in, ("progress"|"done", ...) out; EOF or None ends it."""
+    die_with_parent(parent_pid)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the daemon decides
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if preload:
+        import rknn.api  # noqa: F401  (warm: every job after this skips the multi-second import)
+    from .converter import ConversionError, convert_job, describe_exception
+    from .options import ConvertOptions
+    from .workarea import JobDir
+
+    conn.send(("ready", os.getpid(), None))
+    while True:
+        try:
+            order: dict[str, Any] | None = conn.recv()
+        except (EOFError, OSError):
+            return
+        if order is None:
+            return
+        job_id = order["job_id"]
+
+        def progress(stage: str, pct: float, job_id: str = job_id) -> None:
+            conn.send(("progress", job_id, {"stage": stage, "progress": round(pct, 1)}))
+
+        try:
+            result = convert_job(JobDir(Path(order["root"])), order["name"],
+                                 ConvertOptions.from_json(order["defaults"]), progress)
+            payload: dict[str, Any] = {"ok": True, "result": asdict(result)}
+        except ConversionError as exc:
+            payload = {"ok": False, "error": exc.error, "hint": exc.hint}
+        except Exception as exc:  # noqa: BLE001 - the worker must answer for every job
+            payload = {"ok": False, "error": f"internal error: {describe_exception(exc)}",
+                       "hint": "see conversion.log; this is a bug in rknn-dropbox or the toolkit"}
+        try:
+            conn.send(("done", job_id, payload))
+        except (BrokenPipeError, OSError):
+            return

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Creates ./.venv (once) and installs rknn-dropbox with rknn-toolkit2 and a CPU-only torch.
+# Idempotent: re-running does nothing unless requirements/ or pyproject.toml changed.
+# Usage: scripts/setup-venv.sh [--test] [--tensorflow]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3.11}
+command -v "$PY" >/dev/null 2>&1 || PY=python3
+VENV=${RKNN_DROPBOX_VENV:-.venv}
+# torch: the toolkit only needs `import torch` to work, and a CPU build is enough.  torch==2.13.0 is a CPU
+# wheel where the machine's pip offers one (this project's build boxes); elsewhere point TORCH_INDEX_URL at a
+# CPU-only index so pip never pulls the multi-GB CUDA stack.
+TORCH_SPEC=${RKNN_DROPBOX_TORCH:-torch==2.13.0}
+extras=""
+for arg in "$@"; do
+  case "$arg" in
+    --test) extras="${extras:+$extras,}test" ;;
+    --tensorflow) extras="${extras:+$extras,}tensorflow" ;;
+    *) echo "unknown option: $arg" >&2; exit 2 ;;
+  esac
+done
+stamp_input="$(cat pyproject.toml requirements/*.txt; echo "$extras $TORCH_SPEC")"
+stamp="$VENV/.rknn-dropbox-stamp"
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$(printf '%s' "$stamp_input" | sha256sum)" ]; then
+  exit 0
+fi
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+pip() { "$VENV/bin/python" -m pip --disable-pip-version-check -q "$@" 2>&1 | grep -v -e "^WARNING: Location" -e "dependency conflicts" -e "requires torch<=2.4.0" -e "requires setuptools>=" -e "requires opencv-python>=" -e "pip's dependency resolver" || true; }
+"$VENV/bin/python" -c "import torch" 2>/dev/null || {
+  echo "setup: installing $TORCH_SPEC (CPU)" >&2
+  if [ -n "${TORCH_INDEX_URL:-}" ]; then pip install "$TORCH_SPEC" --index-url "$TORCH_INDEX_URL"; else pip install "$TORCH_SPEC"; fi
+}
+echo "setup: installing rknn-toolkit2 (--no-deps) and its dependencies" >&2
+pip install -r requirements/toolkit.txt --no-deps
+pip install -r requirements/toolkit.txt
+if [[ "$extras" == *tensorflow* ]]; then pip install -r requirements/tensorflow.txt; fi
+pip install -e ".${extras:+[$extras]}"
+"$VENV/bin/python" - <<'PY'
+import importlib.metadata as md, sys
+import torch
+from rknn.api import RKNN  # noqa: F401  (fails loudly if the toolkit cannot import)
+if torch.version.cuda:
+    print(f"setup: warning: torch {torch.__version__} is a CUDA build; a CPU build is enough", file=sys.stderr)
+print(f"setup: rknn-toolkit2 {md.version('rknn-toolkit2')}, torch {torch.__version__}, numpy {md.version('numpy')}", file=sys.stderr)
+PY
+printf '%s' "$stamp_input" | sha256sum > "$stamp"
