@@ -153,6 +153,8 @@ def inject_fault(fault: str | None) -> None:
             hog.append(bytearray(64 * 1024 * 1024))
     elif fault == "raise":
         raise RuntimeError("injected fault")
+    elif fault == "slow":
+        time.sleep(float(os.environ.get("RKNN_DROPBOX_FAULT_SLOW_SECONDS", "5")))
 
 
 def _call(step: str, fn: Callable[..., int], raw_log: Path, spec: ModelSpec, **kwargs: Any) -> None:

@@ -21,7 +21,9 @@ from .pool import PoolEvent, WorkerPool
 from .store import CANCELLED, COMPLETED, FAILED, FINAL_STATUSES, PROCESSING, QUEUED, JobRecord, JobStore
 from .systemd import notify
 from .watcher import InboxWatcher
-from .workarea import DeliveryError, JobDir, claim_bundle, deliver, find_delivered, finish_claim, mount_point
+from .workarea import (
+    DeliveryError, JobDir, claim_bundle, deliver, find_delivered, finish_claim, mount_point, write_json_atomic,
+)
 
 DELIVERY_RETRY_SECONDS = 30.0
 
@@ -132,6 +134,8 @@ class Daemon:
             from .server import StatusServer
             self.server = StatusServer(self.cfg.http.host, self.cfg.http.port, self.store, self.status_snapshot)
             self.server.start()
+            write_json_atomic(self.cfg.state_dir / "daemon.json", {"pid": os.getpid(), "host": self.cfg.http.host,
+                                                                  "port": self.server.port})
             logger.info("status endpoint on http://{}:{}/", self.cfg.http.host, self.server.port)
         logger.info("rknn-dropbox {} ready: inbox {}, outbox {}, failed {}, {} workers", __version__,
                     self.cfg.inbox, self.cfg.outbox, self.cfg.failed, self.cfg.workers)
@@ -207,9 +211,10 @@ class Daemon:
                 continue
             order = {"job_id": job_id, "root": record.work_path, "name": record.name,
                      "defaults": self.cfg.convert.to_json()}
-            if self.pool.submit(order):
+            pid = self.pool.submit(order)
+            if pid is not None:
                 self.store.update(job_id, status=PROCESSING, stage="starting", started_at=time.time(),
-                                  progress=1.0)
+                                  progress=1.0, worker_pid=pid)
                 logger.info("job {} ({}) started", job_id, record.name)
             else:  # pragma: no cover - idle_slots said yes
                 self.queue.appendleft(job_id)

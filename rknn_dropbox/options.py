@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Union
 
@@ -36,7 +36,8 @@ class ConvertOptions:
     input_size_list: list[list[int]] | None = None
     inputs: list[str] | None = None
     outputs: list[str] | None = None
-    # A test-only hook (honoured only when RKNN_DROPBOX_FAULT_INJECTION=1): segfault / exit / hang / oom / abort.
+    # A test-only hook (honoured only when RKNN_DROPBOX_FAULT_INJECTION=1): segfault / exit / hang / oom / abort /
+    # raise / slow (sleeps RKNN_DROPBOX_FAULT_SLOW_SECONDS, default 5, then converts normally).
     fault: str | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -122,7 +123,7 @@ def _parse_value(where: str, key: str, value: Any) -> Any:
             raise _fail(where, key, f"expected a list of tensor names, got {value!r}")
         return list(items)
     if key == "fault":
-        return _choice(where, key, value, ("segfault", "exit", "hang", "oom", "abort", "raise"))
+        return _choice(where, key, value, ("segfault", "exit", "hang", "oom", "abort", "raise", "slow"))
     raise _fail(where, key, f"unknown key (allowed: {', '.join(ALLOWED_KEYS)})")  # pragma: no cover
 
 
@@ -228,9 +229,3 @@ def check_fp16_platforms(opts: ConvertOptions, quantize: bool) -> None:
             "(sidecar `dataset:`, a dataset.txt or images in the folder) for an int8 build")
 
 
-def options_field_names() -> list[str]:
-    return list(ALLOWED_KEYS)
-
-
-__all__ = ["ConvertOptions", "OptionsError", "parse_convert_options", "read_yaml_mapping",
-           "effective_quantization", "check_fp16_platforms", "field"]

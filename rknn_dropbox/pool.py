@@ -95,15 +95,16 @@ class WorkerPool:
     def busy(self) -> dict[str, WorkerSlot]:
         return {s.job_id: s for s in self.slots if s.job_id is not None}
 
-    def submit(self, order: dict[str, Any]) -> bool:
+    def submit(self, order: dict[str, Any]) -> int | None:
+        """Hand the order to an idle worker; its pid, or None when all are busy."""
         idle = self.idle_slots()
         if not idle:
-            return False
+            return None
         slot = idle[0]
         slot.conn.send(order)
         slot.job_id = order["job_id"]
         slot.started_at = self.clock()
-        return True
+        return slot.process.pid
 
     def kill_job(self, job_id: str, kind: str) -> bool:
         """Stop the worker holding job_id (timeout or cancel); its replacement is spawned by wait_events."""
