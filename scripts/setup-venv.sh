@@ -30,11 +30,14 @@ pip() { "$VENV/bin/python" -m pip --disable-pip-version-check -q "$@" 2>&1 | gre
   echo "setup: installing $TORCH_SPEC (CPU)" >&2
   if [ -n "${TORCH_INDEX_URL:-}" ]; then pip install "$TORCH_SPEC" --index-url "$TORCH_INDEX_URL"; else pip install "$TORCH_SPEC"; fi
 }
+# Never let a later resolve swap the CPU torch for the toolkit's pinned CUDA one.
+pin="$VENV/.torch-pin.txt"
+"$VENV/bin/python" -c "import importlib.metadata as m; print('torch==' + m.version('torch'))" > "$pin"
 echo "setup: installing rknn-toolkit2 (--no-deps) and its dependencies" >&2
-pip install -r requirements/toolkit.txt --no-deps
-pip install -r requirements/toolkit.txt
-if [[ "$extras" == *tensorflow* ]]; then pip install -r requirements/tensorflow.txt; fi
-pip install -e ".${extras:+[$extras]}"
+pip install -c "$pin" -r requirements/toolkit.txt
+pip install --no-deps -r requirements/rknn-toolkit2.txt
+if [[ "$extras" == *tensorflow* ]]; then pip install -c "$pin" -r requirements/tensorflow.txt; fi
+pip install -c "$pin" -e ".${extras:+[$extras]}"
 "$VENV/bin/python" - <<'PY'
 import importlib.metadata as md, sys
 import torch
