@@ -39,7 +39,7 @@ class Config:
     work_dir: Path | None = None
     workers: int = 2
     stable_seconds: float = 3.0
-    poll: bool | str = False  # true / false / "auto"
+    poll: bool | str = "auto"  # true / false / "auto" (polling on network/FUSE mounts, inotify elsewhere)
     poll_interval_seconds: float = 1.0
     rescan_seconds: float = 300.0
     max_file_size: int = 500 * 1024 * 1024
@@ -48,6 +48,11 @@ class Config:
     bundle_timeout_seconds: float = 600.0
     drain_seconds: float = 30.0
     log_level: str = "INFO"
+    # Several hosts may share one inbox: each claims into <inbox>/.rknn-dropbox/<host_id>/ (default: the hostname)
+    # and takes over the claims of a host whose heartbeat is older than stale_claim_seconds.
+    host_id: str | None = None
+    stale_claim_seconds: float = 600.0
+    worker_memory_limit_mb: int = 0  # 0: no limit; else a worker over this resident size is killed, failing its job
     http: HttpConfig = field(default_factory=HttpConfig)
     convert: ConvertOptions = field(default_factory=ConvertOptions)
     source: Path | None = None  # the TOML file this came from
@@ -56,7 +61,11 @@ class Config:
     def claim_dir(self) -> Path:
         if self.work_dir is not None:
             return self.work_dir
-        return self.inbox / ".rknn-dropbox" / (socket.gethostname() or "localhost")
+        return self.inbox / ".rknn-dropbox" / self.host_name
+
+    @property
+    def host_name(self) -> str:
+        return self.host_id or socket.gethostname() or "localhost"
 
     @property
     def store_path(self) -> Path:
@@ -86,15 +95,25 @@ def _build_top(raw: dict[str, Any], base_dir: Path) -> dict[str, Any]:
             _check_type(key, value, str)
             p = Path(os.path.expanduser(value))
             out[key] = p if p.is_absolute() else base_dir / p
+        elif key == "host_id":
+            _check_type(key, value, str)
+            if not value or value in (".", "..") or "/" in value or "\0" in value or value.startswith("."):
+                raise ConfigError(f"host_id: must be a plain folder name, got {value!r}")
+            out[key] = value
+        elif key == "worker_memory_limit_mb":
+            _check_type(key, value, int)
+            if value < 0:
+                raise ConfigError(f"{key}: must be 0 (no limit) or a size in MB, got {value}")
+            out[key] = value
         elif key in ("workers", "max_jobs_per_worker", "max_file_size"):
             _check_type(key, value, int)
             if value < 1:
                 raise ConfigError(f"{key}: must be at least 1, got {value}")
             out[key] = value
         elif key in ("stable_seconds", "timeout_seconds", "bundle_timeout_seconds", "drain_seconds",
-                     "poll_interval_seconds", "rescan_seconds"):
+                     "poll_interval_seconds", "rescan_seconds", "stale_claim_seconds"):
             _check_type(key, value, (int, float))
-            if value < 0 or (key in ("timeout_seconds", "poll_interval_seconds") and value == 0):
+            if value < 0 or (key in ("timeout_seconds", "poll_interval_seconds", "stale_claim_seconds") and value == 0):
                 raise ConfigError(f"{key}: must be positive, got {value}")
             out[key] = float(value)
         elif key == "poll":
@@ -129,7 +148,8 @@ def _build_http(raw: Any) -> HttpConfig:
 
 def config_from_mapping(raw: dict[str, Any], base_dir: Path, source: Path | None = None) -> Config:
     """Validate a parsed TOML mapping; relative paths resolve against `base_dir`."""
-    top = _build_top(raw, base_dir)
+    top = {k: base_dir / getattr(Config, k) for k in ("inbox", "outbox", "failed", "state_dir")}
+    top.update(_build_top(raw, base_dir))
     try:
         convert = parse_convert_options(raw.get("convert") or {}, where="convert", base_dir=base_dir)
     except OptionsError as exc:
