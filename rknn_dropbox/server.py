@@ -1,146 +1,282 @@
-"""The status server: a read-only stdlib http.server over the job store (the older design's task API)."""
+"""The status server: read-only HTTP over the job store (task API, logs, downloads, metrics, health, HTML page)."""
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
+import os
 import re
-import threading
+import socket
 import time
+import zipfile
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, Callable
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 from . import __version__
-from .store import COMPLETED, STATUSES, JobStore
+from .converter import clean_log_text
+from .httpgate import ConnectionGate, GateLimits
+from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, render_metrics
+from .statuspage import render_page
+from .store import COMPLETED, STATUSES, JobRecord, JobStore
 
 TASK_ID_RE = re.compile(r"^[0-9]{8}-[0-9]{6}-[0-9a-f]{6}$")
+DEFAULT_LIMIT, MAX_LIMIT = 100, 1000
+PAGE_LIMIT = 200
+LOOP_STALE_SECONDS = 60.0  # the daemon loop publishes a snapshot every step (~0.5 s); older than this = stuck
+MAX_LOG_BYTES = 8 * 1024 * 1024
+Snapshot = Callable[[], dict[str, Any]]
+
+
+class BadRequest(Exception):
+    """A request the server refuses with 400; the message goes into {"error": ...}."""
+
+
+def health_checks(snapshot: dict[str, Any]) -> dict[str, bool]:
+    """Readiness checks from the daemon's last published snapshot."""
+    published = snapshot.get("published_at")
+    return {
+        "loop_responsive": published is None or time.monotonic() - published < LOOP_STALE_SECONDS,
+        "watcher_running": bool(snapshot.get("watcher_alive")),
+        "folders_writable": not snapshot.get("unwritable_folders"),
+        "workers_alive": int(snapshot.get("workers_alive") or 0) >= 1,
+        "accepting_jobs": not snapshot.get("stopping"),
+    }
+
+
+def content_disposition(filename: str) -> str:
+    """attachment; an ASCII fallback name and the exact name in RFC 5987 encoding."""
+    fallback = re.sub(r"[^A-Za-z0-9._-]", "_", filename).lstrip(".") or "download"
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
+
+
+def read_log(path: Path, tail: int | None) -> str:
+    """The log's text (ANSI and progress-bar redraws removed); only the last `tail` lines when given."""
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        fh.seek(max(0, size - MAX_LOG_BYTES))
+        raw = fh.read(MAX_LOG_BYTES)
+    text = clean_log_text(raw.decode("utf-8", errors="replace"))
+    if size > MAX_LOG_BYTES:
+        text = f"[... first {size - MAX_LOG_BYTES} bytes left out ...]\n" + text.split("\n", 1)[-1]
+    if tail is not None:
+        lines = text.rstrip("\n").split("\n")
+        text = "\n".join(lines[-tail:]) + "\n" if tail else ""
+    return text
+
+
+def _int_param(query: dict[str, list[str]], name: str, default: int | None, low: int, high: int) -> int | None:
+    if name not in query:
+        return default
+    raw = query[name][-1]
+    if not re.fullmatch(r"[0-9]{1,9}", raw):
+        raise BadRequest(f"{name} must be a whole number")
+    return max(low, min(high, int(raw)))
 
 
 class StatusServer:
-    """Runs a ThreadingHTTPServer in a background thread; handlers only read the store."""
+    """Listens on host:port; a ConnectionGate reads requests, StatusHandler answers them from the store."""
 
-    def __init__(self, host: str, port: int, store: JobStore, snapshot: Callable[[], dict[str, Any]]) -> None:
-        handler = type("Handler", (StatusHandler,), {"store": store, "snapshot": staticmethod(snapshot)})
-        self.httpd = ThreadingHTTPServer((host, port), handler)
-        self.httpd.daemon_threads = True
-        self.port = self.httpd.server_address[1]
-        self.thread = threading.Thread(target=self.httpd.serve_forever, name="status-http", daemon=True)
+    def __init__(self, host: str, port: int, store: JobStore, snapshot: Snapshot,
+                 limits: GateLimits | None = None) -> None:
+        self.store = store
+        self.snapshot = snapshot
+        self.limits = limits or GateLimits()
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.listener = socket.create_server((host, port), family=family, backlog=self.limits.request_queue_size)
+        self.port = self.listener.getsockname()[1]
+        self.gate = ConnectionGate(self.listener, self._handle, self.limits)
 
     def start(self) -> None:
-        self.thread.start()
+        self.gate.start()
 
     def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.gate.stop()
+        self.listener.close()
+
+    def _handle(self, sock: socket.socket, address: tuple, head: bytes) -> None:
+        StatusHandler((sock, head), address, self)  # type: ignore[arg-type]
 
 
 class StatusHandler(BaseHTTPRequestHandler):
-    store: JobStore
-    snapshot: Callable[[], dict[str, Any]]
+    """One request; GET and HEAD only, everything else 405."""
+
+    server: StatusServer  # type: ignore[assignment]
     server_version = f"rknn-dropbox/{__version__}"
+    protocol_version = "HTTP/1.0"  # one request per connection: an idle keep-alive never holds a thread
+
+    def setup(self) -> None:
+        sock, head = self.request  # type: ignore[misc]
+        self.connection = sock
+        self.rfile = io.BytesIO(head)
+        self.wfile = sock.makefile("wb")
+
+    def finish(self) -> None:
+        try:
+            self.wfile.flush()
+        except OSError:
+            pass
+        self.wfile.close()
+        self.rfile.close()
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         pass
 
-    def _json(self, code: int, data: Any) -> None:
-        body = json.dumps(data, default=str).encode()
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("do_"):  # any other method (PUT, DELETE, PROPFIND, ...) -> 405, not 501
+            return self._not_allowed
+        raise AttributeError(name)
+
+    # ---- responses ------------------------------------------------------------------------------------------------
+    def _send(self, code: int, body: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
         self.send_response(code)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-cache")
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
 
+    def _json(self, code: int, data: Any) -> None:
+        body = json.dumps(data, default=str).encode()
+        if code != 200:
+            return self._send(code, body, "application/json")
+        etag = '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"'
+        wanted = [t.strip().removeprefix("W/") for t in self.headers.get("If-None-Match", "").split(",")]
+        if etag in wanted or "*" in wanted:
+            self.send_response(HTTPStatus.NOT_MODIFIED)
+            self.send_header("ETag", etag)
+            self.send_header("Cache-Control", "no-cache")
+            self.end_headers()
+            return
+        self._send(200, body, "application/json", {"ETag": etag})
+
     def _error(self, code: int, message: str) -> None:
         self._json(code, {"error": message})
+
+    def _not_allowed(self) -> None:
+        body = json.dumps({"error": f"{self.command} is not allowed: this server is read-only (GET, HEAD)"}).encode()
+        self._send(HTTPStatus.METHOD_NOT_ALLOWED, body, "application/json", {"Allow": "GET, HEAD"})
 
     def do_HEAD(self) -> None:  # noqa: N802
         self.do_GET()
 
-    def _not_allowed(self) -> None:
-        self.send_response(HTTPStatus.METHOD_NOT_ALLOWED)
-        self.send_header("Allow", "GET, HEAD")
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    do_POST = do_PUT = do_DELETE = do_PATCH = _not_allowed  # noqa: N815
-
+    # ---- routing -----------------------------------------------------------------------------------------------
     def do_GET(self) -> None:  # noqa: N802
-        url = urlsplit(self.path)
-        query = parse_qs(url.query)
-        parts = url.path.strip("/").split("/") if url.path.strip("/") else []
+        try:
+            url = urlsplit(self.path)
+            query = parse_qs(url.query, max_num_fields=20)
+            parts = [p for p in url.path.split("/") if p]  # never unquoted, never joined to a folder
+            self._route(parts, query)
+        except BadRequest as exc:
+            self._error(400, str(exc))
+        except ValueError:
+            self._error(400, "malformed query string")
+
+    def _route(self, parts: list[str], query: dict[str, list[str]]) -> None:
+        if not parts:
+            return self._page()
         if parts == ["health"]:
             return self._json(200, {"status": "healthy", "timestamp": time.time(), "version": __version__})
+        if parts in (["livez"], ["readyz"]):
+            return self._probe(parts[0])
+        if parts == ["metrics"]:
+            body = render_metrics(self.server.store, self.server.snapshot()).encode()
+            return self._send(200, body, METRICS_CONTENT_TYPE)
         if parts == ["api", "tasks"]:
-            status = query.get("status", [None])[0]
-            if status is not None and status not in STATUSES:
-                return self._error(400, f"status must be one of {', '.join(STATUSES)}")
-            try:
-                limit = int(query.get("limit", ["100"])[0])
-            except ValueError:
-                return self._error(400, "limit must be a whole number")
-            tasks = [j.to_task() for j in self.store.list(status=status, limit=max(0, min(limit, 10000)))]
-            return self._json(200, {"tasks": tasks, "count": len(tasks)})
-        if len(parts) in (3, 4) and parts[:2] == ["api", "tasks"] or len(parts) == 3 and parts[:2] == ["api",
-                                                                                                       "download"]:
+            return self._list(query)
+        if parts[:2] in (["api", "tasks"], ["api", "download"]) and len(parts) >= 3:
             task_id = parts[2]
-            if not TASK_ID_RE.match(task_id):
-                return self._error(400, "bad task id")
-            job = self.store.get(task_id)
+            if len(task_id) > 64 or not TASK_ID_RE.fullmatch(task_id):
+                return self._error(400, "bad task id: expected YYYYMMDD-HHMMSS-xxxxxx")
+            sub = parts[1:2] + parts[3:]
+            if sub not in (["tasks"], ["tasks", "logs"], ["download"]):
+                return self._error(404, "not found")
+            job = self.server.store.get(task_id)
             if job is None:
                 return self._error(404, f"unknown task {task_id}")
-            if parts[1] == "download":
+            if sub == ["download"]:
                 return self._download(job)
-            if len(parts) == 3:
-                return self._json(200, job.to_task())
-            if parts[3] == "logs":
+            if sub == ["tasks", "logs"]:
                 return self._logs(job, query)
+            return self._json(200, job.to_task())
         return self._error(404, "not found")
 
-    def _logs(self, job: Any, query: dict[str, list[str]]) -> None:
-        candidates = []
+    def _list(self, query: dict[str, list[str]]) -> None:
+        status = query.get("status", [None])[-1]
+        if status is not None and status not in STATUSES:
+            raise BadRequest(f"status must be one of {', '.join(STATUSES)}")
+        limit = _int_param(query, "limit", DEFAULT_LIMIT, 0, MAX_LIMIT)
+        tasks = [j.to_task() for j in self.server.store.list(status=status, limit=limit)]
+        self._json(200, {"tasks": tasks, "count": len(tasks)})
+
+    def _page(self) -> None:
+        jobs = self.server.store.list(limit=PAGE_LIMIT)
+        body = render_page(jobs, self.server.snapshot(), __version__).encode()
+        self._send(200, body, "text/html; charset=utf-8")
+
+    def _probe(self, kind: str) -> None:
+        checks = health_checks(self.server.snapshot())
+        relevant = {"loop_responsive": checks["loop_responsive"]} if kind == "livez" else checks
+        ok = all(relevant.values())
+        body = json.dumps({"status": "ok" if ok else "unavailable", "checks": relevant}).encode()
+        self._send(200 if ok else 503, body, "application/json")
+
+    def _logs(self, job: JobRecord, query: dict[str, list[str]]) -> None:
+        tail = _int_param(query, "tail", None, 0, 1_000_000)
+        candidates: list[Path] = []
         if job.output_dir:
             candidates.append(Path(job.output_dir) / "conversion.log")
         if job.work_path:
-            candidates += [Path(job.work_path) / "out" / "conversion.log", Path(job.work_path) / "conversion.raw"]
+            candidates += [Path(job.work_path) / "conversion.raw", Path(job.work_path) / "out" / "conversion.log"]
         for path in candidates:
             try:
-                text = path.read_text(encoding="utf-8", errors="replace")
+                text = read_log(path, tail)
                 break
             except OSError:
                 continue
         else:
             text = ""
-        if "tail" in query:
-            try:
-                text = "\n".join(text.splitlines()[-int(query["tail"][0]):])
-            except ValueError:
-                return self._error(400, "tail must be a whole number")
-        body = text.encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "text/plain; charset=utf-8")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
+        self._send(200, text.encode(), "text/plain; charset=utf-8")
 
-    def _download(self, job: Any) -> None:
+    def _download(self, job: JobRecord) -> None:
         if job.status != COMPLETED or not job.output_dir or not job.outputs:
-            return self._error(409, f"task {job.id} is {job.status}, nothing to download yet")
-        path = Path(job.output_dir) / Path(job.outputs[0]).name
-        try:
-            fh = open(path, "rb")
-        except OSError:
-            return self._error(404, "the output file is gone from outbox")
-        with fh:
-            size = path.stat().st_size
+            return self._error(409, f"task {job.id} is {job.status}: nothing to download")
+        folder = Path(job.output_dir)
+        files = [folder / Path(name).name for name in job.outputs]  # names the converter wrote, not the URL
+        missing = [f.name for f in files if not f.is_file()]
+        if missing:
+            return self._error(404, f"no longer in outbox: {', '.join(missing)}")
+        if len(files) == 1:
+            return self._send_file(files[0])
+        self._send_zip(f"{job.name}.zip", files)
+
+    def _send_file(self, path: Path) -> None:
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
             self.send_response(200)
             self.send_header("Content-Type", "application/octet-stream")
             self.send_header("Content-Length", str(size))
-            self.send_header("Content-Disposition", f'attachment; filename="{path.name}"')
+            self.send_header("Content-Disposition", content_disposition(path.name))
             self.end_headers()
-            if self.command != "HEAD":
-                while chunk := fh.read(1 << 16):
-                    self.wfile.write(chunk)
+            if self.command == "HEAD":
+                return
+            self.wfile.flush()
+            self.connection.sendfile(fh)
+
+    def _send_zip(self, name: str, files: list[Path]) -> None:
+        """Streamed (no Content-Length: HTTP/1.0 ends the body by closing the connection)."""
+        self.send_response(200)
+        self.send_header("Content-Type", "application/zip")
+        self.send_header("Content-Disposition", content_disposition(name))
+        self.end_headers()
+        if self.command == "HEAD":
+            return
+        with zipfile.ZipFile(self.wfile, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+            for path in files:
+                zf.write(path, arcname=path.name)

@@ -37,6 +37,8 @@ class JobRecord:
     cancel_requested: bool = False
     worker_pid: int | None = None
     updated_at: float = field(default_factory=time.time)
+    callback_url: str | None = None  # where the final task JSON is POSTed; never shown in the task JSON
+    callback_status: str | None = None  # "pending", "delivered (HTTP 200)", "failed after 4 attempts: ..."
 
     @property
     def duration(self) -> float | None:
@@ -49,6 +51,7 @@ class JobRecord:
         d = asdict(self)
         d["task_id"] = d.pop("id")
         d["duration"] = self.duration
+        d.pop("callback_url", None)  # may carry a token
         return d
 
 
@@ -60,7 +63,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY, name TEXT NOT NULL, format TEXT, status TEXT NOT NULL, progress REAL, stage TEXT,
     target TEXT, created_at REAL, started_at REAL, finished_at REAL, error TEXT, hint TEXT, work_path TEXT,
     output_dir TEXT, outputs TEXT, warnings TEXT, attempts INTEGER, cancel_requested INTEGER, worker_pid INTEGER,
-    updated_at REAL
+    updated_at REAL, callback_url TEXT, callback_status TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status);
 CREATE INDEX IF NOT EXISTS jobs_created ON jobs(created_at);
@@ -100,6 +103,10 @@ class JobStore:
         self._local = threading.local()
         with self._conn() as conn:
             conn.executescript(_SCHEMA)
+            have = {row["name"] for row in conn.execute("PRAGMA table_info(jobs)")}
+            for column in ("callback_url", "callback_status"):  # stores made before these columns existed
+                if column not in have:
+                    conn.execute(f"ALTER TABLE jobs ADD COLUMN {column} TEXT")
 
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -167,3 +174,30 @@ class JobStore:
         for row in self._conn().execute("SELECT status, COUNT(*) AS n FROM jobs GROUP BY status"):
             out[row["status"]] = row["n"]
         return out
+
+    def request_cancel(self, job_id: str) -> JobRecord | None:
+        """Flag an unfinished job for the daemon to cancel; the job as it now reads (None when unknown)."""
+        self._conn().execute("UPDATE jobs SET cancel_requested = 1, updated_at = ? WHERE id = ? AND status IN (?, ?)",
+                             (time.time(), job_id, QUEUED, PROCESSING))
+        return self.get(job_id)
+
+    def cancel_requested_ids(self) -> list[str]:
+        """Unfinished jobs somebody asked to cancel (cheap: uses the status index)."""
+        rows = self._conn().execute("SELECT id FROM jobs WHERE status IN (?, ?) AND cancel_requested = 1",
+                                    (QUEUED, PROCESSING))
+        return [r["id"] for r in rows]
+
+    def pending_callbacks(self) -> list[JobRecord]:
+        """Finished jobs whose callback was not delivered before the last shutdown."""
+        rows = self._conn().execute("SELECT * FROM jobs WHERE callback_status LIKE 'pending%' AND status IN (?, ?, ?)",
+                                    (COMPLETED, FAILED, CANCELLED))
+        return [_from_row(r) for r in rows]
+
+    def duration_histogram(self, bounds: tuple[float, ...]) -> tuple[list[int], int, float]:
+        """Completed conversions: cumulative counts per upper bound, total count and sum of seconds."""
+        cases = ", ".join(f"SUM(CASE WHEN d <= {float(b)!r} THEN 1 ELSE 0 END)" for b in bounds)
+        row = self._conn().execute(
+            f"SELECT COUNT(*), COALESCE(SUM(d), 0){', ' + cases if cases else ''} FROM "
+            "(SELECT finished_at - started_at AS d FROM jobs WHERE status = ? AND started_at IS NOT NULL "
+            "AND finished_at IS NOT NULL)", (COMPLETED,)).fetchone()
+        return [int(v or 0) for v in tuple(row)[2:]], int(row[0]), float(row[1])
