@@ -51,7 +51,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = _load(args)
     setup_logging(cfg.log_level)
     try:
-        return Daemon(cfg).run()
+        return Daemon(cfg, reloader=lambda: _load(args)).run()
     except StartupError as exc:
         logger.error("cannot start: {}", exc)
         return 2

@@ -9,23 +9,28 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from loguru import logger
 
 from . import __version__
 from .analyzer import InboxScanner, Rejection
-from .config import Config
+from .claims import take_over_stale_claims, touch_heartbeat
+from .config import Config, ConfigError, load_config
+from .reload import apply_live, changed_keys
 from .converter import finish_log
+from .logsetup import setup_logging
 from .pool import PoolEvent, WorkerPool
 from .store import CANCELLED, COMPLETED, FAILED, FINAL_STATUSES, PROCESSING, QUEUED, JobRecord, JobStore
-from .systemd import notify
+from .systemd import notify, watchdog_interval
 from .watcher import InboxWatcher
 from .workarea import (
-    DeliveryError, JobDir, claim_bundle, deliver, find_delivered, finish_claim, mount_point, write_json_atomic,
+    DeliveryError, JobDir, claim_bundle, deliver, find_delivered, finish_claim, mount_point,
+    repair_interrupted_delivery, write_json_atomic,
 )
 
 DELIVERY_RETRY_SECONDS = 30.0
+STATUS_SECONDS = 10.0  # how often STATUS= goes to systemd
 
 
 class StartupError(RuntimeError):
@@ -59,11 +64,15 @@ class PendingDelivery:
 class Daemon:
     """Owns the loop; the status server (if any) only reads the store."""
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, reloader: Callable[[], Config] | None = None) -> None:
         self.cfg = cfg
         self.store = JobStore(cfg.store_path)
         self.scanner = InboxScanner(cfg.inbox, cfg.stable_seconds, cfg.bundle_timeout_seconds, cfg.max_file_size)
-        self.pool = WorkerPool(cfg.workers, cfg.timeout_seconds, cfg.max_jobs_per_worker)
+        self.pool = WorkerPool(cfg.workers, cfg.timeout_seconds, cfg.max_jobs_per_worker,
+                               memory_limit_mb=cfg.worker_memory_limit_mb)
+        self.reloader = reloader or (lambda: load_config(self.cfg.source))
+        self._watchdog_every = watchdog_interval()
+        self._last_watchdog = self._last_status = self._last_heartbeat = 0.0
         self.watcher: InboxWatcher | None = None
         self.queue: deque[str] = deque()
         self.deliveries: dict[str, PendingDelivery] = {}
@@ -81,30 +90,11 @@ class Daemon:
         on_disk = {p.name: JobDir(p) for p in self.cfg.claim_dir.iterdir() if p.is_dir()} \
             if self.cfg.claim_dir.exists() else {}
         for job_id, job in sorted(on_disk.items()):
-            if not (job.root / "job.json").exists():
-                shutil.rmtree(job.root, ignore_errors=True)  # died before the claim began
-                continue
-            record = self.store.get(job_id)
-            manifest = job.manifest()
-            finish_claim(self.cfg.inbox, job)
-            if record is None:
-                record = JobRecord(id=job_id, name=manifest["name"], work_path=str(job.root),
-                                   target=",".join(self.cfg.convert.target_platform))
-                self.store.add(record)
-            if record.status in FINAL_STATUSES:
-                shutil.rmtree(job.root, ignore_errors=True)
-                continue
-            delivered = find_delivered(dests, job_id)
-            if delivered:
-                self._mark_delivered(job_id, delivered)
-                shutil.rmtree(job.root, ignore_errors=True)
-                continue
-            shutil.rmtree(job.root / "tmp", ignore_errors=True)
-            if record.status == PROCESSING and job.output.exists():
-                finish_log(job)
-            self.store.update(job_id, status=QUEUED, stage="queued", progress=0.0, attempts=record.attempts + 1)
-            self.queue.append(job_id)
-            logger.info("resuming job {} ({}) left by the previous run", job_id, record.name)
+            try:
+                self._resume_claim(job, "the previous run")
+            except FileNotFoundError:
+                logger.warning("job {} vanished from the work area while resuming it (taken over by another host?)",
+                               job_id)
         for record in self.store.iter_unfinished():
             if record.id in on_disk:
                 continue
@@ -112,8 +102,46 @@ class Daemon:
             if delivered:
                 self._mark_delivered(record.id, delivered)
             else:
-                self.store.update(record.id, status=FAILED, error="its files were no longer in the work area",
-                                  finished_at=time.time())
+                self.store.update(record.id, status=FAILED, finished_at=time.time(),
+                                  error="its files were no longer in the work area (another host takes over "
+                                        "the claims of a host silent for stale_claim_seconds)")
+
+    def _resume_claim(self, job: JobDir, left_by: str) -> None:
+        """Queue a job folder found in our claim folder (left by a crash, or taken over from a dead host)."""
+        job_id = job.job_id
+        dests = [self.cfg.outbox, self.cfg.failed]
+        if not (job.root / "job.json").exists():
+            shutil.rmtree(job.root, ignore_errors=True)  # died before the claim began
+            return
+        record = self.store.get(job_id)
+        manifest = job.manifest()
+        finish_claim(self.cfg.inbox, job)
+        if record is None:
+            record = JobRecord(id=job_id, name=manifest["name"], work_path=str(job.root),
+                               target=",".join(self.cfg.convert.target_platform))
+            self.store.add(record)
+        elif record.work_path != str(job.root):
+            self.store.update(job_id, work_path=str(job.root))
+        if record.status in FINAL_STATUSES:
+            shutil.rmtree(job.root, ignore_errors=True)
+            return
+        finished = repair_interrupted_delivery(job, dests, record.name)
+        delivered = find_delivered(dests, job_id)
+        if finished or delivered:
+            self._mark_delivered(job_id, delivered or (finished, "result.json" if finished.parent ==
+                                                        self.cfg.outbox else "error.json"))
+            shutil.rmtree(job.root, ignore_errors=True)
+            return
+        if manifest.get("rejection"):  # claimed only to be rejected: reject again rather than convert
+            rejected = manifest["rejection"]
+            self.fail_job(job_id, rejected["error"], rejected.get("hint"), stage="analyze")
+            return
+        shutil.rmtree(job.root / "tmp", ignore_errors=True)
+        if record.status == PROCESSING and job.output.exists():
+            finish_log(job)
+        self.store.update(job_id, status=QUEUED, stage="queued", progress=0.0, attempts=record.attempts + 1)
+        self.queue.append(job_id)
+        logger.info("resuming job {} ({}) left by {}", job_id, record.name, left_by)
 
     def _mark_delivered(self, job_id: str, delivered: tuple[Path, str]) -> None:
         folder, fname = delivered
@@ -123,7 +151,9 @@ class Daemon:
 
     def start(self) -> None:
         prepare_folders(self.cfg)
+        touch_heartbeat(self.cfg.claim_dir)
         self.recover()
+        self.take_over_stale_claims()
         self.pool.start()
         self.watcher = InboxWatcher(self.cfg.inbox, self.cfg.claim_dir.parent if self.cfg.work_dir is None
                                     else self.cfg.claim_dir, self.cfg.poll, self.cfg.poll_interval_seconds)
@@ -157,8 +187,12 @@ class Daemon:
             logger.info("received {}: stopping", signal.Signals(signum).name)
             self.stopping = True
 
+        def reload(_signum: int, _frame: Any) -> None:
+            self.reload_requested = True
+
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGHUP, reload)
 
     def step(self, timeout: float) -> None:
         """One turn: worker events, inbox changes, deliveries, dispatch."""
@@ -169,9 +203,61 @@ class Daemon:
         if woke or (self._waiting and now - self._last_scan >= 0.5) or \
                 now - self._last_full_scan >= self.cfg.rescan_seconds:
             self.scan_inbox()
+        if self.reload_requested:
+            self.reload_requested = False
+            self.reload()
         self.retry_deliveries()
         self.dispatch()
-        notify("WATCHDOG=1")
+        self.keep_alive(time.monotonic())
+
+    def keep_alive(self, now: float) -> None:
+        """Heartbeat for the other hosts, stale-claim takeover, WATCHDOG=1 and STATUS= (each at its own pace)."""
+        beat_every = min(30.0, self.cfg.stale_claim_seconds / 4)
+        if now - self._last_heartbeat >= beat_every:
+            self._last_heartbeat = now
+            touch_heartbeat(self.cfg.claim_dir)
+            self.take_over_stale_claims()
+        lines = []
+        if self._watchdog_every is not None and now - self._last_watchdog >= self._watchdog_every:
+            self._last_watchdog = now
+            lines.append("WATCHDOG=1")
+        if now - self._last_status >= STATUS_SECONDS:
+            self._last_status = now
+            lines.append(f"STATUS={self.status_line()}")
+        if lines:
+            notify(*lines)
+
+    def take_over_stale_claims(self) -> None:
+        if self.cfg.work_dir is not None:
+            return  # a private work area is not shared with other hosts
+        for taken in take_over_stale_claims(self.cfg.claim_dir, self.cfg.stale_claim_seconds):
+            try:
+                self._resume_claim(JobDir(taken.root), f"host {taken.host}, which stopped beating")
+            except FileNotFoundError:
+                continue
+
+    def reload(self) -> None:
+        """SIGHUP: re-read and validate the config; apply what can change live, keep the old one if invalid."""
+        try:
+            new = self.reloader()
+        except (ConfigError, OSError) as exc:
+            logger.error("reload refused, keeping the running config: {}", exc)
+            return
+        live, restart = changed_keys(self.cfg, new)
+        self.cfg = apply_live(self.cfg, new, live)
+        self.scanner.stable_seconds = self.cfg.stable_seconds
+        self.scanner.bundle_timeout_seconds = self.cfg.bundle_timeout_seconds
+        self.scanner.max_file_size = self.cfg.max_file_size
+        self.pool.timeout_seconds = self.cfg.timeout_seconds
+        self.pool.max_jobs_per_worker = self.cfg.max_jobs_per_worker
+        self.pool.memory_limit_mb = self.cfg.worker_memory_limit_mb
+        if "log_level" in live:
+            setup_logging(self.cfg.log_level)
+        logger.info("config reloaded from {}: {}{}", self.cfg.source or "defaults",
+                    f"applied {', '.join(live)}" if live else "nothing changed that applies live",
+                    f"; needs a restart to take effect: {', '.join(restart)}" if restart else "")
+        for pending in self.deliveries.values():
+            pending.next_try = 0.0  # a reload (after freeing space, say) retries deliveries now
 
     def scan_inbox(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -186,8 +272,9 @@ class Daemon:
         for rejection in result.rejected:
             self.reject(rejection)
 
-    def claim(self, name: str, entries: list[str], kind: str) -> JobDir | None:
-        job = claim_bundle(self.cfg.inbox, self.cfg.claim_dir, name, entries, kind)
+    def claim(self, name: str, entries: list[str], kind: str,
+              rejection: dict[str, Any] | None = None) -> JobDir | None:
+        job = claim_bundle(self.cfg.inbox, self.cfg.claim_dir, name, entries, kind, rejection=rejection)
         self.scanner.forget(entries)
         if job is None:
             return None
@@ -197,7 +284,8 @@ class Daemon:
         return job
 
     def reject(self, rejection: Rejection) -> None:
-        job = self.claim(rejection.name, rejection.entries, "rejected")
+        job = self.claim(rejection.name, rejection.entries, "rejected",
+                         {"error": rejection.error, "hint": rejection.hint})
         if job is None:
             return
         logger.warning("rejecting {}: {}", ", ".join(rejection.entries), rejection.error)
@@ -233,7 +321,7 @@ class Daemon:
             job = self._job_dir(event.job_id)
             if job:
                 finish_log(job)
-            self.fail_job(event.job_id, event.data["cause"],
+            self.fail_job(event.job_id, event.data["cause"], event.data.get("hint") or
                           "the toolkit ended the worker process; see conversion.log for its last words")
         elif event.kind == "timeout":
             job = self._job_dir(event.job_id)

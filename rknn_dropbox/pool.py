@@ -12,7 +12,10 @@ from typing import Any, Callable
 
 from loguru import logger
 
+from .memory import tree_rss_mb
 from .worker import worker_main
+
+MEMORY_CHECK_SECONDS = 0.1  # how often busy workers' memory is read when worker_memory_limit_mb is set
 
 _SIGNAL_CAUSES = {
     signal.SIGKILL: "worker killed by signal 9 (SIGKILL) — out of memory?",
@@ -62,8 +65,10 @@ class WorkerPool:
     """gunicorn-arbiter style: spawn, watch sentinels, kill on timeout, replace the dead, recycle the old."""
 
     def __init__(self, size: int, timeout_seconds: float, max_jobs_per_worker: int,
-                 target: Callable[..., None] = worker_main, clock: Callable[[], float] = time.monotonic) -> None:
+                 target: Callable[..., None] = worker_main, clock: Callable[[], float] = time.monotonic,
+                 memory_limit_mb: int = 0) -> None:
         self.size = size
+        self.memory_limit_mb = memory_limit_mb  # 0: none; else a busy worker over it is killed
         self.timeout_seconds = timeout_seconds
         self.max_jobs_per_worker = max_jobs_per_worker
         self.target = target
@@ -140,8 +145,11 @@ class WorkerPool:
                     events.append(PoolEvent("timeout", job_id, {"seconds": self.timeout_seconds}))
                 else:
                     deadline_wait = min(deadline_wait, left)
+        events.extend(self._enforce_memory_limit())
         if events:
             return events
+        if self.memory_limit_mb and self.busy():
+            deadline_wait = min(deadline_wait, MEMORY_CHECK_SECONDS)
         waitables: list[Any] = [s.conn for s in self.slots] + [s.process.sentinel for s in self.slots]
         waitables += self.extra_fds
         ready = wait(waitables, timeout=max(0.0, deadline_wait))
@@ -163,6 +171,27 @@ class WorkerPool:
                 elif not slot.stopping:
                     logger.warning("idle worker {} exited ({})", slot.index, death_cause(slot.process.exitcode))
                 self._replace(slot)
+        return events
+
+    def _enforce_memory_limit(self) -> list[PoolEvent]:
+        """Kill a busy worker whose process tree is over memory_limit_mb: only its own job fails, and says why."""
+        events: list[PoolEvent] = []
+        if not self.memory_limit_mb:
+            return events
+        for slot in list(self.slots):
+            if slot.job_id is None or slot.stopping:
+                continue
+            used = tree_rss_mb(slot.process.pid)
+            if used <= self.memory_limit_mb:
+                continue
+            job_id = slot.job_id
+            cause = (f"worker used {used:.0f} MB of memory, over worker_memory_limit_mb ({self.memory_limit_mb} MB): "
+                     "killed")
+            logger.error("job {}: {} (pid {})", job_id, cause, slot.process.pid)
+            self.kill_job(job_id, "memory")
+            events.append(PoolEvent("died", job_id, {"cause": cause, "exitcode": -signal.SIGKILL, "hint":
+                                                     "raise worker_memory_limit_mb if this model really needs "
+                                                     "that much, or run fewer workers"}))
         return events
 
     def _drain(self, slot: WorkerSlot) -> list[PoolEvent]:

@@ -51,8 +51,9 @@ class _WakeHandler(FileSystemEventHandler):
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         src = str(event.src_path)
-        if src.startswith(self.ignore_under):
-            return
+        dest = str(getattr(event, "dest_path", "") or "")
+        if src.startswith(self.ignore_under) and (not dest or dest.startswith(self.ignore_under)):
+            return  # the work area's own churn (a move out of it into inbox still wakes the loop)
         try:
             os.write(self.wake_fd, b"x")
         except (BlockingIOError, OSError):

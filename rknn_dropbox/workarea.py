@@ -17,6 +17,7 @@ INPUT_DIR = "input"
 OUTPUT_DIR = "out"
 LOG_NAME = "conversion.log"
 MAX_NAME_BYTES = 200  # leaves room for "-NN" suffixes and staging prefixes under NAME_MAX (255)
+PARTIAL_PREFIX = ".partial-"  # outbox/.partial-<job id>: a delivery being staged, renamed whole when complete
 
 
 class DeliveryError(OSError):
@@ -88,19 +89,25 @@ def write_json_atomic(path: Path, data: Any) -> None:
 
 
 def claim_bundle(inbox: Path, claim_dir: Path, name: str, entries: list[str], kind: str,
-                 job_id: str | None = None) -> JobDir | None:
-    """Move the bundle's entries out of inbox into a new job folder by rename. None if another claimer won."""
+                 job_id: str | None = None, rejection: dict[str, Any] | None = None) -> JobDir | None:
+    """Move the bundle's entries out of inbox into a new job folder by rename. None if another claimer won.
+
+    rejection: the analyzer's error/hint for a bundle claimed only to go to failed/ (kept for crash recovery)."""
     job = JobDir(claim_dir / (job_id or new_job_id()))
     job.input.mkdir(parents=True)
-    write_json_atomic(job.root / MANIFEST, {"id": job.job_id, "name": name, "entries": entries, "kind": kind,
-                                            "claimed_at": time.time()})
+    manifest = {"id": job.job_id, "name": name, "entries": entries, "kind": kind, "claimed_at": time.time()}
+    if rejection is not None:
+        manifest["rejection"] = rejection
+    write_json_atomic(job.root / MANIFEST, manifest)
     moved = 0
     for entry in entries:
         try:
             os.rename(inbox / entry, job.input / entry)
             moved += 1
         except FileNotFoundError:
-            continue  # another host claimed it first
+            if moved == 0:
+                break  # another host won the first entry: the bundle is theirs, take none of it
+            continue  # gone meanwhile (deleted by the user)
     if moved == 0:
         shutil.rmtree(job.root, ignore_errors=True)
         return None
@@ -171,7 +178,7 @@ def deliver(job: JobDir, dest_parent: Path, name: str, extra_files: dict[str, An
     try:
         for fname, data in extra_files.items():
             write_json_atomic(job.output / fname, data)
-        staging = dest_parent / f".partial-{job.job_id}"
+        staging = dest_parent / f"{PARTIAL_PREFIX}{job.job_id}"
         if os.path.lexists(staging):
             shutil.rmtree(staging)
         same_fs = same_filesystem(job.root, dest_parent)
@@ -192,7 +199,7 @@ def deliver(job: JobDir, dest_parent: Path, name: str, extra_files: dict[str, An
         # undo a partial same-fs move so the job is whole again, and leave no partial folder behind
         if (job.output / INPUT_DIR).exists() and not job.input.exists():
             os.rename(job.output / INPUT_DIR, job.input)
-        staging = dest_parent / f".partial-{job.job_id}"
+        staging = dest_parent / f"{PARTIAL_PREFIX}{job.job_id}"
         if staging.exists() and not job.output.exists():
             try:
                 if (staging / INPUT_DIR).exists() and not job.input.exists():
@@ -202,11 +209,43 @@ def deliver(job: JobDir, dest_parent: Path, name: str, extra_files: dict[str, An
                 pass
         shutil.rmtree(staging, ignore_errors=True)
         where = "outbox" if "result.json" in extra_files else "failed"
-        if exc.errno == errno.ENOSPC:
+        if _errno_of(exc) == errno.ENOSPC:
             raise DeliveryError(exc.errno, f"no space left on {where} ({dest_parent})") from exc
-        raise DeliveryError(exc.errno or 0, f"cannot write to {where} ({dest_parent}): {exc}") from exc
+        raise DeliveryError(_errno_of(exc), f"cannot write to {where} ({dest_parent}): {exc}") from exc
     shutil.rmtree(job.root, ignore_errors=True)
     return final
+
+
+def _errno_of(exc: OSError) -> int:
+    """The errno of an OSError, also out of a shutil.Error (copytree collects its errors as strings)."""
+    if exc.errno:
+        return exc.errno
+    if isinstance(exc, shutil.Error) and exc.args and isinstance(exc.args[0], list):
+        for item in exc.args[0]:
+            if "[Errno 28]" in str(item):
+                return errno.ENOSPC
+    return errno.ENOSPC if "[Errno 28]" in str(exc) else 0
+
+
+def repair_interrupted_delivery(job: JobDir, dest_parents: list[Path], name: str) -> Path | None:
+    """After a crash inside deliver(): finish a complete same-filesystem move, or undo it so the job is whole.
+
+    Returns the final folder when the delivery could be finished, else None (the job is back in the work area)."""
+    if not job.input.exists() and (job.output / INPUT_DIR).is_dir():
+        os.rename(job.output / INPUT_DIR, job.input)  # died between the two renames of a same-fs move
+    for leftover in job.output.glob(".*.tmp-*") if job.output.is_dir() else []:
+        leftover.unlink(missing_ok=True)  # write_json_atomic cut short
+    for parent in dest_parents:
+        staging = parent / f"{PARTIAL_PREFIX}{job.job_id}"
+        if not os.path.lexists(staging):
+            continue
+        if not job.output.exists() and not job.input.exists() and (staging / INPUT_DIR).is_dir():
+            final = _unique_dir(parent, name)  # the staged folder was fsynced whole before its rename
+            os.rename(staging, final)
+            _fsync_dir(parent)
+            return final
+        shutil.rmtree(staging, ignore_errors=True)  # a cross-fs copy cut short: the job still has everything
+    return None
 
 
 def find_delivered(dest_parents: list[Path], job_id: str) -> tuple[Path, str] | None:
@@ -217,6 +256,8 @@ def find_delivered(dest_parents: list[Path], job_id: str) -> tuple[Path, str] | 
         except OSError:
             continue
         for name in names:
+            if name.startswith(PARTIAL_PREFIX):
+                continue
             for fname in ("result.json", "error.json"):
                 p = parent / name / fname
                 try:

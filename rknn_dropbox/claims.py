@@ -1,0 +1,75 @@
+"""Several hosts on one inbox: a heartbeat per host claim folder, and taking over the claims of a host that died."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from loguru import logger
+
+HEARTBEAT = ".heartbeat"
+
+
+def touch_heartbeat(claim_dir: Path) -> None:
+    """Say "this host is alive" to the other hosts: the heartbeat file's mtime (set by the file server)."""
+    path = claim_dir / HEARTBEAT
+    try:
+        os.utime(path, None)
+    except FileNotFoundError:
+        path.write_text(f"{os.getpid()}\n")
+    except OSError as exc:  # a full or read-only share: the claims still work, other hosts may take over
+        logger.warning("cannot update the heartbeat {}: {}", path, exc.strerror)
+
+
+def heartbeat_age(host_dir: Path, now: float | None = None) -> float | None:
+    """Seconds since the host behind host_dir last beat (its folder's mtime when it never did); None if gone."""
+    now = time.time() if now is None else now
+    for path in (host_dir / HEARTBEAT, host_dir):
+        try:
+            return now - os.stat(path).st_mtime
+        except FileNotFoundError:
+            continue
+    return None
+
+
+@dataclass
+class TakenOver:
+    """A job folder moved from a dead host's claim folder into ours."""
+    host: str
+    job_id: str
+    root: Path
+
+
+def take_over_stale_claims(claim_dir: Path, stale_seconds: float) -> list[TakenOver]:
+    """Rename every job folder of hosts whose heartbeat is older than stale_seconds into claim_dir.
+
+    Each move is one rename on the inbox's filesystem, so two live hosts racing for the same folder cannot both
+    get it: the loser's rename fails with FileNotFoundError and it moves on."""
+    claims_root = claim_dir.parent
+    taken: list[TakenOver] = []
+    try:
+        hosts = sorted(p for p in claims_root.iterdir() if p.is_dir() and p.name != claim_dir.name)
+    except OSError:
+        return taken
+    for host_dir in hosts:
+        age = heartbeat_age(host_dir)
+        if age is None or age < stale_seconds:
+            continue
+        try:
+            jobs = sorted(p for p in host_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+        except OSError:
+            continue
+        for job in jobs:
+            dest = claim_dir / job.name
+            if os.path.lexists(dest):
+                continue  # same job id twice: leave it to its owner rather than overwrite ours
+            try:
+                os.rename(job, dest)
+            except (FileNotFoundError, OSError):
+                continue  # another live host took it first
+            logger.warning("took over job {} from host {} (its heartbeat is {:.0f} s old, over stale_claim_seconds)",
+                           job.name, host_dir.name, age)
+            taken.append(TakenOver(host_dir.name, job.name, dest))
+    return taken
