@@ -1,4 +1,4 @@
-"""The command line: `rknn-dropbox run | convert | check | status`."""
+"""The command line: `rknn-dropbox run | convert | check | status | cancel`."""
 
 from __future__ import annotations
 
@@ -154,24 +154,104 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def _short_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 100:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes}m{secs:02d}s" if minutes < 60 else f"{minutes // 60}h{minutes % 60:02d}m"
+
+
+def status_table(jobs: list[Any], width: int) -> str:
+    """The `status` table: one line per job, the last column (stage or error) cut to the terminal width."""
+    header = f"{'TASK ID':<22} {'NAME':<20} {'STATUS':<10} {'PROGRESS':>8} {'TIME':>7}  {'TARGET':<12} DETAIL"
+    lines = [header]
+    for j in jobs:
+        detail = j.error or ("" if j.status == "completed" else j.stage or "")
+        if j.cancel_requested and j.status in ("queued", "processing"):
+            detail = "cancel requested; " + detail
+        line = (f"{j.id:<22} {j.name[:20]:<20} {j.status:<10} {j.progress:>7.0f}% "
+                f"{_short_duration(j.duration):>7}  {j.target[:12]:<12} {detail}")
+        lines.append(line[:max(width, len(header))])
+    if not jobs:
+        lines.append("(no jobs yet)")
+    return "\n".join(lines)
+
+
 def cmd_status(args: argparse.Namespace) -> int:
-    from .store import JobStore
+    from .store import STATUSES, JobStore
     cfg = _load(args)
-    while True:
-        store = JobStore(cfg.store_path)
-        jobs = store.list(limit=args.limit)
+    if args.status and args.status not in STATUSES:
+        print(f"rknn-dropbox: --status must be one of {', '.join(STATUSES)}", file=sys.stderr)
+        return 2
+    if not cfg.store_path.exists():
+        print(f"rknn-dropbox: no job store at {cfg.store_path} (has the daemon run with this config?)",
+              file=sys.stderr)
+        return 1
+    store = JobStore(cfg.store_path)
+    try:
+        while True:
+            jobs = store.list(status=args.status, limit=args.limit)
+            if args.json:
+                print(json.dumps([j.to_task() for j in jobs], default=str, indent=None if args.watch else 2),
+                      flush=True)
+            else:
+                if args.watch and sys.stdout.isatty():
+                    print("\x1b[H\x1b[2J", end="")
+                counts = store.counts()
+                print(status_table(jobs, shutil.get_terminal_size((120, 40)).columns))
+                print(f"\n{counts['processing']} converting, {counts['queued']} queued, {counts['completed']} "
+                      f"completed, {counts['failed']} failed, {counts['cancelled']} cancelled", flush=True)
+            if not args.watch:
+                return 0
+            time.sleep(args.interval)
+    finally:
         store.close()
-        if args.json:
-            print(json.dumps([j.to_task() for j in jobs], default=str, indent=2))
-        else:
-            print(f"{'TASK ID':<23} {'NAME':<24} {'STATUS':<10} {'PROG':>5}  {'TARGET':<10} ERROR")
-            for j in jobs:
-                print(f"{j.id:<23} {j.name[:24]:<24} {j.status:<10} {j.progress:>5.0f}  {j.target[:10]:<10} "
-                      f"{(j.error or '')[:60]}")
-        if not args.watch:
-            return 0
-        time.sleep(2)
-        print()
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    """Flag jobs in the store; the daemon cancels them within a step (queued: dequeued; running: worker killed)."""
+    from .server import TASK_ID_RE
+    from .store import FINAL_STATUSES, JobStore
+    cfg = _load(args)
+    if not cfg.store_path.exists():
+        print(f"rknn-dropbox: no job store at {cfg.store_path}", file=sys.stderr)
+        return 1
+    store = JobStore(cfg.store_path)
+    failures, flagged = 0, []
+    try:
+        for job_id in args.ids:
+            if not TASK_ID_RE.fullmatch(job_id):
+                print(f"{job_id[:80]}: not a task id (expected YYYYMMDD-HHMMSS-xxxxxx)", file=sys.stderr)
+                failures += 1
+                continue
+            job = store.request_cancel(job_id)
+            if job is None:
+                print(f"{job_id}: no such task", file=sys.stderr)
+                failures += 1
+            elif job.status in FINAL_STATUSES:
+                print(f"{job_id} ({job.name}): already {job.status}, nothing to cancel", file=sys.stderr)
+                failures += 1
+            else:
+                print(f"{job_id} ({job.name}): cancel requested while {job.status}")
+                flagged.append(job_id)
+        deadline = time.monotonic() + args.timeout
+        while args.wait and flagged and time.monotonic() < deadline:
+            time.sleep(0.2)
+            for job_id in list(flagged):
+                job = store.get(job_id)
+                if job is not None and job.status in FINAL_STATUSES:
+                    print(f"{job_id} ({job.name}): {job.status}")
+                    flagged.remove(job_id)
+                    failures += job.status != "cancelled"
+        if args.wait and flagged:
+            print(f"still not cancelled after {args.timeout:.0f} s (is the daemon running?): {', '.join(flagged)}",
+                  file=sys.stderr)
+            failures += len(flagged)
+    finally:
+        store.close()
+    return 1 if failures else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -205,12 +285,21 @@ def build_parser() -> argparse.ArgumentParser:
     common(check)
     check.set_defaults(func=cmd_check)
 
-    status = sub.add_parser("status", help="list jobs from the store")
+    status = sub.add_parser("status", help="list jobs from the store, newest first")
     common(status)
-    status.add_argument("--json", action="store_true")
-    status.add_argument("--watch", action="store_true")
+    status.add_argument("--json", action="store_true", help="the task JSON of the HTTP API, for scripts")
+    status.add_argument("--watch", action="store_true", help="redraw until Ctrl-C")
+    status.add_argument("--interval", type=float, default=2.0, help="seconds between redraws with --watch")
+    status.add_argument("--status", help="only jobs with this status (queued, processing, completed, ...)")
     status.add_argument("--limit", type=int, default=30)
     status.set_defaults(func=cmd_status)
+
+    cancel = sub.add_parser("cancel", help="cancel queued or running jobs (their inputs go to failed/)")
+    common(cancel)
+    cancel.add_argument("ids", nargs="+", metavar="TASK_ID")
+    cancel.add_argument("--wait", action="store_true", help="wait until the daemon has cancelled them")
+    cancel.add_argument("--timeout", type=float, default=60.0, help="seconds --wait waits (default 60)")
+    cancel.set_defaults(func=cmd_cancel)
     return parser
 
 

@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterator
 from . import __version__
 from .modelfiles import FORMAT_NAMES, BundleError, ModelSpec, inspect_bundle
 from .options import ConvertOptions, OptionsError, check_fp16_platforms, effective_quantization
+from .toolprogress import BUILD_PHASES_FP16, BUILD_PHASES_INT8, LOAD_PHASES, toolkit_progress
 from .workarea import JobDir
 
 ProgressFn = Callable[[str, float], None]
@@ -292,10 +293,14 @@ def _build_target(RKNN: Any, spec: ModelSpec, platform: str, quantize: bool, job
             config["std_values"] = o.std_values
         _call("configuring", rknn.config, raw_log, spec, **config)
         progress("load", 0.1)
-        _load(rknn, spec, raw_log)
-        progress("quantize" if quantize else "build", 0.3)
-        _call("building", rknn.build, raw_log, spec, do_quantization=quantize,
-              dataset=str(spec.dataset) if quantize and spec.dataset else None)
+        with toolkit_progress(raw_log, lambda f: progress("load", f), 0.1, 0.3, LOAD_PHASES):
+            _load(rknn, spec, raw_log)
+        stage = "quantize" if quantize else "build"
+        progress(stage, 0.3)
+        with toolkit_progress(raw_log, lambda f: progress(stage, f), 0.3, 0.85,
+                              BUILD_PHASES_INT8 if quantize else BUILD_PHASES_FP16):
+            _call("building", rknn.build, raw_log, spec, do_quantization=quantize,
+                  dataset=str(spec.dataset) if quantize and spec.dataset else None)
         progress("export", 0.85)
         tmp = job.output / f".{out_name}.part"
         _call("exporting", rknn.export_rknn, raw_log, spec, export_path=str(tmp))

@@ -15,6 +15,7 @@ from loguru import logger
 
 from . import __version__
 from .analyzer import InboxScanner, Rejection
+from .callbacks import CallbackSender, callback_url_for
 from .claims import take_over_stale_claims, touch_heartbeat
 from .config import Config, ConfigError, load_config
 from .reload import apply_live, changed_keys
@@ -82,6 +83,8 @@ class Daemon:
         self._last_full_scan = 0.0
         self._waiting = 0
         self.server: Any = None
+        self.callbacks = CallbackSender(self.store)
+        self.published_snapshot: dict[str, Any] = {}  # what the status server reads; replaced whole each step
 
     # ---- start-up -------------------------------------------------------------------------------------------
     def recover(self) -> None:
@@ -160,9 +163,13 @@ class Daemon:
         self.pool.extra_fds = [self.watcher.read_fd]
         self.watcher.start()
         self.scan_inbox(force=True)
+        self.callbacks.start()
+        self.resend_pending_callbacks()
+        self.publish_snapshot()
         if self.cfg.http.enabled:
             from .server import StatusServer
-            self.server = StatusServer(self.cfg.http.host, self.cfg.http.port, self.store, self.status_snapshot)
+            self.server = StatusServer(self.cfg.http.host, self.cfg.http.port, self.store,
+                                       lambda: self.published_snapshot)
             self.server.start()
             write_json_atomic(self.cfg.state_dir / "daemon.json", {"pid": os.getpid(), "host": self.cfg.http.host,
                                                                   "port": self.server.port})
@@ -207,8 +214,10 @@ class Daemon:
             self.reload_requested = False
             self.reload()
         self.retry_deliveries()
+        self.apply_cancellations()
         self.dispatch()
         self.keep_alive(time.monotonic())
+        self.publish_snapshot()
 
     def keep_alive(self, now: float) -> None:
         """Heartbeat for the other hosts, stale-claim takeover, WATCHDOG=1 and STATUS= (each at its own pace)."""
@@ -279,7 +288,8 @@ class Daemon:
         if job is None:
             return None
         self.store.add(JobRecord(id=job.job_id, name=name, work_path=str(job.root),
-                                 target=",".join(self.cfg.convert.target_platform)))
+                                 target=",".join(self.cfg.convert.target_platform),
+                                 callback_url=callback_url_for(job.input, self.cfg.convert.callback_url)))
         logger.info("claimed {} as job {} ({})", name, job.job_id, ", ".join(entries))
         return job
 
@@ -382,6 +392,7 @@ class Daemon:
                           progress=100.0 if success else record.progress, stage="done",
                           error=None if success else payload.get("error"),
                           hint=None if success else payload.get("hint"))
+        self.notify_callback(job_id)
         if success:
             logger.success("job {} ({}) completed: {}", job_id, record.name, folder)
         else:
@@ -393,11 +404,58 @@ class Daemon:
             if pending.next_try <= now:
                 self._deliver(pending.job_id, pending.success, pending.payload)
 
+    # ---- cancellation and callbacks ---------------------------------------------------------------------------
+    def apply_cancellations(self) -> None:
+        """Cancel what `rknn-dropbox cancel` flagged in the store: a queued job leaves the queue, a running one
+        loses its worker; either way its inputs go to failed/ and the task reads "cancelled"."""
+        for job_id in self.store.cancel_requested_ids():
+            if job_id in self.deliveries:
+                continue  # it finished already; only its delivery is pending
+            if job_id in self.queue:
+                self.queue.remove(job_id)
+                was = "queued"
+            elif self.pool.kill_job(job_id, "cancel"):
+                was = "running"
+                job = self._job_dir(job_id)
+                if job:
+                    finish_log(job)
+                    for part in job.output.glob(".*.part"):
+                        part.unlink(missing_ok=True)
+                    shutil.rmtree(job.root / "tmp", ignore_errors=True)
+            else:
+                continue  # not held by this daemon
+            record = self.store.get(job_id)
+            assert record is not None
+            logger.warning("job {} ({}) cancelled while {}", job_id, record.name, was)
+            self._deliver(job_id, False, {
+                "task_id": job_id, "name": record.name, "status": CANCELLED, "error": "cancelled",
+                "hint": f"cancelled with `rknn-dropbox cancel` while {was}", "stage": record.stage,
+                "format": record.format or None, "cancelled_at": time.time(), "log": "conversion.log",
+                "rknn_dropbox_version": __version__})
+
+    def notify_callback(self, job_id: str) -> None:
+        """Queue the POST of a finished job's task JSON to its callback_url (background threads; never blocks)."""
+        record = self.store.get(job_id)
+        if record is not None and record.callback_url and record.status in FINAL_STATUSES:
+            self.callbacks.submit(job_id, record.callback_url, record.to_task())
+
+    def resend_pending_callbacks(self) -> None:
+        for record in self.store.pending_callbacks():
+            if record.callback_url:
+                self.callbacks.submit(record.id, record.callback_url, record.to_task())
+
     # ---- status and shutdown ----------------------------------------------------------------------------------
     def status_snapshot(self) -> dict[str, Any]:
+        folders = (self.cfg.inbox, self.cfg.outbox, self.cfg.failed, self.cfg.state_dir)
         return {"queue_depth": len(self.queue), "workers_alive": self.pool.alive, "workers": self.cfg.workers,
                 "in_progress": len(self.pool.busy()), "watcher_alive": bool(self.watcher and self.watcher.is_alive()),
-                "waiting_in_inbox": self._waiting}
+                "waiting_in_inbox": self._waiting, "stopping": self.stopping,
+                "unwritable_folders": [str(f) for f in folders if not os.access(f, os.W_OK | os.X_OK)],
+                "callbacks_pending": self.callbacks.pending}
+
+    def publish_snapshot(self) -> None:
+        """Hand the status server a fresh snapshot (it never touches the pool or the watcher itself)."""
+        self.published_snapshot = {**self.status_snapshot(), "published_at": time.monotonic()}
 
     def status_line(self) -> str:
         s = self.status_snapshot()
@@ -405,6 +463,7 @@ class Daemon:
 
     def shutdown(self) -> None:
         notify("STOPPING=1")
+        self.publish_snapshot()  # stopping: /readyz answers 503 while running jobs drain
         logger.info("shutting down: draining running jobs for up to {:.0f} s", self.cfg.drain_seconds)
         if self.watcher:
             self.watcher.stop()
@@ -417,6 +476,7 @@ class Daemon:
                 (job.root / "conversion.raw").unlink(missing_ok=True)
             self.store.update(job_id, status=QUEUED, stage="queued", progress=0.0)
             logger.info("job {} left queued; it resumes on the next start", job_id)
+        self.callbacks.stop()
         if self.server:
             self.server.stop()
         self.store.close()

@@ -36,6 +36,7 @@ class ConvertOptions:
     input_size_list: list[list[int]] | None = None
     inputs: list[str] | None = None
     outputs: list[str] | None = None
+    callback_url: str | None = None  # http(s) URL the daemon POSTs the final task JSON to (see callbacks.py)
     # A test-only hook (honoured only when RKNN_DROPBOX_FAULT_INJECTION=1): segfault / exit / hang / oom / abort /
     # raise / slow (sleeps RKNN_DROPBOX_FAULT_SLOW_SECONDS, default 5, then converts normally).
     fault: str | None = None
@@ -122,6 +123,11 @@ def _parse_value(where: str, key: str, value: Any) -> Any:
         if not items or not all(isinstance(v, str) and v for v in items):
             raise _fail(where, key, f"expected a list of tensor names, got {value!r}")
         return list(items)
+    if key == "callback_url":
+        if value is not None and not (isinstance(value, str) and value.startswith(("http://", "https://"))
+                                      and len(value) <= 2048 and not any(c.isspace() for c in value)):
+            raise _fail(where, key, f"expected an http:// or https:// URL, got {value!r}")
+        return value
     if key == "fault":
         return _choice(where, key, value, ("segfault", "exit", "hang", "oom", "abort", "raise", "slow"))
     raise _fail(where, key, f"unknown key (allowed: {', '.join(ALLOWED_KEYS)})")  # pragma: no cover
