@@ -23,6 +23,11 @@ PAIR_EXTS = {
 }
 
 
+def is_checkpoint_ext(ext: str) -> bool:
+    """The parts of a TensorFlow checkpoint: .meta, .index, .data-00000-of-00001."""
+    return ext in (".meta", ".index") or ext.startswith(".data-")
+
+
 def is_ignored(name: str) -> bool:
     """Names that are never models: dotfiles (.DS_Store, ._*, .syncthing.*), partial downloads, OS litter."""
     return name.startswith(".") or any(fnmatch.fnmatchcase(name, p) for p in IGNORED_PATTERNS)
@@ -209,16 +214,43 @@ class InboxScanner:
     def _group(self, stem: str, members: dict[str, str], seen: dict[str, _Seen], now: float,
                result: ScanResult) -> None:
         by_ext: dict[str, list[str]] = {}
+    def _checkpoint(self, stem: str, members: dict[str, str], parts: list[str], sidecars: list[str], waited: float,
+                    result: ScanResult) -> None:
+        """A TF checkpoint dropped loose: <stem>.meta + <stem>.index + every <stem>.data-NNNNN-of-TTTTT."""
+        exts = {members[n] for n in parts}
+        shards = [e for e in exts if e.startswith(".data-")]
+        totals = {e.rsplit("-of-", 1)[-1] for e in shards}
+        need = int(next(iter(totals))) if len(totals) == 1 and next(iter(totals)).isdigit() else 1
+        missing = [f"{stem}{e}" for e in (".meta", ".index") if e not in exts]
+        if len(shards) < need or not shards:
+            missing.append(f"{stem}.data-* ({len(shards)} of {need} shards)")
+        entries = sorted(parts + sidecars)
+        if not missing:
+            result.ready.append(Bundle(stem, entries, "file"))
+        elif waited >= self.bundle_timeout_seconds:
+            result.rejected.append(Rejection(stem, entries, f"incomplete TensorFlow checkpoint: "
+                                             f"{', '.join(missing)} never arrived",
+                                             "copy the .meta, .index and .data-* files together, or drop the "
+                                             "checkpoint as a folder"))
+        else:
+            result.waiting += len(entries)
+
         for name, ext in members.items():
             by_ext.setdefault(ext, []).append(name)
         sidecars = [n for n, e in members.items() if e in SIDECAR_EXTS]
         models = [n for n, e in members.items() if e in SINGLE_MODEL_EXTS or e in ARCHIVE_EXTS]
         halves = [n for n, e in members.items() if e in PAIR_EXTS]
-        others = [n for n, e in members.items() if n not in sidecars and n not in models and n not in halves]
+        ckpt = [n for n, e in members.items() if is_checkpoint_ext(e)]
+        others = [n for n, e in members.items()
+                  if n not in sidecars and n not in models and n not in halves and n not in ckpt]
         waited = now - min(seen[n].first_seen for n in members)
         for name in others:
             result.rejected.append(Rejection(name, [name], f"{name} is not a model file",
                                              "rknn-dropbox converts .onnx, .tflite, .pt/.pth, .pb, .cfg+.weights, "
+        if ckpt and not models and not halves:
+            self._checkpoint(stem, members, ckpt, sidecars, waited, result)
+            members = {n: e for n, e in members.items() if n in others}
+            sidecars = []
                                              ".prototxt+.caffemodel, or a folder/archive holding one"))
         if len(sidecars) > 1:
             result.rejected.append(Rejection(stem, sorted(members), f"more than one sidecar for {stem}: "

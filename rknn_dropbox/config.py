@@ -53,6 +53,8 @@ class Config:
     host_id: str | None = None
     stale_claim_seconds: float = 600.0
     worker_memory_limit_mb: int = 0  # 0: no limit; else a worker over this resident size is killed, failing its job
+    cache: bool = True  # reuse the outputs of an earlier job with the same model bytes + config + toolkit
+    cache_max_bytes: int = 2 * 1024 * 1024 * 1024  # the cache (state_dir/cache) evicts least recently used entries
     http: HttpConfig = field(default_factory=HttpConfig)
     convert: ConvertOptions = field(default_factory=ConvertOptions)
     source: Path | None = None  # the TOML file this came from
@@ -66,6 +68,10 @@ class Config:
     @property
     def host_name(self) -> str:
         return self.host_id or socket.gethostname() or "localhost"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.state_dir / "cache"
 
     @property
     def store_path(self) -> Path:
@@ -105,7 +111,10 @@ def _build_top(raw: dict[str, Any], base_dir: Path) -> dict[str, Any]:
             if value < 0:
                 raise ConfigError(f"{key}: must be 0 (no limit) or a size in MB, got {value}")
             out[key] = value
-        elif key in ("workers", "max_jobs_per_worker", "max_file_size"):
+        elif key == "cache":
+            _check_type(key, value, bool)
+            out[key] = value
+        elif key in ("workers", "max_jobs_per_worker", "max_file_size", "cache_max_bytes"):
             _check_type(key, value, int)
             if value < 1:
                 raise ConfigError(f"{key}: must be at least 1, got {value}")

@@ -15,11 +15,14 @@ from typing import Any, Callable, Iterator
 
 from . import __version__
 from .modelfiles import FORMAT_NAMES, BundleError, ModelSpec, inspect_bundle
+from .cache import ResultCache, cache_key
 from .options import ConvertOptions, OptionsError, check_fp16_platforms, effective_quantization
+from .platforms import NO_FP16_PLATFORMS, dtype_platform_error
 from .toolprogress import BUILD_PHASES_FP16, BUILD_PHASES_INT8, LOAD_PHASES, toolkit_progress
 from .workarea import JobDir
 
 ProgressFn = Callable[[str, float], None]
+TF_FORMATS = ("tensorflow", "savedmodel", "checkpoint", "tflite")
 ANSI_RE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07")
 
 
@@ -41,6 +44,22 @@ class ConversionResult:
     options: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     toolkit_version: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)  # more result.json fields: cached, cache_of, verification
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    """Daemon-level settings a worker needs for a job (sent in the order)."""
+    cache_dir: Path | None = None
+    cache_max_bytes: int = 0
+    lock_dir: Path | None = None  # where the cross-worker TensorFlow lock lives (the state dir)
+
+    @classmethod
+    def from_order(cls, order: dict[str, Any]) -> "JobSettings":
+        cache_dir = order.get("cache_dir")
+        lock_dir = order.get("lock_dir")
+        return cls(Path(cache_dir) if cache_dir else None, int(order.get("cache_max_bytes") or 0),
+                   Path(lock_dir) if lock_dir else None)
 
 
 def sha256_file(path: Path) -> str:
@@ -51,8 +70,12 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def file_entry(path: Path, root: Path) -> dict[str, Any]:
-    return {"name": str(path.relative_to(root)), "size": path.stat().st_size, "sha256": sha256_file(path)}
+def file_entry(path: Path, root: Path, unpacked_root: Path | None = None) -> dict[str, Any]:
+    if path.is_relative_to(root) or unpacked_root is None:
+        name = str(path.relative_to(root))
+    else:
+        name = f"(unpacked) {path.relative_to(unpacked_root)}"
+    return {"name": name, "size": path.stat().st_size, "sha256": sha256_file(path)}
 
 
 def clean_log_text(raw: str) -> str:
@@ -173,7 +196,7 @@ def _call(step: str, fn: Callable[..., int], raw_log: Path, spec: ModelSpec, **k
                               f"{spec.model.name}): {error}", hint)
 
 
-def _load(rknn: Any, spec: ModelSpec, raw_log: Path) -> None:
+def _load(rknn: Any, spec: ModelSpec, raw_log: Path, tf_graph: Any = None) -> None:
     o = spec.options
     m = str(spec.model)
     if spec.format == "onnx":
@@ -187,15 +210,10 @@ def _load(rknn: Any, spec: ModelSpec, raw_log: Path) -> None:
     elif spec.format == "tflite":
         _require_tensorflow(spec)
         _call("loading", rknn.load_tflite, raw_log, spec, model=m)
-    elif spec.format == "tensorflow":
-        _require_tensorflow(spec)
-        if not (o.inputs and o.outputs and o.input_size_list):
-            raise ConversionError(f"{spec.model.name} is a TensorFlow graph: the sidecar must name inputs, "
-                                  "outputs and input_size_list",
-                                  "add e.g. `inputs: [input]`, `outputs: [output]`, "
-                                  "`input_size_list: [[1, 224, 224, 3]]` to the sidecar")
-        _call("loading", rknn.load_tensorflow, raw_log, spec, tf_pb=m, inputs=o.inputs, outputs=o.outputs,
-              input_size_list=o.input_size_list)
+    elif spec.format in ("tensorflow", "savedmodel", "checkpoint"):
+        assert tf_graph is not None
+        _call("loading", rknn.load_tensorflow, raw_log, spec, tf_pb=str(tf_graph.pb), inputs=tf_graph.inputs,
+              outputs=tf_graph.outputs, input_size_list=tf_graph.input_size_list)
     elif spec.format == "darknet":
         _call("loading", rknn.load_darknet, raw_log, spec, model=m, weight=str(spec.weights))
     elif spec.format == "caffe":
@@ -212,7 +230,39 @@ def _require_tensorflow(spec: ModelSpec) -> None:
                               "install rknn-dropbox[tensorflow] (scripts/setup-venv.sh --tensorflow)") from None
 
 
+def prepare_tf_graph(spec: ModelSpec, scratch: Path) -> Any:
+    """Frozen .pb / SavedModel / checkpoint -> a TFGraph for load_tensorflow (freezing in this worker)."""
+    if spec.format not in ("tensorflow", "savedmodel", "checkpoint"):
+        return None
+    _require_tensorflow(spec)
+    from .tfgraph import TFGraphError, freeze_checkpoint, freeze_saved_model, prepare_frozen
+    o = spec.options
+    try:
+        if spec.format == "tensorflow":
+            graph = prepare_frozen(spec.model, o.inputs, o.outputs, o.input_size_list)
+        elif spec.format == "savedmodel":
+            graph = freeze_saved_model(spec.model, scratch / "frozen_savedmodel.pb", o.inputs, o.outputs,
+                                       o.input_size_list)
+        else:
+            graph = freeze_checkpoint(spec.model, scratch / "frozen_checkpoint.pb", o.inputs, o.outputs,
+                                      o.input_size_list)
+    except TFGraphError as exc:
+        raise ConversionError(str(exc), "name the graph's tensors in the sidecar: `inputs: [x]`, `outputs: [y]`, "
+                              "`input_size_list: [[1, 224, 224, 3]]`") from None
+    print(f"TensorFlow graph: inputs {graph.inputs} {graph.input_size_list}, outputs {graph.outputs} ({graph.found})")
+    return graph
+
+
 def is_prequantized(spec: ModelSpec) -> bool:
+    if spec.format == "tflite":
+        import numpy as np
+        try:
+            import tensorflow as tf
+        except ImportError:
+            return False
+        interp = tf.lite.Interpreter(model_path=str(spec.model))
+        return any(d["dtype"] in (np.int8, np.uint8) for d in interp.get_tensor_details()
+                   if d["name"] and d["quantization"][0])
     if spec.format == "onnx":
         import onnx
         model = onnx.load(str(spec.model), load_external_data=False)
@@ -221,7 +271,45 @@ def is_prequantized(spec: ModelSpec) -> bool:
     return False
 
 
-def convert_job(job: JobDir, name: str, defaults: ConvertOptions, progress: ProgressFn) -> ConversionResult:
+def _target_name(name: str, platforms: tuple[str, ...], platform: str) -> str:
+    return f"{name}.rknn" if len(platforms) == 1 else f"{name}.{platform}.rknn"
+
+
+def _target_error(spec: ModelSpec, platform: str, quantize: bool) -> str | None:
+    """The toolkit's quantized_dtype / fp16 rules for one platform, checked before its build."""
+    if quantize:
+        return dtype_platform_error(spec.options.quantized_dtype, platform)
+    if platform in NO_FP16_PLATFORMS:
+        return f"{platform} cannot run fp16 models: give a calibration dataset for an int8 build"
+    return None
+
+
+def _from_cache(cache: ResultCache, key: str, name: str, platforms: tuple[str, ...], job: JobDir,
+                result: ConversionResult) -> bool:
+    hit = cache.lookup(key)
+    if hit is None:
+        return False
+    meta = hit.meta
+    for target in meta["targets"]:
+        entry = dict(target)
+        if entry.get("ok"):
+            out_name = _target_name(name, platforms, entry["platform"])
+            tmp = job.output / f".{out_name}.part"
+            import shutil
+            shutil.copyfile(hit.folder / meta["files"][entry["platform"]], tmp)
+            os.replace(tmp, job.output / out_name)
+            entry["file"] = out_name
+        result.targets.append(entry)
+    result.warnings.extend(meta.get("warnings", []))
+    result.extra.update({"cached": True, "cache_of": meta.get("job_id"), "cache_key": key})
+    if meta.get("verification") is not None:
+        result.extra["verification"] = meta["verification"]
+    print(f"cache hit {key[:16]}: outputs of job {meta.get('job_id')} ({meta.get('name')}) reused")
+    return True
+
+
+def convert_job(job: JobDir, name: str, defaults: ConvertOptions, progress: ProgressFn,
+                settings: JobSettings = JobSettings()) -> ConversionResult:
     """Convert the claimed bundle in `job` into job.output; raises ConversionError / BundleError."""
     from rknn.api import RKNN  # imported once per worker process, never in the daemon
 
@@ -239,29 +327,62 @@ def convert_job(job: JobDir, name: str, defaults: ConvertOptions, progress: Prog
             except BundleError as exc:
                 raise ConversionError(exc.error, exc.hint) from None
             inject_fault(spec.options.fault)
+            if spec.format in TF_FORMATS:
+                _require_tensorflow(spec)
             prequantized = is_prequantized(spec)
             try:
                 quantize, why = effective_quantization(spec.options, spec.dataset is not None, prequantized)
-                check_fp16_platforms(spec.options, quantize)
+                if len(spec.options.target_platform) == 1:
+                    check_fp16_platforms(spec.options, quantize)
             except OptionsError as exc:
                 raise ConversionError(str(exc)) from None
             print(f"model: {FORMAT_NAMES[spec.format]} {spec.model.name}; quantization: {why}")
             result = ConversionResult(format=spec.format, toolkit_version=toolkit_version,
                                       options=spec.options.to_json())
-            result.inputs = [file_entry(f, job.input) for f in spec.files]
+            unpacked = spec.root if spec.root and not spec.root.is_relative_to(job.input) else None
+            result.inputs = [file_entry(f, job.input, unpacked) for f in spec.files]
             result.quantization = {"quantized": quantize, "dtype": spec.options.quantized_dtype if quantize else
                                    ("prequantized" if prequantized else "float16"),
                                    "dataset_size": spec.dataset_size if quantize else 0, "reason": why}
             if not quantize:
                 result.warnings.append(why) if "no calibration dataset" in why else None
             platforms = spec.options.target_platform
+            cache = ResultCache(settings.cache_dir, settings.cache_max_bytes) if settings.cache_dir else None
+            key = None
+            if cache is not None:
+                config = {**spec.options.to_json(), "format": spec.format, "quantize": quantize}
+                config.pop("dataset", None)  # a path; the samples' bytes go into the key instead
+                # a file's role, not its name: the same model dropped under another name is the same key
+                roles = [(str(f.relative_to(spec.model)) if spec.format == "savedmodel" else
+                          f.name[len(f.name.split(".")[0]):].lower(), f) for f in spec.model_files]
+                key = cache_key(roles, config, toolkit_version,
+                                spec.dataset_samples if quantize else [])
+                if _from_cache(cache, key, name, platforms, job, result):
+                    progress("export", 97.0)
+                    return result
+            result.extra["cached"] = False
+            tf_graph = prepare_tf_graph(spec, scratch)
             share = 90.0 / len(platforms)
+            verifications: dict[str, Any] = {}
             for i, platform in enumerate(platforms):
                 base = 5.0 + i * share
-                out_name = (f"{name}.rknn" if len(platforms) == 1 else f"{name}.{platform}.rknn")
+                out_name = _target_name(name, platforms, platform)
                 try:
-                    result.targets.append(_build_target(RKNN, spec, platform, quantize, job, out_name, raw_log,
-                                                        lambda stage, frac: progress(stage, base + frac * share)))
+                    reason = _target_error(spec, platform, quantize)
+                    if reason:
+                        raise ConversionError(reason, "drop this platform from target_platform or change "
+                                              "quantized_dtype")
+                    target, verification = _build_target(
+                        RKNN, spec, platform, quantize, job, out_name, raw_log, tf_graph, settings,
+                        lambda stage, frac: progress(stage, base + frac * share))
+                    result.targets.append(target)
+                    if verification is not None:
+                        verifications[platform] = verification
+                        if verification.get("status") == "below_threshold":
+                            result.warnings.append(
+                                f"{platform}: verification below verify_min_cosine "
+                                f"{verification['min_cosine']}: cosine "
+                                f"{', '.join(str(o['cosine']) for o in verification['outputs'])}")
                 except ConversionError as exc:
                     if len(platforms) == 1:
                         raise
@@ -271,14 +392,84 @@ def convert_job(job: JobDir, name: str, defaults: ConvertOptions, progress: Prog
             if not any(t.get("ok") for t in result.targets):
                 errors = "; ".join(f"{t['platform']}: {t['error']}" for t in result.targets)
                 raise ConversionError(f"every target failed: {errors}")
+            if verifications:
+                result.extra["verification"] = verifications
+            if cache is not None and key and all(t.get("ok") for t in result.targets) and not any(
+                    v.get("status") in ("below_threshold", "error") for v in verifications.values()):
+                files = {t["platform"]: job.output / t["file"] for t in result.targets}
+                cache.store(key, {"job_id": job.job_id, "name": name, "targets": result.targets,
+                                  "warnings": result.warnings, "verification": verifications or None}, files)
             progress("export", 97.0)
             return result
     finally:
         finish_log(job)
 
 
+def _verify(rknn: Any, spec: ModelSpec, quantize: bool, tf_graph: Any, prequantized_tflite: bool
+            ) -> dict[str, Any] | None:
+    """Run the simulator on one input and compare with the source framework; None when verify is off."""
+    from . import verify as v
+    o = spec.options
+    if not o.verify:
+        return None
+    min_cos = v.threshold(o.verify_min_cosine, quantize or prequantized_tflite)
+    if spec.format in ("darknet", "caffe"):
+        return v.Verification("skipped", reason=f"no {FORMAT_NAMES[spec.format]} runtime here; the weights were "
+                              "checked against the network description instead").to_json()
+    try:
+        names: list[str] | None = None
+        if spec.format == "onnx":
+            import onnx
+            m = onnx.load(str(spec.model), load_external_data=False)
+            inits = {i.name for i in m.graph.initializer}
+            shapes = []
+            for inp in m.graph.input:
+                if inp.name in inits:
+                    continue
+                dims = [d.dim_value for d in inp.type.tensor_type.shape.dim]
+                shapes.append(dims)
+            if o.input_size_list:
+                shapes = o.input_size_list
+            names = [out.name for out in m.graph.output]
+            channels_last, ref_name = False, "onnxruntime"
+        elif spec.format == "pytorch":
+            shapes, channels_last, ref_name = list(o.input_size_list or []), False, "torch"
+        elif spec.format == "tflite":
+            import tensorflow as tf
+            interp = tf.lite.Interpreter(model_path=str(spec.model))
+            shapes = [list(map(int, d["shape"])) for d in interp.get_input_details()]
+            names = [d["name"] for d in interp.get_output_details()]
+            channels_last, ref_name = True, "tensorflow (tf.lite)"
+        else:
+            shapes, names = tf_graph.input_size_list, tf_graph.outputs
+            channels_last, ref_name = True, "tensorflow"
+        if not shapes or any(not d or any(x <= 0 for x in d) for d in shapes):
+            return v.Verification("skipped", reason="the input shapes are not fixed").to_json()
+        raw, norm, source = v.make_inputs(shapes, o.mean_values, o.std_values, channels_last,
+                                          spec.dataset if quantize else None)
+        if rknn.init_runtime() != 0:
+            return v.Verification("error", ref_name, reason="init_runtime() of the simulator failed").to_json()
+        got = rknn.inference(inputs=raw, data_format="nhwc" if channels_last else "nchw")
+        if got is None:
+            return v.Verification("error", ref_name, reason="the simulator returned no outputs").to_json()
+        if spec.format == "onnx":
+            want = v.reference_onnx(spec.model, norm)
+        elif spec.format == "pytorch":
+            want = v.reference_torch(spec.model, norm)
+        elif spec.format == "tflite":
+            want = v.reference_tflite(spec.model, norm)
+        else:
+            want = v.reference_tf_graph(tf_graph.pb, tf_graph.inputs, tf_graph.outputs, norm)
+        rows, ok = v.compare(got, want, names, min_cos)
+        return v.Verification("passed" if ok else "below_threshold", ref_name, source, min_cos, rows).to_json()
+    except Exception as exc:  # noqa: BLE001 - a verification problem must not lose a good .rknn
+        return v.Verification("error", reason=f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else ''}").to_json()
+
+
 def _build_target(RKNN: Any, spec: ModelSpec, platform: str, quantize: bool, job: JobDir, out_name: str,
-                  raw_log: Path, progress: Callable[[str, float], None]) -> dict[str, Any]:
+                  raw_log: Path, tf_graph: Any, settings: JobSettings, progress: Callable[[str, float], None]
+                  ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    from .tfgraph import toolkit_tf_lock
     o = spec.options
     print(f"--- target {platform}: building {out_name}")
     rknn = RKNN(verbose=False)
@@ -291,16 +482,22 @@ def _build_target(RKNN: Any, spec: ModelSpec, platform: str, quantize: bool, job
             config["mean_values"] = o.mean_values
         if o.std_values is not None:
             config["std_values"] = o.std_values
+        for flag in ("quant_img_RGB2BGR", "single_core_mode", "compress_weight"):
+            if getattr(o, flag):
+                config[flag] = True
         _call("configuring", rknn.config, raw_log, spec, **config)
         progress("load", 0.1)
-        with toolkit_progress(raw_log, lambda f: progress("load", f), 0.1, 0.3, LOAD_PHASES):
-            _load(rknn, spec, raw_log)
-        stage = "quantize" if quantize else "build"
-        progress(stage, 0.3)
-        with toolkit_progress(raw_log, lambda f: progress(stage, f), 0.3, 0.85,
-                              BUILD_PHASES_INT8 if quantize else BUILD_PHASES_FP16):
-            _call("building", rknn.build, raw_log, spec, do_quantization=quantize,
-                  dataset=str(spec.dataset) if quantize and spec.dataset else None)
+        # load_tensorflow (and the TFLite path) write the fixed /tmp/optimized_tf.pb: one such build at a time
+        lock = toolkit_tf_lock(settings.lock_dir) if spec.format in TF_FORMATS else contextlib.nullcontext()
+        with lock:
+            with toolkit_progress(raw_log, lambda f: progress("load", f), 0.1, 0.3, LOAD_PHASES):
+                _load(rknn, spec, raw_log, tf_graph)
+            stage = "quantize" if quantize else "build"
+            progress(stage, 0.3)
+            with toolkit_progress(raw_log, lambda f: progress(stage, f), 0.3, 0.85,
+                                  BUILD_PHASES_INT8 if quantize else BUILD_PHASES_FP16):
+                _call("building", rknn.build, raw_log, spec, do_quantization=quantize,
+                      dataset=str(spec.dataset) if quantize and spec.dataset else None)
         progress("export", 0.85)
         tmp = job.output / f".{out_name}.part"
         _call("exporting", rknn.export_rknn, raw_log, spec, export_path=str(tmp))
@@ -308,9 +505,21 @@ def _build_target(RKNN: Any, spec: ModelSpec, platform: str, quantize: bool, job
             os.fsync(fh.fileno())
         final = job.output / out_name
         os.replace(tmp, final)
+        progress("verify", 0.9)
+        verification = _verify(rknn, spec, quantize, tf_graph,
+                               spec.format == "tflite" and not quantize and is_prequantized(spec))
+        if verification is not None:
+            print(f"verification {platform}: {verification}")
+        if verification and verification.get("status") == "below_threshold" and o.verify_strict:
+            final.unlink(missing_ok=True)
+            raise ConversionError(
+                f"verification failed on {platform}: cosine "
+                f"{', '.join(str(r['cosine']) for r in verification['outputs'])} is below verify_min_cosine "
+                f"{verification['min_cosine']} (verify_strict)", "see conversion.log; set verify_strict = false to "
+                "deliver such models with a warning")
         progress("export", 1.0)
-        return {"platform": platform, "ok": True, "file": out_name, "size": final.stat().st_size,
-                "sha256": sha256_file(final)}
+        return ({"platform": platform, "ok": True, "file": out_name, "size": final.stat().st_size,
+                 "sha256": sha256_file(final)}, verification)
     finally:
         try:
             rknn.release()

@@ -308,7 +308,9 @@ class Daemon:
             if record is None or record.status != QUEUED:
                 continue
             order = {"job_id": job_id, "root": record.work_path, "name": record.name,
-                     "defaults": self.cfg.convert.to_json()}
+                     "defaults": self.cfg.convert.to_json(),
+                     "cache_dir": str(self.cfg.cache_dir) if self.cfg.cache else None,
+                     "cache_max_bytes": self.cfg.cache_max_bytes, "lock_dir": str(self.cfg.state_dir)}
             pid = self.pool.submit(order)
             if pid is not None:
                 self.store.update(job_id, status=PROCESSING, stage="starting", started_at=time.time(),
@@ -364,6 +366,7 @@ class Daemon:
                           target=",".join(payload["target_platform"]))
         self._deliver(job_id, True, payload)
 
+            **result.get("extra", {}),  # cached / cache_of / verification (converter)
     def fail_job(self, job_id: str, error: str, hint: str | None, stage: str | None = None) -> None:
         record = self.store.get(job_id)
         assert record is not None

@@ -7,13 +7,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .analyzer import is_ignored, split_name
-from .options import ConvertOptions, OptionsError, parse_convert_options, read_yaml_mapping
+from .archives import ArchiveError, is_archive, strip_single_folder, unpack_archive
+from .integrity import IntegrityError, check_caffe, check_darknet
+from .options import (
+    ConvertOptions, ModelConfigRefs, OptionsError, is_model_config, model_config_to_options, parse_convert_options,
+    read_yaml_mapping,
+)
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
 CALIBRATION_EXTS = (*IMAGE_EXTS, ".npy")
 FORMAT_NAMES = {
     "onnx": "ONNX", "tflite": "TFLite", "pytorch": "TorchScript", "tensorflow": "TensorFlow frozen graph",
-    "darknet": "Darknet", "caffe": "Caffe",
+    "darknet": "Darknet", "caffe": "Caffe", "savedmodel": "TensorFlow SavedModel", "checkpoint": "TensorFlow checkpoint",
 }
 
 
@@ -28,14 +33,22 @@ class BundleError(ValueError):
 
 @dataclass
 class ModelSpec:
-    format: str                       # onnx | tflite | pytorch | tensorflow | darknet | caffe
-    model: Path                       # the main model file
+    format: str                       # onnx | tflite | pytorch | tensorflow | darknet | caffe | savedmodel | checkpoint
+    model: Path                       # the main model file (a SavedModel: its folder; a checkpoint: its .meta)
     weights: Path | None = None       # .weights / .caffemodel
     options: ConvertOptions = field(default_factory=ConvertOptions)
     dataset: Path | None = None       # a dataset.txt (written by us for a folder of images)
     dataset_size: int = 0
     sidecar: Path | None = None
     files: list[Path] = field(default_factory=list)  # every input file, for result.json
+    model_files: list[Path] = field(default_factory=list)  # the files that make the model (the cache key)
+    root: Path | None = None          # where the bundle's files are (an archive: where it was unpacked)
+
+    @property
+    def dataset_samples(self) -> list[Path]:
+        if self.dataset is None:
+            return []
+        return [Path(item) for line in self.dataset.read_text(encoding="utf-8").splitlines() for item in line.split()]
 
 
 def sniff_format(path: Path) -> str | None:
@@ -53,7 +66,7 @@ def sniff_format(path: Path) -> str | None:
     stripped = "\n".join(line.split("#", 1)[0] for line in text.splitlines()).strip()
     if stripped.startswith("[net]") or stripped.startswith("[network]"):
         return "darknet-cfg"
-    if ("layer" in stripped or "input" in stripped) and "{" in stripped and "\0" not in head[:256]:
+    if ("layer" in stripped or "input" in stripped) and "{" in stripped and b"\0" not in head[:256]:
         if stripped.startswith(("name:", "layer", "input", "layers")):
             return "caffe-prototxt"
     if head[:1] == b"\x08" and b"\x12" in head[:64]:  # ModelProto: field 1 (ir_version) varint first
@@ -123,11 +136,46 @@ def _rewrite_dataset(ds: Path, work: Path) -> tuple[Path, int]:
     return out, len(lines)
 
 
+def _tf_sets(files: list[Path]) -> tuple[list[tuple[str, Path, Path | None]], set[Path]]:
+    """SavedModel folders (saved_model.pb + variables/) and checkpoint sets (.meta + .index + .data-*)."""
+    found: list[tuple[str, Path, Path | None]] = []
+    used: set[Path] = set()
+    for f in files:
+        if f.name == "saved_model.pb":
+            found.append(("savedmodel", f.parent, None))
+            used.update(g for g in files if g.is_relative_to(f.parent))
+    for f in files:
+        if f in used or f.suffix.lower() != ".meta":
+            continue
+        prefix = f.name[: -len(".meta")]
+        index = f.with_name(prefix + ".index")
+        data = [g for g in files if g.parent == f.parent and g.name.startswith(prefix + ".data-")]
+        if index not in files or not data:
+            missing = [n for n, ok in ((f"{prefix}.index", index in files), (f"{prefix}.data-*", bool(data)))
+                       if not ok]
+            raise BundleError(f"incomplete TensorFlow checkpoint: found {f.name} but no {' and no '.join(missing)}",
+                              "drop the .meta, .index and every .data-* file of the checkpoint together")
+        shards = {g.name.rsplit("-of-", 1)[-1] for g in data}
+        total = int(next(iter(shards))) if len(shards) == 1 and next(iter(shards)).isdigit() else len(data)
+        if len(data) < total:
+            raise BundleError(f"incomplete TensorFlow checkpoint {prefix}: {len(data)} of {total} .data-* shards")
+        found.append(("checkpoint", f, None))
+        used.update([f, index, *data])
+        ckpt_state = f.with_name("checkpoint")
+        if ckpt_state in files:
+            used.add(ckpt_state)
+    return found, used
+
+
 def _pick_model(files: list[Path], bundle_name: str) -> tuple[str, Path, Path | None]:
     """Find the one model of the bundle; BundleError lists what was found when it is not exactly one."""
-    found: list[tuple[str, Path, Path | None]] = []
+    found, tf_used = _tf_sets(files)
+    files = [f for f in files if f not in tf_used]
     cfgs = {split_name(f.name)[0]: f for f in files if sniff_format(f) == "darknet-cfg" or f.suffix.lower() == ".cfg"}
-    protos = {split_name(f.name)[0]: f for f in files if f.suffix.lower() == ".prototxt"}
+    protos = {split_name(f.name)[0]: f for f in files
+              if f.suffix.lower() == ".prototxt" or (f.suffix.lower() not in (".txt", ".yaml", ".yml")
+                                                     and f not in cfgs.values()
+                                                     and sniff_format(f) == "caffe-prototxt")}
     weights = {split_name(f.name)[0]: f for f in files if f.suffix.lower() == ".weights"}
     caffemodels = {split_name(f.name)[0]: f for f in files if f.suffix.lower() == ".caffemodel"}
     for stem, cfg in cfgs.items():
@@ -154,9 +202,11 @@ def _pick_model(files: list[Path], bundle_name: str) -> tuple[str, Path, Path | 
             continue
         ext = f.suffix.lower()
         fmt = _EXT_FORMAT.get(ext)
-        if fmt is None:
-            continue
         sniffed = sniff_format(f)
+        if fmt is None:
+            if sniffed == "tflite" and ext not in CALIBRATION_EXTS:
+                found.append(("tflite", f, None))  # a TFLite flatbuffer whatever its name says
+            continue
         if sniffed == "tflite":
             fmt = "tflite"
         elif sniffed == "onnx" and fmt == "tensorflow":
@@ -174,6 +224,51 @@ def _pick_model(files: list[Path], bundle_name: str) -> tuple[str, Path, Path | 
     return found[0]
 
 
+def _unpack_archives(input_dir: Path, files: list[Path], work: Path) -> tuple[list[Path], Path | None]:
+    """An archive bundle: unpack it (checked member by member) into the work area and list what it holds."""
+    archives = [f for f in files if is_archive(f)]
+    if not archives:
+        return files, None
+    if len(archives) > 1:
+        raise BundleError(f"more than one archive in one bundle: {', '.join(a.name for a in archives)}")
+    dest = work / "unpacked"
+    try:
+        unpack_archive(archives[0], dest)
+    except ArchiveError as exc:
+        raise BundleError(str(exc), "re-create the archive from plain files with relative paths") from None
+    inner = strip_single_folder(dest)
+    unpacked = _files_of(inner)
+    if not unpacked:
+        raise BundleError(f"{archives[0].name} holds no files")
+    # a sidecar dropped next to the archive (net.zip + net.yaml) still applies
+    return unpacked + files, inner  # the archive itself stays listed (result.json inputs)
+
+
+def _read_sidecar(cfg: Path, base: ConvertOptions) -> tuple[ConvertOptions, ModelConfigRefs | None]:
+    raw = read_yaml_mapping(cfg)
+    if is_model_config(raw):
+        native, refs = model_config_to_options(raw, cfg.name)
+        return parse_convert_options(native, where=cfg.name, base=base), refs
+    return parse_convert_options(raw, where=cfg.name, base=base), None
+
+
+def _restrict_to(refs: ModelConfigRefs, cfg: Path, files: list[Path]) -> list[Path]:
+    """model_config.yml names its model files: pick the model among exactly those (plus calibration data)."""
+    named = []
+    for rel in refs.files:
+        p = (cfg.parent / rel).resolve()
+        match = [f for f in files if f.resolve() == p]
+        if not match:
+            raise BundleError(f"{cfg.name} names {rel}, which is not in the bundle")
+        named.extend(match)
+    if not named:
+        return files
+    keep = set(named)
+    for f in named:  # a SavedModel / checkpoint named by its folder or .meta keeps its companion files
+        keep.update(g for g in files if g.parent == f.parent and (f.suffix == ".meta" or f.name == "saved_model.pb"))
+    return [f for f in files if f in keep or f.suffix.lower() in CALIBRATION_EXTS or f.name.lower() == "dataset.txt"]
+
+
 def inspect_bundle(input_dir: Path, bundle_name: str, defaults: ConvertOptions, work: Path) -> ModelSpec:
     """Read a claimed bundle: pick its model, apply sidecar/config.yaml over the defaults, find calibration data."""
     files = _files_of(input_dir)
@@ -183,28 +278,56 @@ def inspect_bundle(input_dir: Path, bundle_name: str, defaults: ConvertOptions, 
     top = [p for p in input_dir.iterdir() if not is_ignored(p.name)]
     if len(top) == 1 and top[0].is_dir():
         root = top[0]  # a folder bundle: paths are relative to the folder
+    files, unpacked_root = _unpack_archives(input_dir, files, work)
+    if unpacked_root is not None:
+        root = unpacked_root
     sidecars = [f for f in files if f.suffix.lower() in (".yaml", ".yml")]
     models_files = [f for f in files if f not in sidecars]
-    fmt, model, weights = _pick_model(models_files, bundle_name)
+    folder_cfg = [f for f in sidecars if f.name.lower() in ("config.yaml", "config.yml", "model_config.yml",
+                                                            "model_config.yaml")]
     opts = defaults
     sidecar = None
-    folder_cfg = [f for f in sidecars if f.name.lower() in ("config.yaml", "config.yml")]
-    own = [f for f in sidecars if f not in folder_cfg and split_name(f.name)[0] == split_name(model.name)[0]]
+    refs: list[tuple[ModelConfigRefs, Path]] = []
     try:
-        for cfg in folder_cfg[:1] + own[:1]:  # precedence: sidecar > folder config.yaml > TOML [convert]
-            opts = parse_convert_options(read_yaml_mapping(cfg), where=cfg.name, base=opts)
+        for cfg in folder_cfg[:1]:  # precedence: sidecar > folder config.yaml > TOML [convert]
+            opts, ref = _read_sidecar(cfg, opts)
             sidecar = cfg
+            if ref:
+                refs.append((ref, cfg))
+        candidates = models_files
+        for ref, cfg in refs:
+            candidates = _restrict_to(ref, cfg, candidates)
+        fmt, model, weights = _pick_model(candidates, bundle_name)
+        own = [f for f in sidecars if f not in folder_cfg and split_name(f.name)[0] in
+               (split_name(model.name)[0], bundle_name)]
+        for cfg in own[:1]:
+            opts, ref = _read_sidecar(cfg, opts)
+            sidecar = cfg
+            if ref:
+                refs.append((ref, cfg))
     except OptionsError as exc:
         raise BundleError(str(exc), "see config.example.toml [convert] for every key and its allowed values") from None
+    for ref, cfg in refs:
+        family = {"savedmodel": "tensorflow", "checkpoint": "tensorflow"}.get(fmt, fmt)
+        if ref.platform and ref.platform != family:
+            raise BundleError(f"{cfg.name} says platform: {ref.platform}, but the bundle's model {model.name} is "
+                              f"{FORMAT_NAMES[fmt]}")
     _check_model_file(fmt, model, weights)
     dataset, n = _calibration_dataset(root, opts, files, work)
-    return ModelSpec(fmt, model, weights, opts, dataset, n, sidecar, files)
+    if fmt == "savedmodel":
+        model_files = sorted(f for f in files if f.is_relative_to(model))
+    elif fmt == "checkpoint":
+        prefix = model.name[: -len(".meta")]
+        model_files = sorted(f for f in files if f.parent == model.parent and f.name.startswith(prefix + "."))
+    else:
+        model_files = [f for f in (model, weights) if f is not None]
+    return ModelSpec(fmt, model, weights, opts, dataset, n, sidecar, files, model_files, root)
 
 
 def _check_model_file(fmt: str, model: Path, weights: Path | None) -> None:
     """Cheap content checks that give a clearer error than the toolkit would."""
     for f in (model, weights):
-        if f is None:
+        if f is None or f.is_dir():
             continue
         try:
             size = f.stat().st_size
@@ -226,3 +349,11 @@ def _check_model_file(fmt: str, model: Path, weights: Path | None) -> None:
         if not m.graph.node:
             raise BundleError(f"{model.name} is not a valid ONNX model: its graph has no nodes",
                               "the file may be truncated or not ONNX at all: export or copy it again")
+    try:
+        if fmt == "darknet" and weights is not None:
+            check_darknet(model, weights)
+        elif fmt == "caffe" and weights is not None:
+            check_caffe(model, weights)
+    except IntegrityError as exc:
+        raise BundleError(str(exc), "copy the weights file again, or drop the network description that belongs "
+                          "to it") from None

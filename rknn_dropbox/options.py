@@ -11,7 +11,7 @@ import yaml
 
 from .platforms import (
     NO_FP16_PLATFORMS, OPTIMIZATION_LEVELS, PLATFORMS, QUANTIZED_ALGORITHMS, QUANTIZED_DTYPES,
-    QUANTIZED_METHODS, dtype_platform_error,
+    QUANTIZED_METHODS, RENAMED_DTYPES, dtype_platform_error,
 )
 
 MAX_SIDECAR_BYTES = 1024 * 1024
@@ -36,6 +36,13 @@ class ConvertOptions:
     input_size_list: list[list[int]] | None = None
     inputs: list[str] | None = None
     outputs: list[str] | None = None
+    quant_img_RGB2BGR: bool = False
+    single_core_mode: bool = False
+    compress_weight: bool = False
+    # after the build, run the toolkit's simulator and compare with the source framework (cosine per output)
+    verify: bool = True
+    verify_strict: bool = False           # a verification below verify_min_cosine fails the job (else: a warning)
+    verify_min_cosine: float | None = None  # None: 0.98 for int8 builds, 0.999 for fp16
     callback_url: str | None = None  # http(s) URL the daemon POSTs the final task JSON to (see callbacks.py)
     # A test-only hook (honoured only when RKNN_DROPBOX_FAULT_INJECTION=1): segfault / exit / hang / oom / abort /
     # raise / slow (sleeps RKNN_DROPBOX_FAULT_SLOW_SECONDS, default 5, then converts normally).
@@ -109,7 +116,20 @@ def _parse_value(where: str, key: str, value: Any) -> Any:
     if key == "input_size_list":
         return None if value is None else _number_lists(where, key, value, int)
     if key == "quantized_dtype":
+        if isinstance(value, str) and value in RENAMED_DTYPES:
+            raise _fail(where, key, f"{value!r} is refused by rknn-toolkit2 2.5.0; use "
+                        f"{RENAMED_DTYPES[value]!r} (allowed: {', '.join(QUANTIZED_DTYPES)})")
         return _choice(where, key, value, QUANTIZED_DTYPES)
+    if key in ("quant_img_RGB2BGR", "single_core_mode", "compress_weight", "verify", "verify_strict"):
+        if not isinstance(value, bool):
+            raise _fail(where, key, f"expected true or false, got {value!r}")
+        return value
+    if key == "verify_min_cosine":
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not -1.0 <= value <= 1.0:
+            raise _fail(where, key, f"expected a number between -1 and 1, got {value!r}")
+        return float(value)
     if key == "quantized_algorithm":
         return _choice(where, key, value, QUANTIZED_ALGORITHMS)
     if key == "quantized_method":
@@ -149,11 +169,11 @@ def parse_convert_options(raw: Any, where: str, base: ConvertOptions | None = No
     if base_dir is not None and changes.get("dataset") and not os.path.isabs(changes["dataset"]):
         changes["dataset"] = str(base_dir / changes["dataset"])
     opts = replace(base or ConvertOptions(), **changes)
-    if opts.do_quantization is not False:
-        for platform in opts.target_platform:
-            reason = dtype_platform_error(opts.quantized_dtype, platform)
-            if reason and (opts.do_quantization is True or "quantized_dtype" in changes):
-                raise OptionsError(f"{where}: {reason}")
+    if opts.do_quantization is not False and (opts.do_quantization is True or "quantized_dtype" in changes):
+        # one target: refuse now; several: refuse only when none can take the dtype (the rest fail per target)
+        reasons = [dtype_platform_error(opts.quantized_dtype, p) for p in opts.target_platform]
+        if all(reasons):
+            raise OptionsError(f"{where}: {'; '.join(r for r in reasons if r)}")
     return opts
 
 
@@ -235,3 +255,114 @@ def check_fp16_platforms(opts: ConvertOptions, quantize: bool) -> None:
             "(sidecar `dataset:`, a dataset.txt or images in the folder) for an int8 build")
 
 
+
+
+# ---- the toolkit's own `python -m rknn.api.rknn_convert` model_config.yml, read as a sidecar ------------------------
+
+MODEL_CONFIG_KEYS = ("name", "platform", "model_file_path", "pt_file_path", "prototxt_file_path",
+                     "caffemodel_file_path", "darknet_cfg_path", "darknet_weights_path", "quantize", "dataset",
+                     "configs", "subgraphs")
+MODEL_CONFIG_CONFIGS = ("quantized_dtype", "mean_values", "std_values", "channel_mean_value", "quant_img_RGB2BGR",
+                        "quantized_algorithm", "quantized_method", "optimization_level", "target_platform",
+                        "single_core_mode", "compress_weight")
+# the toolkit's model_config `platform:` -> our format names
+MODEL_CONFIG_PLATFORMS = {"onnx": "onnx", "tflite": "tflite", "caffe": "caffe", "darknet": "darknet",
+                          "tensorflow": "tensorflow", "pytorch": "pytorch"}
+
+
+@dataclass(frozen=True)
+class ModelConfigRefs:
+    """What a model_config.yml says about the model itself: its format and files (paths relative to the yml)."""
+    platform: str | None = None
+    files: tuple[str, ...] = ()
+
+
+def is_model_config(raw: Any) -> bool:
+    """A sidecar written for rknn_convert: a `models:` mapping, or its keys at the top level."""
+    if not isinstance(raw, dict):
+        return False
+    if set(raw) == {"models"} and isinstance(raw["models"], dict):
+        return True
+    return bool(set(raw) & {"platform", "model_file_path", "prototxt_file_path", "darknet_cfg_path", "configs",
+                            "subgraphs", "quantize", "pt_file_path"})
+
+
+def _str_bool(where: str, key: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+        return value.lower() in ("true", "yes", "1")
+    raise _fail(where, key, f"expected true or false, got {value!r}")
+
+
+def _size_list(where: str, value: Any) -> list[list[int]]:
+    """rknn_convert's input_size_list: ["1,3,224,224", ...] (a 3-dim entry gets a batch of 1) or lists of ints."""
+    items = value if isinstance(value, list) else [value]
+    out = []
+    for item in items:
+        if isinstance(item, str):
+            try:
+                dims = [int(x) for x in item.replace(" ", "").split(",") if x]
+            except ValueError:
+                raise _fail(where, "subgraphs.input_size_list", f"expected \"1,3,224,224\", got {item!r}") from None
+        elif isinstance(item, list) and all(isinstance(x, int) and not isinstance(x, bool) for x in item):
+            dims = list(item)
+        else:
+            raise _fail(where, "subgraphs.input_size_list", f"expected \"1,3,224,224\", got {item!r}")
+        if len(dims) == 3:
+            dims.insert(0, 1)
+        out.append(dims)
+    return out
+
+
+def model_config_to_options(raw: dict[str, Any], where: str) -> tuple[dict[str, Any], ModelConfigRefs]:
+    """Normalise a model_config.yml mapping into native sidecar keys (+ the model's format and files)."""
+    model = raw["models"] if set(raw) == {"models"} else raw
+    if not isinstance(model, dict):
+        raise OptionsError(f"{where}: models: expected a mapping")
+    native: dict[str, Any] = {}
+    for key in model:
+        if key not in MODEL_CONFIG_KEYS:
+            raise OptionsError(f"{where}: unknown model_config key {key!r} (allowed: {', '.join(MODEL_CONFIG_KEYS)})")
+    platform = model.get("platform")
+    if platform is not None and platform not in MODEL_CONFIG_PLATFORMS:
+        raise _fail(where, "platform", f"{platform!r} is not one of: {', '.join(MODEL_CONFIG_PLATFORMS)}")
+    files = tuple(str(model[k]) for k in ("model_file_path", "pt_file_path", "prototxt_file_path",
+                                          "caffemodel_file_path", "darknet_cfg_path", "darknet_weights_path")
+                  if model.get(k))
+    if "quantize" in model:
+        native["do_quantization"] = _str_bool(where, "quantize", model["quantize"])
+    if model.get("dataset"):
+        native["dataset"] = model["dataset"]
+    configs = model.get("configs") or {}
+    if not isinstance(configs, dict):
+        raise OptionsError(f"{where}: configs: expected a mapping")
+    for key, value in configs.items():
+        if key not in MODEL_CONFIG_CONFIGS:
+            raise OptionsError(f"{where}: configs: unknown key {key!r} (allowed: {', '.join(MODEL_CONFIG_CONFIGS)})")
+        if key == "quantized_dtype" and value in ("asymmetric_quantized-8", "asymmetric_quantized-u8"):
+            value = "w8a8"  # the toolkit 1 name rknn_model_zoo configs still use
+        if key == "channel_mean_value":  # "m0 m1 m2 scale", the toolkit-1 spelling of mean/std
+            try:
+                nums = [float(x) for x in str(value).split()]
+            except ValueError:
+                raise _fail(where, "configs.channel_mean_value", f"expected \"0 0 0 255\", got {value!r}") from None
+            if len(nums) < 2:
+                raise _fail(where, "configs.channel_mean_value", f"expected \"0 0 0 255\", got {value!r}")
+            native.setdefault("mean_values", nums[:-1])
+            native.setdefault("std_values", [nums[-1]] * (len(nums) - 1))
+            continue
+        if key in ("quant_img_RGB2BGR", "single_core_mode", "compress_weight"):
+            value = _str_bool(where, f"configs.{key}", value)
+        native[key] = value
+    subgraphs = model.get("subgraphs") or {}
+    if not isinstance(subgraphs, dict):
+        raise OptionsError(f"{where}: subgraphs: expected a mapping")
+    for key, value in subgraphs.items():
+        if key in ("input_size_list", "input-size-list"):
+            native["input_size_list"] = _size_list(where, value)
+        elif key in ("inputs", "outputs"):
+            native[key] = value
+        else:
+            raise OptionsError(f"{where}: subgraphs: unknown key {key!r} (allowed: input_size_list, inputs, outputs)")
+    return native, ModelConfigRefs(MODEL_CONFIG_PLATFORMS.get(platform) if platform else None, files)

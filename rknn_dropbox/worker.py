@@ -41,7 +41,7 @@ def worker_main(conn: Connection, parent_pid: int, preload: bool = True) -> None
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if preload:
         import rknn.api  # noqa: F401  (warm: every job after this skips the multi-second import)
-    from .converter import ConversionError, convert_job, describe_exception
+    from .converter import ConversionError, JobSettings, convert_job, describe_exception
     from .options import ConvertOptions
     from .workarea import JobDir
 
@@ -60,7 +60,8 @@ def worker_main(conn: Connection, parent_pid: int, preload: bool = True) -> None
 
         try:
             result = convert_job(JobDir(Path(order["root"])), order["name"],
-                                 ConvertOptions.from_json(order["defaults"]), progress)
+                                 ConvertOptions.from_json(order["defaults"]), progress,
+                                 JobSettings.from_order(order))
             payload: dict[str, Any] = {"ok": True, "result": asdict(result)}
         except ConversionError as exc:
             payload = {"ok": False, "error": exc.error, "hint": exc.hint}

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Creates ./.venv (once) and installs rknn-dropbox with rknn-toolkit2 and a CPU-only torch.
 # Idempotent: re-running does nothing unless requirements/ or pyproject.toml changed.
-# Usage: scripts/setup-venv.sh [--test] [--tensorflow]
+# Usage: scripts/setup-venv.sh [--test] [--tensorflow]   (--test includes TensorFlow: CI runs the real TF tests)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3.11}
@@ -14,7 +14,7 @@ TORCH_SPEC=${RKNN_DROPBOX_TORCH:-torch==2.13.0}
 extras=""
 for arg in "$@"; do
   case "$arg" in
-    --test) extras="${extras:+$extras,}test" ;;
+    --test) extras="${extras:+$extras,}test,tensorflow" ;;
     --tensorflow) extras="${extras:+$extras,}tensorflow" ;;
     *) echo "unknown option: $arg" >&2; exit 2 ;;
   esac

@@ -25,6 +25,10 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from rknn_dropbox.integrity import (  # noqa: F401  (re-exported for the tests)
+    darknet_expected_weights_bytes, darknet_header_bytes, parse_darknet_cfg,
+)
+
 __all__ = [
     "write_onnx_conv",
     "write_onnx_variant",
@@ -355,133 +359,8 @@ random=0
 """
 
 
-def darknet_header_bytes(major: int = 0, minor: int = 2) -> int:
-    """Header size as darknet's load_weights reads it: 3 x int32 + seen.
-
-    ``seen`` is int64 (size_t) when major*10+minor >= 2 and major,minor < 1000,
-    otherwise int32.
-    """
-    if (major * 10 + minor) >= 2 and major < 1000 and minor < 1000:
-        return 12 + 8
-    return 12 + 4
-
-
-def _parse_cfg(cfg_text: str) -> list[tuple[str, dict[str, str]]]:
-    sections: list[tuple[str, dict[str, str]]] = []
-    for raw in cfg_text.splitlines():
-        line = raw.split("#", 1)[0].split(";", 1)[0].strip()
-        if not line:
-            continue
-        if line.startswith("["):
-            if not line.endswith("]"):
-                raise ValueError(f"bad section header: {raw!r}")
-            sections.append((line[1:-1].strip().lower(), {}))
-            continue
-        if "=" not in line:
-            raise ValueError(f"bad cfg line: {raw!r}")
-        if not sections:
-            raise ValueError("option before first section")
-        k, v = line.split("=", 1)
-        sections[-1][1][k.strip()] = v.strip()
-    return sections
-
-
-def _int(opts: dict, key: str, default: int | None = None) -> int:
-    if key in opts:
-        return int(opts[key])
-    if default is None:
-        raise ValueError(f"missing required option {key!r}")
-    return default
-
-
-# layers with no weights that keep (h, w, c) of the previous layer
-_DARKNET_PASSTHROUGH = {
-    "yolo", "region", "detection", "gaussian_yolo", "dropout", "softmax", "cost",
-    "shortcut", "scale_channels", "sam", "activation", "logistic", "l2norm",
-    "contrastive",
-}
-
-
-def darknet_expected_weights_bytes(cfg_text: str, major: int = 0, minor: int = 2) -> int:
-    """Exact byte size of the .weights file implied by ``cfg_text`` (header included).
-
-    Pure function (no I/O).  Follows darknet's load_weights: header (see
-    darknet_header_bytes) then float32 params for each [convolutional]
-    (biases, [scales, rolling_mean, rolling_var if batch_normalize], weights of
-    filters*(c/groups)*size*size) and [connected]/[fc] (biases, weights
-    inputs*outputs, [bn triple]).  Tracks h/w/c through maxpool, avgpool,
-    upsample, route (incl. groups), reorg and weightless pass-through layers.
-    Raises ValueError for malformed cfgs or unknown layer types.
-    """
-    sections = _parse_cfg(cfg_text)
-    if not sections or sections[0][0] not in ("net", "network"):
-        raise ValueError("cfg must start with [net]")
-    net = sections[0][1]
-    h, w, c = _int(net, "height", 0), _int(net, "width", 0), _int(net, "channels", 3)
-    if c <= 0:
-        raise ValueError("net channels must be > 0")
-    shapes: list[tuple[int, int, int]] = []  # output (h, w, c) per layer index
-    n_floats = 0
-    for idx, (kind, o) in enumerate(sections[1:]):
-        if kind in ("convolutional", "conv"):
-            filters, size = _int(o, "filters", 1), _int(o, "size", 1)
-            stride = _int(o, "stride", 1)
-            groups = _int(o, "groups", 1)
-            if filters <= 0 or size <= 0 or stride <= 0 or groups <= 0 or c % groups:
-                raise ValueError(f"layer {idx}: bad convolutional params")
-            padding = size // 2 if _int(o, "pad", 0) else _int(o, "padding", 0)
-            n_floats += filters  # biases
-            if _int(o, "batch_normalize", 0):
-                n_floats += 3 * filters
-            n_floats += filters * (c // groups) * size * size
-            h = (h + 2 * padding - size) // stride + 1
-            w = (w + 2 * padding - size) // stride + 1
-            c = filters
-        elif kind in ("connected", "fc"):
-            outputs = _int(o, "output", 1)
-            inputs = h * w * c
-            n_floats += outputs + inputs * outputs
-            if _int(o, "batch_normalize", 0):
-                n_floats += 3 * outputs
-            h, w, c = 1, 1, outputs
-        elif kind in ("maxpool", "max"):
-            stride = _int(o, "stride", 1)
-            size = _int(o, "size", stride)
-            padding = _int(o, "padding", size - 1)
-            h = (h + padding - size) // stride + 1
-            w = (w + padding - size) // stride + 1
-        elif kind in ("avgpool", "avg"):
-            h, w = 1, 1
-        elif kind == "upsample":
-            stride = _int(o, "stride", 2)
-            if stride > 0:
-                h, w = h * stride, w * stride
-            elif stride < 0:
-                h, w = h // -stride, w // -stride
-        elif kind == "reorg":
-            stride = _int(o, "stride", 1)
-            if _int(o, "reverse", 0):
-                h, w, c = h * stride, w * stride, c // (stride * stride)
-            else:
-                h, w, c = h // stride, w // stride, c * stride * stride
-        elif kind == "route":
-            if "layers" not in o:
-                raise ValueError(f"layer {idx}: route without layers")
-            refs = []
-            for tok in o["layers"].split(","):
-                j = int(tok)
-                j = idx + j if j < 0 else j
-                if not 0 <= j < idx:
-                    raise ValueError(f"layer {idx}: route to invalid layer {tok.strip()}")
-                refs.append(shapes[j])
-            h, w = refs[0][0], refs[0][1]
-            c = sum(r[2] for r in refs) // _int(o, "groups", 1)
-        elif kind in _DARKNET_PASSTHROUGH:
-            pass
-        else:
-            raise ValueError(f"layer {idx}: unsupported darknet layer type [{kind}]")
-        shapes.append((h, w, c))
-    return darknet_header_bytes(major, minor) + 4 * n_floats
+# The .weights size arithmetic lives in the product (the analyzer checks dropped pairs with it).
+_parse_cfg = parse_darknet_cfg
 
 
 def write_darknet(cfg_path, weights_path, size: int = 32, seed: int = 0,
@@ -622,4 +501,100 @@ def write_truncated(src, dst, fraction: float) -> Path:
     data = Path(src).read_bytes()
     p = _prep(dst)
     p.write_bytes(data[: int(len(data) * fraction)])
+    return p
+
+
+# ------------------------------------------------------------------ TensorFlow
+# Needs tensorflow (the optional extra).  The graph: x [1,16,16,3] NHWC -> Conv2D(4, 3x3, SAME) + bias -> Relu.
+
+def _tf_weights(seed: int = 0):
+    rng = np.random.default_rng(seed)
+    w = (rng.standard_normal((3, 3, 3, 4)) * 0.1).astype(np.float32)  # HWIO
+    b = (rng.standard_normal((4,)) * 0.1).astype(np.float32)
+    return w, b
+
+
+def _tf_module(seed: int = 0):
+    import tensorflow as tf
+
+    w, b = _tf_weights(seed)
+
+    class TinyConv(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = tf.Variable(w, name="w")
+            self.b = tf.Variable(b, name="b")
+
+        @tf.function(input_signature=[tf.TensorSpec([1, 16, 16, 3], tf.float32, name="x")])
+        def __call__(self, x):
+            y = tf.nn.relu(tf.nn.bias_add(tf.nn.conv2d(x, self.w, 1, "SAME"), self.b))
+            return tf.identity(y, name="y")
+
+    return TinyConv()
+
+
+def write_tf_saved_model(folder, seed: int = 0) -> Path:
+    """A SavedModel folder (saved_model.pb + variables/) with a serving_default signature x -> y."""
+    import tensorflow as tf
+
+    d = Path(folder)
+    d.parent.mkdir(parents=True, exist_ok=True)
+    m = _tf_module(seed)
+    tf.saved_model.save(m, str(d), signatures=m.__call__.get_concrete_function())
+    return d
+
+
+def write_tf_frozen_pb(path, seed: int = 0) -> Path:
+    """A frozen GraphDef: placeholder 'x' [1,16,16,3], output node 'y' (constants folded in)."""
+    import tensorflow as tf
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    m = _tf_module(seed)
+    frozen = convert_variables_to_constants_v2(m.__call__.get_concrete_function())
+    gd = frozen.graph.as_graph_def()
+    p = _prep(path)
+    p.write_bytes(gd.SerializeToString())
+    return p
+
+
+def write_tf_checkpoint(folder, prefix: str = "model", seed: int = 0) -> Path:
+    """A TF1 checkpoint set: <prefix>.meta + .index + .data-00000-of-00001 (+ 'checkpoint'), input 'x', output 'y'."""
+    import tensorflow as tf
+
+    w, b = _tf_weights(seed)
+    d = Path(folder)
+    d.mkdir(parents=True, exist_ok=True)
+    g = tf.Graph()
+    with g.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, [1, 16, 16, 3], name="x")
+        wv = tf.compat.v1.get_variable("w", initializer=w)
+        bv = tf.compat.v1.get_variable("b", initializer=b)
+        tf.identity(tf.nn.relu(tf.nn.bias_add(tf.nn.conv2d(x, wv, 1, "SAME"), bv)), name="y")
+        saver = tf.compat.v1.train.Saver()
+        with tf.compat.v1.Session(graph=g) as sess:
+            sess.run(tf.compat.v1.global_variables_initializer())
+            saver.save(sess, str(d / prefix))
+    return d
+
+
+def write_tflite(path, seed: int = 0, int8: bool = False) -> Path:
+    """The same conv as .tflite (float32, or full-integer int8 with a seeded representative dataset)."""
+    import tensorflow as tf
+
+    m = _tf_module(seed)
+    conv = tf.lite.TFLiteConverter.from_concrete_functions([m.__call__.get_concrete_function()], m)
+    if int8:
+        rng = np.random.default_rng(seed)
+
+        def rep():
+            for _ in range(4):
+                yield [rng.random((1, 16, 16, 3), dtype=np.float32)]
+
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        conv.representative_dataset = rep
+        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        conv.inference_input_type = tf.int8
+        conv.inference_output_type = tf.int8
+    p = _prep(path)
+    p.write_bytes(conv.convert())
     return p
