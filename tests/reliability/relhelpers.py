@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
+
+import pytest
 
 from conftest import DaemonProcess, wait_for
 
@@ -114,3 +118,33 @@ def wait_idle(box: Box, timeout: float = 60) -> None:
     """Until the daemon reports nothing queued or converting."""
     wait_for(lambda: all(t["status"] in ("completed", "failed", "cancelled") for t in box.tasks()), timeout,
              what="all jobs finished")
+
+
+@pytest.fixture
+def box_factory(tmp_path: Path) -> Iterator[Callable[..., Box]]:
+    """Make Box daemons under tmp_path; whatever still runs at the end is stopped (then killed)."""
+    made: list[Box] = []
+
+    def make(name: str = "box", **kwargs: Any) -> Box:
+        b = Box(tmp_path / name, **kwargs)
+        made.append(b)
+        return b
+
+    yield make
+    for b in made:
+        if b.proc is not None and b.proc.poll() is None:
+            try:
+                b.stop(timeout=30)
+            except subprocess.TimeoutExpired:
+                pass
+
+
+def drop(src: Path, dest: Path) -> Path:
+    """Copy into the inbox the way a careful user does: under a dot name, then one rename."""
+    tmp = dest.with_name("." + dest.name + ".copying")
+    if src.is_dir():
+        shutil.copytree(src, tmp)
+    else:
+        shutil.copyfile(src, tmp)
+    os.rename(tmp, dest)
+    return dest
