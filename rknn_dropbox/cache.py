@@ -61,7 +61,8 @@ class ResultCache:
         if not all((folder / f).is_file() for f in meta.get("files", {}).values()):
             return None
         try:
-            os.utime(folder / META)  # last use, for eviction
+            now = time.time_ns()  # explicit: finer than the coarse clock file writes are stamped with
+            os.utime(folder / META, ns=(now, now))  # last use, for eviction
         except OSError:
             pass
         return CacheHit(key, meta, folder)
