@@ -107,6 +107,7 @@ class ScanResult:
     ready: list[Bundle] = field(default_factory=list)
     rejected: list[Rejection] = field(default_factory=list)
     waiting: int = 0  # entries not yet stable or waiting for a partner
+    next_check: float | None = None  # seconds until the earliest waiting entry may become stable
 
 
 def _mb(n: int) -> str:
@@ -154,6 +155,8 @@ class InboxScanner:
         seen = self._observe(now)
         result = ScanResult()
         stable = {n for n, s in seen.items() if now - s.changed_at >= self.stable_seconds}
+        unstable_left = [s.changed_at + self.stable_seconds - now for n, s in seen.items() if n not in stable]
+        result.next_check = min(unstable_left) if unstable_left else None
         groups: dict[str, dict[str, str]] = {}
         for name in sorted(seen):
             st_mode = seen[name].signature[0]
@@ -211,9 +214,6 @@ class InboxScanner:
                 return
         result.ready.append(Bundle(name, [name], "folder"))
 
-    def _group(self, stem: str, members: dict[str, str], seen: dict[str, _Seen], now: float,
-               result: ScanResult) -> None:
-        by_ext: dict[str, list[str]] = {}
     def _checkpoint(self, stem: str, members: dict[str, str], parts: list[str], sidecars: list[str], waited: float,
                     result: ScanResult) -> None:
         """A TF checkpoint dropped loose: <stem>.meta + <stem>.index + every <stem>.data-NNNNN-of-TTTTT."""
@@ -235,6 +235,9 @@ class InboxScanner:
         else:
             result.waiting += len(entries)
 
+    def _group(self, stem: str, members: dict[str, str], seen: dict[str, _Seen], now: float,
+               result: ScanResult) -> None:
+        by_ext: dict[str, list[str]] = {}
         for name, ext in members.items():
             by_ext.setdefault(ext, []).append(name)
         sidecars = [n for n, e in members.items() if e in SIDECAR_EXTS]
@@ -244,13 +247,13 @@ class InboxScanner:
         others = [n for n, e in members.items()
                   if n not in sidecars and n not in models and n not in halves and n not in ckpt]
         waited = now - min(seen[n].first_seen for n in members)
-        for name in others:
-            result.rejected.append(Rejection(name, [name], f"{name} is not a model file",
-                                             "rknn-dropbox converts .onnx, .tflite, .pt/.pth, .pb, .cfg+.weights, "
         if ckpt and not models and not halves:
             self._checkpoint(stem, members, ckpt, sidecars, waited, result)
             members = {n: e for n, e in members.items() if n in others}
             sidecars = []
+        for name in others:
+            result.rejected.append(Rejection(name, [name], f"{name} is not a model file",
+                                             "rknn-dropbox converts .onnx, .tflite, .pt/.pth, .pb, .cfg+.weights, "
                                              ".prototxt+.caffemodel, or a folder/archive holding one"))
         if len(sidecars) > 1:
             result.rejected.append(Rejection(stem, sorted(members), f"more than one sidecar for {stem}: "

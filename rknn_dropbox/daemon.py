@@ -82,6 +82,7 @@ class Daemon:
         self._last_scan = 0.0
         self._last_full_scan = 0.0
         self._waiting = 0
+        self._next_scan: float | None = None  # monotonic time when a waiting entry may have become stable
         self.server: Any = None
         self.callbacks = CallbackSender(self.store)
         self.published_snapshot: dict[str, Any] = {}  # what the status server reads; replaced whole each step
@@ -203,11 +204,14 @@ class Daemon:
 
     def step(self, timeout: float) -> None:
         """One turn: worker events, inbox changes, deliveries, dispatch."""
+        if self._next_scan is not None:
+            timeout = max(0.0, min(timeout, self._next_scan - time.monotonic()))
         for event in self.pool.wait_events(timeout):
             self.handle_event(event)
         woke = self.watcher.drain() if self.watcher else False
         now = time.monotonic()
-        if woke or (self._waiting and now - self._last_scan >= 0.5) or \
+        if woke or (self._next_scan is not None and now >= self._next_scan) or \
+                (self._waiting and now - self._last_scan >= 0.5) or \
                 now - self._last_full_scan >= self.cfg.rescan_seconds:
             self.scan_inbox()
         if self.reload_requested:
@@ -274,6 +278,7 @@ class Daemon:
         self._last_full_scan = now
         result = self.scanner.scan()
         self._waiting = result.waiting
+        self._next_scan = now + result.next_check + 0.01 if result.next_check is not None else None
         for bundle in result.ready:
             job = self.claim(bundle.name, bundle.entries, bundle.kind)
             if job is not None:
@@ -361,12 +366,12 @@ class Daemon:
             "outputs": [{"name": t["file"], "size": t["size"], "sha256": t["sha256"]}
                         for t in result["targets"] if t.get("ok")],
             "warnings": result["warnings"], "config": result["options"],
+            **result.get("extra", {}),  # cached / cache_of / verification (converter)
         }
         self.store.update(job_id, format=result["format"], outputs=outputs, warnings=result["warnings"],
                           target=",".join(payload["target_platform"]))
         self._deliver(job_id, True, payload)
 
-            **result.get("extra", {}),  # cached / cache_of / verification (converter)
     def fail_job(self, job_id: str, error: str, hint: str | None, stage: str | None = None) -> None:
         record = self.store.get(job_id)
         assert record is not None
