@@ -449,9 +449,14 @@ def _verify(rknn: Any, spec: ModelSpec, quantize: bool, tf_graph: Any, prequanti
                                           spec.dataset if quantize else None)
         if rknn.init_runtime() != 0:
             return v.Verification("error", ref_name, reason="init_runtime() of the simulator failed").to_json()
+        dequantize = None
+        if spec.format == "tflite":  # int8 in/out: the simulator takes and returns the quantized integers
+            raw, dequantize = v.tflite_simulator_io(spec.model, raw, norm)
         got = rknn.inference(inputs=raw, data_format="nhwc" if channels_last else "nchw")
         if got is None:
             return v.Verification("error", ref_name, reason="the simulator returned no outputs").to_json()
+        if dequantize is not None:
+            got = dequantize(got)
         if spec.format == "onnx":
             want = v.reference_onnx(spec.model, norm)
         elif spec.format == "pytorch":

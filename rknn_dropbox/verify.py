@@ -116,25 +116,46 @@ def reference_torch(model: Path, inputs: list[np.ndarray]) -> list[np.ndarray]:
     return [o.detach().numpy() for o in outs]
 
 
+def _tflite_quantize(detail: dict[str, Any], x: np.ndarray) -> np.ndarray:
+    if detail["dtype"] in (np.int8, np.uint8):
+        scale, zero = detail["quantization"]
+        info = np.iinfo(detail["dtype"])
+        return np.clip(np.round(x / scale + zero), info.min, info.max).astype(detail["dtype"])
+    return x.astype(detail["dtype"])
+
+
+def _tflite_dequantize(detail: dict[str, Any], y: np.ndarray) -> np.ndarray:
+    y = np.asarray(y)
+    if detail["dtype"] in (np.int8, np.uint8) and np.issubdtype(y.dtype, np.integer):
+        scale, zero = detail["quantization"]
+        return (y.astype(np.float32) - zero) * scale
+    return y
+
+
 def reference_tflite(model: Path, inputs: list[np.ndarray]) -> list[np.ndarray]:
     import tensorflow as tf
     interp = tf.lite.Interpreter(model_path=str(model))
     interp.allocate_tensors()
     for detail, x in zip(interp.get_input_details(), inputs):
-        if detail["dtype"] in (np.int8, np.uint8):
-            scale, zero = detail["quantization"]
-            info = np.iinfo(detail["dtype"])
-            x = np.clip(np.round(x / scale + zero), info.min, info.max).astype(detail["dtype"])
-        interp.set_tensor(detail["index"], x.astype(detail["dtype"]))
+        interp.set_tensor(detail["index"], _tflite_quantize(detail, x))
     interp.invoke()
-    outs = []
-    for detail in interp.get_output_details():
-        y = interp.get_tensor(detail["index"])
-        if detail["dtype"] in (np.int8, np.uint8):
-            scale, zero = detail["quantization"]
-            y = (y.astype(np.float32) - zero) * scale
-        outs.append(y)
-    return outs
+    return [_tflite_dequantize(d, interp.get_tensor(d["index"])) for d in interp.get_output_details()]
+
+
+def tflite_simulator_io(model: Path, raw: list[np.ndarray], norm: list[np.ndarray]
+                        ) -> tuple[list[np.ndarray], Any]:
+    """For a TFLite model with int8/uint8 inputs/outputs (full-integer, pre-quantized) the .rknn keeps those
+    dtypes: the simulator wants the quantized integers (the model's own input scale/zero point, not floats)
+    and hands back raw integers.  Returns the simulator inputs and a function dequantizing its outputs."""
+    import tensorflow as tf
+    interp = tf.lite.Interpreter(model_path=str(model))
+    ins, outs = interp.get_input_details(), interp.get_output_details()
+    sim = [_tflite_quantize(d, n) if d["dtype"] in (np.int8, np.uint8) else r
+           for d, r, n in zip(ins, raw, norm)] + list(raw[len(ins):])
+
+    def dequantize(got: list[np.ndarray]) -> list[np.ndarray]:
+        return [_tflite_dequantize(outs[i], y) if i < len(outs) else y for i, y in enumerate(got)]
+    return sim, dequantize
 
 
 def reference_tf_graph(pb: Path, input_names: list[str], output_names: list[str],

@@ -262,6 +262,9 @@ def test_float_and_int8_tflite(box: DaemonProcess, tmp_path: Path) -> None:
     q = box.wait_completed("qlite.bin")
     assert q["quantization"]["dtype"] == "prequantized", q["quantization"]
     assert (box.outbox / "qlite.bin" / "qlite.bin.rknn").is_file()
+    # int8 input/output: the simulator must get the quantized integers and its int8 outputs be dequantized
+    qv = q["verification"]["rk3588"]
+    assert qv["status"] == "passed" and qv["outputs"][0]["cosine"] >= 0.98, qv
 
 
 @needs_tf
