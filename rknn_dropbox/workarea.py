@@ -7,6 +7,7 @@ import json
 import os
 import secrets
 import shutil
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,14 +151,25 @@ def _move_or_copy(src: Path, dst: Path) -> None:
             os.unlink(src)
 
 
+def _copy_entry(src: str, dst: str) -> None:
+    """copy2 for a cross-filesystem delivery; a FIFO is recreated (copying one would block), a socket skipped."""
+    mode = os.lstat(src).st_mode
+    if stat.S_ISFIFO(mode):
+        os.mkfifo(dst, stat.S_IMODE(mode))
+    elif stat.S_ISSOCK(mode):
+        return
+    else:
+        shutil.copy2(src, dst, follow_symlinks=False)
+
+
 def _fsync_tree(root: Path) -> None:
     for dirpath, _, files in os.walk(root):
         for fname in files:
             p = os.path.join(dirpath, fname)
-            if os.path.islink(p):
-                continue
             try:
-                fd = os.open(p, os.O_RDONLY)
+                if not stat.S_ISREG(os.lstat(p).st_mode):
+                    continue  # links, and FIFOs (opening one blocks until a writer comes: never)
+                fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK)
             except OSError:
                 continue
             try:
@@ -188,9 +200,9 @@ def deliver(job: JobDir, dest_parent: Path, name: str, extra_files: dict[str, An
             _fsync_tree(job.output)
             os.rename(job.output, staging)
         else:
-            shutil.copytree(job.output, staging, symlinks=True)
+            shutil.copytree(job.output, staging, symlinks=True, copy_function=_copy_entry)
             if job.input.exists():
-                shutil.copytree(job.input, staging / INPUT_DIR, symlinks=True)
+                shutil.copytree(job.input, staging / INPUT_DIR, symlinks=True, copy_function=_copy_entry)
             _fsync_tree(staging)
         final = _unique_dir(dest_parent, name)
         os.rename(staging, final)
