@@ -8,6 +8,7 @@ import json
 import os
 import re
 import socket
+import threading
 import time
 import zipfile
 from http import HTTPStatus
@@ -89,6 +90,25 @@ class StatusServer:
         self.listener = socket.create_server((host, port), family=family, backlog=self.limits.request_queue_size)
         self.port = self.listener.getsockname()[1]
         self.gate = ConnectionGate(self.listener, self._handle, self.limits)
+        self.list_cache = threading.local()  # per handler thread: its sqlite connection's data_version is its own
+
+    def task_list_body(self, status: str | None, limit: int | None) -> bytes:
+        """The /api/tasks JSON, rebuilt only when the store changed (or, with unfinished tasks, once a second,
+        because their durations move)."""
+        version = self.store.data_version()
+        second = int(time.time())
+        cache: dict[tuple[str | None, int | None], tuple[int, int | None, bytes]] = \
+            self.list_cache.__dict__.setdefault("entries", {})
+        hit = cache.get((status, limit))
+        if hit is not None and hit[0] == version and hit[1] in (None, second):
+            return hit[2]
+        jobs = self.store.list(status=status, limit=limit)
+        tasks = [j.to_task() for j in jobs]
+        body = json.dumps({"tasks": tasks, "count": len(tasks)}, default=str).encode()
+        if len(cache) > 64:
+            cache.clear()
+        cache[(status, limit)] = (version, second if any(j.finished_at is None for j in jobs) else None, body)
+        return body
 
     def start(self) -> None:
         self.gate.start()
@@ -143,7 +163,7 @@ class StatusHandler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     def _json(self, code: int, data: Any) -> None:
-        body = json.dumps(data, default=str).encode()
+        body = data if isinstance(data, bytes) else json.dumps(data, default=str).encode()
         if code != 200:
             return self._send(code, body, "application/json")
         etag = '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"'
@@ -212,8 +232,7 @@ class StatusHandler(BaseHTTPRequestHandler):
         if status is not None and status not in STATUSES:
             raise BadRequest(f"status must be one of {', '.join(STATUSES)}")
         limit = _int_param(query, "limit", DEFAULT_LIMIT, 0, MAX_LIMIT)
-        tasks = [j.to_task() for j in self.server.store.list(status=status, limit=limit)]
-        self._json(200, {"tasks": tasks, "count": len(tasks)})
+        self._json(200, self.server.task_list_body(status, limit))
 
     def _page(self) -> None:
         jobs = self.server.store.list(limit=PAGE_LIMIT)

@@ -48,7 +48,8 @@ class JobRecord:
 
     def to_task(self) -> dict[str, Any]:
         """The task JSON of the older HTTP API (task_id, status, progress) plus this design's fields."""
-        d = asdict(self)
+        d = {f.name: getattr(self, f.name) for f in fields(self)}  # not asdict(): its deep copies cost 5x
+        d["outputs"], d["warnings"] = list(self.outputs), list(self.warnings)
         d["task_id"] = d.pop("id")
         d["duration"] = self.duration
         d.pop("callback_url", None)  # may carry a token
@@ -174,6 +175,11 @@ class JobStore:
         for row in self._conn().execute("SELECT status, COUNT(*) AS n FROM jobs GROUP BY status"):
             out[row["status"]] = row["n"]
         return out
+
+    def data_version(self) -> int:
+        """Changes whenever another connection committed a write (sqlite's PRAGMA data_version): a cheap way for a
+        read-only thread to know that what it read before is still current."""
+        return int(self._conn().execute("PRAGMA data_version").fetchone()[0])
 
     def request_cancel(self, job_id: str) -> JobRecord | None:
         """Flag an unfinished job for the daemon to cancel; the job as it now reads (None when unknown)."""

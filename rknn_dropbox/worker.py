@@ -37,6 +37,10 @@ def die_with_parent(parent_pid: int) -> None:
 def worker_main(conn: Connection, parent_pid: int, preload: bool = True) -> None:
     """The worker loop: ("convert", order) in, ("progress"|"done", ...) out; EOF or None ends it."""
     die_with_parent(parent_pid)
+    try:
+        os.nice(10)  # conversions are batch work: the daemon's loop and status server come first on a busy CPU
+    except OSError:
+        pass
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the daemon decides
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if preload:

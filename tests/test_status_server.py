@@ -113,6 +113,10 @@ def test_task_json_list_filters_and_etag(server: StatusServer, store: RecordingS
     assert [t["name"] for t in json.loads(request(server.port, "/api/tasks?status=failed")[2])["tasks"]] == ["n1"]
     assert json.loads(request(server.port, "/api/tasks?limit=1")[2])["count"] == 1
     assert request(server.port, "/api/tasks?status=bogus")[0] == 400
+    for _ in range(20):  # every handler thread has the list cached now; a write must still show at once
+        request(server.port, "/api/tasks")
+    store.update("20240101-120002-abcdef", status="processing")
+    assert json.loads(request(server.port, "/api/tasks")[2])["tasks"][0]["status"] == "processing"
     assert request(server.port, "/api/tasks?limit=-1")[0] == 400
     path = "/api/tasks/20240101-120002-abcdef"
     code, headers, _ = request(server.port, path)
