@@ -209,8 +209,8 @@ def _pick_model(files: list[Path], bundle_name: str) -> tuple[str, Path, Path | 
             continue
         if sniffed == "tflite":
             fmt = "tflite"
-        elif sniffed == "onnx" and fmt == "tensorflow":
-            fmt = "onnx"  # an ONNX protobuf named .pb
+        elif sniffed == "onnx" and fmt in ("tensorflow", "tflite"):
+            fmt = "onnx"  # an ONNX protobuf named .pb or .tflite
         found.append((fmt, f, None))
     if not found:
         names = ", ".join(f.name for f in files[:10]) or "nothing"
@@ -349,6 +349,9 @@ def _check_model_file(fmt: str, model: Path, weights: Path | None) -> None:
         if not m.graph.node:
             raise BundleError(f"{model.name} is not a valid ONNX model: its graph has no nodes",
                               "the file may be truncated or not ONNX at all: export or copy it again")
+    if fmt == "tflite" and sniff_format(model) != "tflite":
+        raise BundleError(f"{model.name} is not a TFLite model (no TFL3 flatbuffer identifier)",
+                          "the file may be truncated or of another format: export or copy it again")
     try:
         if fmt == "darknet" and weights is not None:
             check_darknet(model, weights)
