@@ -131,6 +131,9 @@ _ERROR_PATTERNS: list[tuple[re.Pattern[str], Callable[[re.Match[str]], tuple[str
      lambda m: (f"the toolkit does not support operator {m[1]} at opset {m[2]}",
                 "re-export the model with a newer opset (e.g. torch.onnx.export(..., opset_version=13)), "
                 "or export it in eval mode so that training-only operators disappear")),
+    (re.compile(r"operators are not implemented: \[([^\]]*)\]"),
+     lambda m: (f"the toolkit cannot convert this TorchScript model: {m[1]} not implemented (a torch.jit.script "
+                "model?)", "trace the model instead: torch.jit.trace(model, example).save('model.pt')")),
     (re.compile(r"[Nn]ot support (?:the )?op(?:erator)?[ :]+'?(\w+)'?"),
      lambda m: (f"the toolkit does not support operator {m[1]}", "replace the operator or use a custom op")),
     (re.compile(r"input_size_list"),
@@ -188,6 +191,15 @@ def _call(step: str, fn: Callable[..., int], raw_log: Path, spec: ModelSpec, **k
         raise
     except Exception as exc:  # noqa: BLE001 - the toolkit raises anything; we explain what we can
         error, hint = explain_toolkit_error(str(exc) or type(exc).__name__)
+        if hint is None:  # the exception's last line may only be a fallback's failure: the log has the cause
+            sys.stdout.flush()
+            sys.stderr.flush()
+            try:
+                logged = explain_toolkit_error(raw_log.read_text(encoding="utf-8", errors="replace"))
+            except OSError:
+                logged = (error, None)
+            if logged[1] is not None:
+                error, hint = logged
         raise ConversionError(f"{step} failed: {error}", hint) from exc
     if ret != 0:
         detail = last_error_lines(raw_log) or f"return code {ret}"
@@ -196,9 +208,25 @@ def _call(step: str, fn: Callable[..., int], raw_log: Path, spec: ModelSpec, **k
                               f"{spec.model.name}): {error}", hint)
 
 
+_TOOLKIT_EXTS = {"onnx": ".onnx", "tflite": ".tflite", "pytorch": ".pt"}
+
+
+def _named_for_toolkit(model: Path, ext: str | None) -> Path:
+    """The toolkit refuses a model whose extension is not its format's: link it under the right name in the cwd."""
+    if ext is None or model.suffix.lower() == ext:
+        return model
+    alias = Path.cwd() / f"model{ext}"
+    if not alias.exists():
+        try:
+            os.link(model, alias)
+        except OSError:
+            shutil.copyfile(model, alias)
+    return alias
+
+
 def _load(rknn: Any, spec: ModelSpec, raw_log: Path, tf_graph: Any = None) -> None:
     o = spec.options
-    m = str(spec.model)
+    m = str(_named_for_toolkit(spec.model, _TOOLKIT_EXTS.get(spec.format)))
     if spec.format == "onnx":
         _call("loading", rknn.load_onnx, raw_log, spec, model=m, inputs=o.inputs, outputs=o.outputs,
               input_size_list=o.input_size_list)

@@ -349,6 +349,8 @@ def _check_model_file(fmt: str, model: Path, weights: Path | None) -> None:
         if not m.graph.node:
             raise BundleError(f"{model.name} is not a valid ONNX model: its graph has no nodes",
                               "the file may be truncated or not ONNX at all: export or copy it again")
+    if fmt == "pytorch":
+        _check_torchscript(model)
     if fmt == "tflite" and sniff_format(model) != "tflite":
         raise BundleError(f"{model.name} is not a TFLite model (no TFL3 flatbuffer identifier)",
                           "the file may be truncated or of another format: export or copy it again")
@@ -360,3 +362,17 @@ def _check_model_file(fmt: str, model: Path, weights: Path | None) -> None:
     except IntegrityError as exc:
         raise BundleError(str(exc), "copy the weights file again, or drop the network description that belongs "
                           "to it") from None
+
+
+def _check_torchscript(model: Path) -> None:
+    """A traced TorchScript file is a zip with code/ and constants.pkl; torch.save of a state_dict has neither."""
+    import zipfile
+    try:
+        with zipfile.ZipFile(model) as zf:
+            names = zf.namelist()
+    except (zipfile.BadZipFile, OSError):
+        raise BundleError(f"{model.name} is not a TorchScript archive (not a zip file: truncated, or not PyTorch?)",
+                          "save the model with torch.jit.trace(model, example).save('model.pt')") from None
+    if not any("/code/" in n or n.endswith("constants.pkl") for n in names):
+        raise BundleError(f"{model.name} holds weights (a state_dict or a pickled module), not a TorchScript model",
+                          "the toolkit needs a traced model: torch.jit.trace(model, example).save('model.pt')")

@@ -151,3 +151,22 @@ def test_sigterm_leaves_a_clean_tree_and_exits_zero(daemon: DaemonProcess, tmp_p
     assert daemon.stop() == 0
     assert not [f for f in all_files(daemon.outbox) if ".part" in f or "partial" in f]
     assert json.loads((daemon.outbox / "x" / "result.json").read_text())["status"] == "completed"
+
+
+def test_pytorch_files_that_are_not_traced_models_say_how_to_trace(daemon: DaemonProcess, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    shutil.copy(modelgen.write_torchscript_scripted(src / "s.pt"), daemon.inbox / "scripted.pt")
+    (daemon.inbox / "scripted.yaml").write_text("input_size_list: [[1, 3, 16, 16]]\n")
+    shutil.copy(modelgen.write_state_dict(src / "w.pth"), daemon.inbox / "weights.pth")
+    modelgen.write_random_bytes(daemon.inbox / "noise.pt", 3000)
+    scripted = daemon.wait_failed("scripted")
+    assert "torch.jit.script" in scripted["error"] and "torch.jit.trace" in scripted["hint"]
+    weights = daemon.wait_failed("weights")
+    assert "not a TorchScript model" in weights["error"] and "torch.jit.trace" in weights["hint"]
+    assert "not a TorchScript archive" in daemon.wait_failed("noise")["error"]
+
+
+def test_an_onnx_model_under_another_extension_converts_as_onnx(daemon: DaemonProcess, tmp_path: Path) -> None:
+    shutil.copy(modelgen.write_onnx_conv(tmp_path / "m.onnx"), daemon.inbox / "mislabeled.tflite")
+    result = daemon.wait_completed("mislabeled")
+    assert result["format"] == "onnx" and (daemon.outbox / "mislabeled" / "mislabeled.rknn").is_file()
