@@ -366,7 +366,7 @@ def convert_job(job: JobDir, name: str, defaults: ConvertOptions, progress: Prog
                 raise ConversionError(str(exc)) from None
             print(f"model: {FORMAT_NAMES[spec.format]} {spec.model.name}; quantization: {why}")
             result = ConversionResult(format=spec.format, toolkit_version=toolkit_version,
-                                      options=spec.options.to_json())
+                                      options=spec.options.to_public_json())
             unpacked = spec.root if spec.root and not spec.root.is_relative_to(job.input) else None
             result.inputs = [file_entry(f, job.input, unpacked) for f in spec.files]
             result.quantization = {"quantized": quantize, "dtype": spec.options.quantized_dtype if quantize else
@@ -380,6 +380,7 @@ def convert_job(job: JobDir, name: str, defaults: ConvertOptions, progress: Prog
             if cache is not None:
                 config = {**spec.options.to_json(), "format": spec.format, "quantize": quantize}
                 config.pop("dataset", None)  # a path; the samples' bytes go into the key instead
+                config.pop("callback_url", None)  # where to report, not how to convert
                 # a file's role, not its name: the same model dropped under another name is the same key
                 roles = [(str(f.relative_to(spec.model)) if spec.format == "savedmodel" else
                           f.name[len(f.name.split(".")[0]):].lower(), f) for f in spec.model_files]

@@ -55,6 +55,15 @@ class ConvertOptions:
             d.pop("fault", None)
         return d
 
+    def to_public_json(self) -> dict[str, Any]:
+        """What result.json records: callback_url without credentials or query (it may carry a token)."""
+        d = self.to_json()
+        if d.get("callback_url"):
+            from urllib.parse import urlsplit
+            u = urlsplit(d["callback_url"])
+            d["callback_url"] = f"{u.scheme}://{u.hostname}{f':{u.port}' if u.port else ''}{u.path}"
+        return d
+
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "ConvertOptions":
         d = dict(d)

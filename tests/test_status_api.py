@@ -175,7 +175,7 @@ def test_callbacks_deliver_final_json_and_a_dead_url_does_not_slow_conversions(d
         shutil.copy(modelgen.write_onnx_conv(tmp_path / "a.onnx"), d.inbox / "first.onnx")
         d.wait_completed("first")
         dropped = time.monotonic()
-        (d.inbox / "second.yaml").write_text(f"callback_url: {hook.url}\n")
+        (d.inbox / "second.yaml").write_text(f"callback_url: {hook.url}?token=s3cret\n")
         shutil.copy(modelgen.write_onnx_conv(tmp_path / "b.onnx", seed=1), d.inbox / "second.onnx")
         result = d.wait_completed("second")
         took = time.monotonic() - dropped
@@ -187,6 +187,8 @@ def test_callbacks_deliver_final_json_and_a_dead_url_does_not_slow_conversions(d
         body = hook.bodies[0]
         assert body["task_id"] == result["task_id"] and body["status"] == "completed" and body["progress"] == 100
         assert body["outputs"] == ["second.rknn"]
+        result_text = (d.outbox / "second" / "result.json").read_text()
+        assert "s3cret" not in result_text and hook.url in result_text  # the token never lands in the outbox
         wait_for(lambda: "timed out" in (task_named(d, "first")["callback_status"] or ""), 15,
                  what="the dead callback's failure shows in the task")
     finally:
