@@ -45,6 +45,9 @@ class Config:
     max_file_size: int = 500 * 1024 * 1024
     timeout_seconds: float = 1800.0
     max_jobs_per_worker: int = 50
+    # Bundles claimed beyond what the workers can start now. Small, so that several hosts on one inbox share the
+    # work instead of the first one to scan taking everything.
+    claim_ahead: int = 2
     bundle_timeout_seconds: float = 600.0
     drain_seconds: float = 30.0
     log_level: str = "INFO"
@@ -110,6 +113,11 @@ def _build_top(raw: dict[str, Any], base_dir: Path) -> dict[str, Any]:
             _check_type(key, value, int)
             if value < 0:
                 raise ConfigError(f"{key}: must be 0 (no limit) or a size in MB, got {value}")
+            out[key] = value
+        elif key == "claim_ahead":
+            _check_type(key, value, int)
+            if value < 0:
+                raise ConfigError(f"claim_ahead: must be 0 or more, got {value}")
             out[key] = value
         elif key == "cache":
             _check_type(key, value, bool)

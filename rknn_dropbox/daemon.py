@@ -83,6 +83,7 @@ class Daemon:
         self._last_full_scan = 0.0
         self._waiting = 0
         self._next_scan: float | None = None  # monotonic time when a waiting entry may have become stable
+        self._unclaimed = 0  # complete bundles left in inbox because the workers were busy (claim_ahead)
         self.server: Any = None
         self.callbacks = CallbackSender(self.store)
         self.published_snapshot: dict[str, Any] = {}  # what the status server reads; replaced whole each step
@@ -212,6 +213,7 @@ class Daemon:
         now = time.monotonic()
         if woke or (self._next_scan is not None and now >= self._next_scan) or \
                 (self._waiting and now - self._last_scan >= 0.5) or \
+                (self._unclaimed and self.claim_room() > 0) or \
                 now - self._last_full_scan >= self.cfg.rescan_seconds:
             self.scan_inbox()
         if self.reload_requested:
@@ -277,14 +279,22 @@ class Daemon:
         self._last_scan = now
         self._last_full_scan = now
         result = self.scanner.scan()
-        self._waiting = result.waiting
         self._next_scan = now + result.next_check + 0.01 if result.next_check is not None else None
+        self._unclaimed = 0
         for bundle in result.ready:
+            if self.claim_room() <= 0:
+                self._unclaimed += 1  # stays in inbox, complete; claimed when a worker frees up
+                continue
             job = self.claim(bundle.name, bundle.entries, bundle.kind)
             if job is not None:
                 self.queue.append(job.job_id)
+        self._waiting = result.waiting + self._unclaimed
         for rejection in result.rejected:
             self.reject(rejection)
+
+    def claim_room(self) -> int:
+        """How many more bundles this host should claim now: free workers plus claim_ahead."""
+        return self.cfg.workers + self.cfg.claim_ahead - len(self.queue) - len(self.pool.busy())
 
     def claim(self, name: str, entries: list[str], kind: str,
               rejection: dict[str, Any] | None = None) -> JobDir | None:

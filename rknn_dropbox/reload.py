@@ -9,7 +9,7 @@ from .config import Config
 # Read at every use by the loop, the scanner or the pool: safe to swap while running.
 LIVE_KEYS = ("convert", "timeout_seconds", "log_level", "stable_seconds", "bundle_timeout_seconds", "max_file_size",
              "rescan_seconds", "drain_seconds", "max_jobs_per_worker", "stale_claim_seconds",
-             "worker_memory_limit_mb")
+             "worker_memory_limit_mb", "claim_ahead")
 
 
 def changed_keys(old: Config, new: Config) -> tuple[list[str], list[str]]:

@@ -195,9 +195,10 @@ def deliver(job: JobDir, dest_parent: Path, name: str, extra_files: dict[str, An
             shutil.rmtree(staging)
         same_fs = same_filesystem(job.root, dest_parent)
         if same_fs:
+            _fsync_tree(job.output)  # what we wrote; the inputs were renamed, not rewritten, so no fsync for them
             if job.input.exists():
                 os.rename(job.input, job.output / INPUT_DIR)
-            _fsync_tree(job.output)
+                _fsync_dir(job.output)
             os.rename(job.output, staging)
         else:
             shutil.copytree(job.output, staging, symlinks=True, copy_function=_copy_entry)
