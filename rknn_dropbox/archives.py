@@ -9,6 +9,7 @@ import tarfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any, Callable
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
 MAX_MEMBERS = 10_000
@@ -71,34 +72,39 @@ def _unpack_zip(path: Path, dest: Path, limits: ArchiveLimits) -> list[Path]:
             _check_totals(path.name, i, total, limits, info.filename)
             if rel is not None:
                 plan.append((info, rel))
-        written: list[Path] = []
-        for info, rel in plan:
-            target = dest / rel
-            if info.is_dir():
-                target.mkdir(parents=True, exist_ok=True)
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            budget = info.file_size
-            try:
-                with zf.open(info) as src, open(target, "xb") as out:
-                    while True:
-                        chunk = src.read(1 << 20)
-                        if not chunk:
-                            break
-                        budget -= len(chunk)
-                        if budget < 0:  # the header lied about the size
-                            raise ArchiveError(f"{path.name}: member {info.filename!r} unpacks to more bytes than "
-                                               "its header says; refusing to unpack")
-                        out.write(chunk)
-            except FileExistsError:
-                raise ArchiveError(f"{path.name}: member {info.filename!r} appears twice") from None
-            except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError) as exc:
-                if isinstance(exc, OSError) and not isinstance(exc, (zipfile.BadZipFile, EOFError)) \
-                        and exc.errno is not None:
-                    raise
-                raise ArchiveError(f"{path.name}: member {info.filename!r} cannot be read ({exc})") from None
-            written.append(target)
-        return written
+        return _write_members(path.name, [(info, rel, info.filename, info.is_dir(), info.file_size)
+                                          for info, rel in plan], dest, zf.open,
+                              (zipfile.BadZipFile, EOFError, NotImplementedError))
+
+
+def _write_members(archive: str, plan: list[tuple[Any, PurePosixPath, str, bool, int]], dest: Path,
+                   open_member: Callable[[Any], Any], read_errors: tuple[type[BaseException], ...]) -> list[Path]:
+    """Write the checked members (member, relpath, name, is_dir, size) under dest; none past its stated size."""
+    written: list[Path] = []
+    for member, rel, name, is_dir, size in plan:
+        target = dest / rel
+        if is_dir:
+            target.mkdir(parents=True, exist_ok=True)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        budget = size
+        try:
+            src = open_member(member)
+            with src, open(target, "xb") as out:
+                while chunk := src.read(1 << 20):
+                    budget -= len(chunk)
+                    if budget < 0:  # the header lied about the size
+                        raise ArchiveError(f"{archive}: member {name!r} unpacks to more bytes than its header "
+                                           "says; refusing to unpack")
+                    out.write(chunk)
+        except FileExistsError:
+            raise ArchiveError(f"{archive}: member {name!r} appears twice") from None
+        except (*read_errors, OSError) as exc:
+            if isinstance(exc, OSError) and not isinstance(exc, read_errors) and exc.errno is not None:
+                raise  # a real I/O error (no space left...), not a damaged archive
+            raise ArchiveError(f"{archive}: member {name!r} cannot be read ({exc})") from None
+        written.append(target)
+    return written
 
 
 def _unpack_tar(path: Path, dest: Path, limits: ArchiveLimits) -> list[Path]:
@@ -125,24 +131,8 @@ def _unpack_tar(path: Path, dest: Path, limits: ArchiveLimits) -> list[Path]:
             if isinstance(exc, ArchiveError):
                 raise
             raise ArchiveError(f"{path.name} is a damaged tar archive ({exc})") from None
-        written: list[Path] = []
-        for member, rel in plan:
-            target = dest / rel
-            if member.isdir():
-                target.mkdir(parents=True, exist_ok=True)
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                src = tf.extractfile(member)
-                assert src is not None
-                with src, open(target, "xb") as out:
-                    shutil.copyfileobj(src, out, 1 << 20)
-            except FileExistsError:
-                raise ArchiveError(f"{path.name}: member {member.name!r} appears twice") from None
-            except (tarfile.TarError, EOFError) as exc:
-                raise ArchiveError(f"{path.name}: member {member.name!r} cannot be read ({exc})") from None
-            written.append(target)
-        return written
+        return _write_members(path.name, [(m, rel, m.name, m.isdir(), m.size) for m, rel in plan], dest,
+                              tf.extractfile, (tarfile.TarError, EOFError))
 
 
 def unpack_archive(path: Path, dest: Path, limits: ArchiveLimits = ArchiveLimits()) -> list[Path]:

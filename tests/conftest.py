@@ -140,12 +140,12 @@ def all_files(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
 
 
-@pytest.fixture
-def daemon_factory(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
+def daemons_under(tmp_path: Path, cls: type[DaemonProcess]) -> Iterator[Callable[..., Any]]:
+    """A factory of `cls` daemons under tmp_path (for a fixture to `yield from`); what still runs is stopped."""
     started: list[DaemonProcess] = []
 
     def make(name: str = "box", **kwargs: Any) -> DaemonProcess:
-        d = DaemonProcess(tmp_path / name, **kwargs)
+        d = cls(tmp_path / name, **kwargs)
         started.append(d)
         return d
 
@@ -156,6 +156,11 @@ def daemon_factory(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
                 d.stop(timeout=30)
             except subprocess.TimeoutExpired:
                 pass
+
+
+@pytest.fixture
+def daemon_factory(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
+    yield from daemons_under(tmp_path, DaemonProcess)
 
 
 @pytest.fixture

@@ -8,9 +8,7 @@ import shutil
 import socket
 import subprocess
 import sys
-import threading
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 

@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
 
-from conftest import DaemonProcess, wait_for
+from conftest import DaemonProcess, daemons_under, wait_for
 
 FAULTS = {"RKNN_DROPBOX_FAULT_INJECTION": "1"}
 
@@ -123,20 +122,7 @@ def wait_idle(box: Box, timeout: float = 60) -> None:
 @pytest.fixture
 def box_factory(tmp_path: Path) -> Iterator[Callable[..., Box]]:
     """Make Box daemons under tmp_path; whatever still runs at the end is stopped (then killed)."""
-    made: list[Box] = []
-
-    def make(name: str = "box", **kwargs: Any) -> Box:
-        b = Box(tmp_path / name, **kwargs)
-        made.append(b)
-        return b
-
-    yield make
-    for b in made:
-        if b.proc is not None and b.proc.poll() is None:
-            try:
-                b.stop(timeout=30)
-            except subprocess.TimeoutExpired:
-                pass
+    yield from daemons_under(tmp_path, Box)
 
 
 def drop(src: Path, dest: Path) -> Path:
