@@ -36,7 +36,7 @@ pin="$VENV/.torch-pin.txt"
 echo "setup: installing rknn-toolkit2 (--no-deps) and its dependencies" >&2
 pip install -c "$pin" -r requirements/toolkit.txt
 pip install --no-deps -r requirements/rknn-toolkit2.txt
-if [[ "$extras" == *tensorflow* ]]; then pip install -c "$pin" -r requirements/tensorflow.txt; fi
+if [[ "$extras" == *tensorflow* ]]; then pip install --no-deps -r requirements/tensorflow.txt; fi
 pip install -c "$pin" -e ".${extras:+[$extras]}"
 "$VENV/bin/python" - <<'PY'
 import importlib.metadata as md, sys
