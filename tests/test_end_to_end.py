@@ -38,6 +38,9 @@ def test_onnx_fp16_without_dataset(daemon: DaemonProcess, tmp_path: Path) -> Non
     assert not list(daemon.inbox.glob("mynet*"))
     task = daemon.get(f"/api/tasks/{result['task_id']}")
     assert task["status"] == "completed" and task["progress"] == 100
+    # the conversion ran in a worker: the daemon process itself never loaded torch or the toolkit
+    maps = Path(f"/proc/{daemon.proc.pid}/maps").read_text()
+    assert "libtorch" not in maps and "/rknn/" not in maps
 
 
 def test_onnx_int8_with_folder_calibration_set(daemon: DaemonProcess, tmp_path: Path) -> None:
