@@ -164,7 +164,7 @@ class Daemon:
                                     else self.cfg.claim_dir, self.cfg.poll, self.cfg.poll_interval_seconds)
         self.pool.extra_fds = [self.watcher.read_fd]
         self.watcher.start()
-        self.scan_inbox(force=True)
+        self.scan_inbox()
         self.callbacks.start()
         self.resend_pending_callbacks()
         self.publish_snapshot()
@@ -274,7 +274,7 @@ class Daemon:
         for pending in self.deliveries.values():
             pending.next_try = 0.0  # a reload (after freeing space, say) retries deliveries now
 
-    def scan_inbox(self, force: bool = False) -> None:
+    def scan_inbox(self) -> None:
         now = time.monotonic()
         self._last_scan = now
         self._last_full_scan = now

@@ -137,20 +137,6 @@ def _unique_dir(parent: Path, name: str) -> Path:
     return candidate
 
 
-def _move_or_copy(src: Path, dst: Path) -> None:
-    try:
-        os.rename(src, dst)
-    except OSError as exc:
-        if exc.errno != errno.EXDEV:
-            raise
-        if src.is_dir() and not src.is_symlink():
-            shutil.copytree(src, dst, symlinks=True)
-            shutil.rmtree(src)
-        else:
-            shutil.copy2(src, dst, follow_symlinks=False)
-            os.unlink(src)
-
-
 def _copy_entry(src: str, dst: str) -> None:
     """copy2 for a cross-filesystem delivery; a FIFO is recreated (copying one would block), a socket skipped."""
     mode = os.lstat(src).st_mode
