@@ -286,3 +286,22 @@ def test_two_tensorflow_drops_at_once_do_not_share_the_toolkit_temp_graph(box: D
     log_a = (box.outbox / "tfa" / "conversion.log").read_text()
     log_b = (box.outbox / "tfb" / "conversion.log").read_text()
     assert "rknn building done" in log_a and "rknn building done" in log_b
+
+
+# ---------------------------------------------------------------------------------------------- verification
+def test_verification_below_the_threshold_warns_or_fails_when_strict(box: DaemonProcess, tmp_path: Path) -> None:
+    # an int8 build never matches the float model exactly: a threshold of 1.0 cannot be met
+    for name, strict in (("lenient", "false"), ("strict", "true")):
+        folder = src(tmp_path) / name
+        modelgen.write_onnx_conv(folder / "model.onnx")
+        modelgen.write_calibration_npy(folder / "calib", n=1)
+        (folder / "config.yaml").write_text(f"verify_min_cosine: 1.0\nverify_strict: {strict}\n")
+        shutil.copytree(folder, box.inbox / name)
+    lenient = box.wait_completed("lenient")
+    [target] = [t for t in lenient["targets"] if t.get("ok")]
+    assert lenient["quantized"] is True
+    assert any("verif" in w for w in lenient["warnings"]), lenient["warnings"]
+    assert (box.outbox / "lenient" / "lenient.rknn").is_file()
+    strict = box.wait_failed("strict")
+    assert "below verify_min_cosine 1.0 (verify_strict)" in strict["error"]
+    assert not list((box.failed / "strict").glob("*.rknn"))
