@@ -183,6 +183,11 @@ class InboxScanner:
                 continue
             stem, ext = split_name(name)
             groups.setdefault(stem, {})[name] = ext
+        # TensorFlow writes a bookkeeping file named `checkpoint` beside model.ckpt.*: it joins the one loose
+        # checkpoint set rather than failing as "not a model file".
+        ckpt_stems = [st for st, m in groups.items() if any(is_checkpoint_ext(e) for e in m.values())]
+        if groups.get("checkpoint") == {"checkpoint": ""} and len(ckpt_stems) == 1:
+            groups[ckpt_stems[0]]["checkpoint"] = groups.pop("checkpoint")["checkpoint"]
         # A group with a member still being written waits as a whole.
         unstable_stems = {split_name(n)[0] for n in seen if n not in stable}
         for stem, members in groups.items():
@@ -243,7 +248,7 @@ class InboxScanner:
         sidecars = [n for n, e in members.items() if e in SIDECAR_EXTS]
         models = [n for n, e in members.items() if e in SINGLE_MODEL_EXTS or e in ARCHIVE_EXTS]
         halves = [n for n, e in members.items() if e in PAIR_EXTS]
-        ckpt = [n for n, e in members.items() if is_checkpoint_ext(e)]
+        ckpt = [n for n, e in members.items() if is_checkpoint_ext(e) or n == "checkpoint"]
         others = [n for n, e in members.items()
                   if n not in sidecars and n not in models and n not in halves and n not in ckpt]
         waited = now - min(seen[n].first_seen for n in members)

@@ -242,12 +242,22 @@ def test_frozen_pb_savedmodel_and_checkpoint(box: DaemonProcess, tmp_path: Path)
     shutil.copy(s / "frozen.pb", box.inbox / "frozen.pb")   # no sidecar: inputs/outputs found from the graph
     shutil.copytree(s / "saved", box.inbox / "saved")
     shutil.copytree(s / "ckpt", box.inbox / "ckpt")
-    for name, fmt in (("frozen", "tensorflow"), ("saved", "savedmodel"), ("ckpt", "checkpoint")):
+    # the same checkpoint dropped loose, with TensorFlow's `checkpoint` bookkeeping file beside it
+    loose = sorted(p.name for p in (s / "ckpt").iterdir())
+    assert "checkpoint" in loose and "model.meta" in loose
+    for fname in loose:
+        shutil.copy(s / "ckpt" / fname, box.inbox / f".{fname}.copying")
+    for fname in loose:
+        (box.inbox / f".{fname}.copying").rename(box.inbox / fname)
+    for name, fmt in (("frozen", "tensorflow"), ("saved", "savedmodel"), ("ckpt", "checkpoint"),
+                      ("model", "checkpoint")):
         result = box.wait_completed(name, timeout=180)
         assert result["format"] == fmt
         assert (box.outbox / name / f"{name}.rknn").stat().st_size > 1000
         v = result["verification"]["rk3588"]
         assert v["status"] == "passed" and v["reference"] == "tensorflow", v
+    assert sorted(p.name for p in (box.outbox / "model" / "input").iterdir()) == loose
+    assert not (box.failed / "checkpoint").exists()
 
 
 @needs_tf

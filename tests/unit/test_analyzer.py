@@ -131,3 +131,15 @@ def test_names() -> None:
     assert split_name("m.tar.gz") == ("m", ".tar.gz")
     assert split_name("-rf .onnx") == ("-rf ", ".onnx")
     assert is_ignored(".rknn-dropbox") and is_ignored("@eaDir") and not is_ignored("model.onnx")
+
+
+def test_a_loose_checkpoint_set_takes_tensorflows_checkpoint_file_along(tmp_path: Path) -> None:
+    scanner, clock = make(tmp_path)
+    for name in ("model.ckpt.meta", "model.ckpt.index", "model.ckpt.data-00000-of-00001", "checkpoint"):
+        (tmp_path / name).write_bytes(b"x")
+    scanner.scan()
+    clock.now += 5
+    result = scanner.scan()
+    assert not result.rejected
+    [bundle] = result.ready
+    assert bundle.name == "model.ckpt" and "checkpoint" in bundle.entries and len(bundle.entries) == 4
