@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -15,7 +16,7 @@ from loguru import logger
 
 from . import __version__
 from .analyzer import InboxScanner, Rejection
-from .callbacks import CallbackSender, callback_url_for
+from .callbacks import PENDING, CallbackSender, callback_url_for
 from .claims import take_over_stale_claims, touch_heartbeat
 from .config import Config, ConfigError, load_config
 from .reload import apply_live, changed_keys
@@ -86,6 +87,7 @@ class Daemon:
         self._unclaimed = 0  # complete bundles left in inbox because the workers were busy (claim_ahead)
         self.server: Any = None
         self.callbacks = CallbackSender(self.store)
+        self._callbacks_running = False
         self.published_snapshot: dict[str, Any] = {}  # what the status server reads; replaced whole each step
 
     # ---- start-up -------------------------------------------------------------------------------------------
@@ -149,10 +151,24 @@ class Daemon:
         logger.info("resuming job {} ({}) left by {}", job_id, record.name, left_by)
 
     def _mark_delivered(self, job_id: str, delivered: tuple[Path, str]) -> None:
+        """A crash came between delivering the job's folder and recording it: record it now, from that folder."""
         folder, fname = delivered
-        status = COMPLETED if fname == "result.json" else FAILED
+        try:
+            payload = json.loads((folder / fname).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            payload = {}
+        status = payload.get("status") if payload.get("status") in FINAL_STATUSES else \
+            (COMPLETED if fname == "result.json" else FAILED)
         self.store.update(job_id, status=status, output_dir=str(folder), finished_at=time.time(),
-                          progress=100.0 if status == COMPLETED else 0.0)
+                          progress=100.0 if status == COMPLETED else 0.0,
+                          outputs=[o["name"] for o in payload.get("outputs", []) if isinstance(o, dict)],
+                          error=payload.get("error"), hint=payload.get("hint"))
+        record = self.store.get(job_id)
+        if record is not None and record.callback_url:
+            if self._callbacks_running:
+                self.notify_callback(job_id)
+            else:
+                self.store.update(job_id, callback_status=PENDING)  # sent by resend_pending_callbacks at start
 
     def start(self) -> None:
         prepare_folders(self.cfg)
@@ -166,6 +182,7 @@ class Daemon:
         self.watcher.start()
         self.scan_inbox()
         self.callbacks.start()
+        self._callbacks_running = True
         self.resend_pending_callbacks()
         self.publish_snapshot()
         if self.cfg.http.enabled:
