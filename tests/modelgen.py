@@ -598,3 +598,13 @@ def write_tflite(path, seed: int = 0, int8: bool = False) -> Path:
     p = _prep(path)
     p.write_bytes(conv.convert())
     return p
+
+
+def write_int8_folder(folder, calibration_samples: int = 2, config_yaml: str = "") -> Path:
+    """A folder bundle for an int8 build: model.onnx, calib/*.npy (NCHW) and, if given, config.yaml."""
+    folder = Path(folder)
+    write_onnx_conv(folder / "model.onnx")
+    write_calibration_npy(folder / "calib", n=calibration_samples)
+    if config_yaml:
+        (folder / "config.yaml").write_text(config_yaml)
+    return folder

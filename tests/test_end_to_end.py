@@ -44,10 +44,8 @@ def test_onnx_fp16_without_dataset(daemon: DaemonProcess, tmp_path: Path) -> Non
 
 
 def test_onnx_int8_with_folder_calibration_set(daemon: DaemonProcess, tmp_path: Path) -> None:
-    folder = tmp_path / "src" / "calnet"
-    modelgen.write_onnx_conv(folder / "model.onnx")
-    modelgen.write_calibration_npy(folder / "calib", n=2)
-    (folder / "config.yaml").write_text("target_platform: rk3566\nmean_values: [0, 0, 0]\nstd_values: [1, 1, 1]\n")
+    folder = modelgen.write_int8_folder(tmp_path / "src" / "calnet", 2,
+                                        "target_platform: rk3566\nmean_values: [0, 0, 0]\nstd_values: [1, 1, 1]\n")
     shutil.copytree(folder, daemon.inbox / "calnet")
     result = daemon.wait_completed("calnet")
     assert result["quantized"] is True

@@ -302,10 +302,8 @@ def test_two_tensorflow_drops_at_once_do_not_share_the_toolkit_temp_graph(box: D
 def test_verification_below_the_threshold_warns_or_fails_when_strict(box: DaemonProcess, tmp_path: Path) -> None:
     # an int8 build never matches the float model exactly: a threshold of 1.0 cannot be met
     for name, strict in (("lenient", "false"), ("strict", "true")):
-        folder = src(tmp_path) / name
-        modelgen.write_onnx_conv(folder / "model.onnx")
-        modelgen.write_calibration_npy(folder / "calib", n=1)
-        (folder / "config.yaml").write_text(f"verify_min_cosine: 1.0\nverify_strict: {strict}\n")
+        folder = modelgen.write_int8_folder(src(tmp_path) / name, 1,
+                                            f"verify_min_cosine: 1.0\nverify_strict: {strict}\n")
         shutil.copytree(folder, box.inbox / name)
     lenient = box.wait_completed("lenient")
     [target] = [t for t in lenient["targets"] if t.get("ok")]

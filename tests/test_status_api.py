@@ -59,10 +59,7 @@ def cli(d: DaemonProcess, *args: str) -> subprocess.CompletedProcess[str]:
 
 def test_polling_client_download_metrics_and_read_only_api(daemon: DaemonProcess, tmp_path: Path) -> None:
     # calibration data makes the toolkit draw its quantization bars, which progress follows
-    folder = tmp_path / "src" / "polled"
-    modelgen.write_onnx_conv(folder / "model.onnx")
-    modelgen.write_calibration_npy(folder / "calib", n=4)
-    (folder / "config.yaml").write_text("mean_values: [0, 0, 0]\nstd_values: [1, 1, 1]\n")
+    folder = modelgen.write_int8_folder(tmp_path / "src" / "polled", 4, "mean_values: [0, 0, 0]\nstd_values: [1, 1, 1]\n")
     shutil.copytree(folder, daemon.inbox / "polled")
     task = wait_for(lambda: task_named(daemon, "polled"), 30, what="task listed")
     seen = poll_until_final(daemon, task["task_id"])
