@@ -292,11 +292,8 @@ def is_prequantized(spec: ModelSpec) -> bool:
         interp = tf.lite.Interpreter(model_path=str(spec.model))
         return any(d["dtype"] in (np.int8, np.uint8) for d in interp.get_tensor_details()
                    if d["name"] and d["quantization"][0])
-    if spec.format == "onnx":
-        import onnx
-        model = onnx.load(str(spec.model), load_external_data=False)
-        return any(n.op_type in ("QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul")
-                   for n in model.graph.node)
+    if spec.onnx is not None:
+        return spec.onnx.prequantized
     return False
 
 
@@ -373,8 +370,8 @@ def convert_job(job: JobDir, name: str, defaults: ConvertOptions, progress: Prog
             result.quantization = {"quantized": quantize, "dtype": spec.options.quantized_dtype if quantize else
                                    ("prequantized" if prequantized else "float16"),
                                    "dataset_size": spec.dataset_size if quantize else 0, "reason": why}
-            if not quantize:
-                result.warnings.append(why) if "no calibration dataset" in why else None
+            if not quantize and "no calibration dataset" in why:
+                result.warnings.append(why)
             platforms = spec.options.target_platform
             cache = ResultCache(settings.cache_dir, settings.cache_max_bytes) if settings.cache_dir else None
             key = None
@@ -403,7 +400,7 @@ def convert_job(job: JobDir, name: str, defaults: ConvertOptions, progress: Prog
                         raise ConversionError(reason, "drop this platform from target_platform or change "
                                               "quantized_dtype")
                     target, verification = _build_target(
-                        RKNN, spec, platform, quantize, job, out_name, raw_log, tf_graph, settings,
+                        RKNN, spec, platform, quantize, prequantized, job, out_name, raw_log, tf_graph, settings,
                         lambda stage, frac: progress(stage, base + frac * share))
                     result.targets.append(target)
                     if verification is not None:
@@ -448,19 +445,9 @@ def _verify(rknn: Any, spec: ModelSpec, quantize: bool, tf_graph: Any, prequanti
                               "checked against the network description instead").to_json()
     try:
         names: list[str] | None = None
-        if spec.format == "onnx":
-            import onnx
-            m = onnx.load(str(spec.model), load_external_data=False)
-            inits = {i.name for i in m.graph.initializer}
-            shapes = []
-            for inp in m.graph.input:
-                if inp.name in inits:
-                    continue
-                dims = [d.dim_value for d in inp.type.tensor_type.shape.dim]
-                shapes.append(dims)
-            if o.input_size_list:
-                shapes = o.input_size_list
-            names = [out.name for out in m.graph.output]
+        if spec.onnx is not None:
+            shapes = o.input_size_list or spec.onnx.input_shapes
+            names = spec.onnx.output_names
             channels_last, ref_name = False, "onnxruntime"
         elif spec.format == "pytorch":
             shapes, channels_last, ref_name = list(o.input_size_list or []), False, "torch"
@@ -501,9 +488,9 @@ def _verify(rknn: Any, spec: ModelSpec, quantize: bool, tf_graph: Any, prequanti
         return v.Verification("error", reason=f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else ''}").to_json()
 
 
-def _build_target(RKNN: Any, spec: ModelSpec, platform: str, quantize: bool, job: JobDir, out_name: str,
-                  raw_log: Path, tf_graph: Any, settings: JobSettings, progress: Callable[[str, float], None]
-                  ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+def _build_target(RKNN: Any, spec: ModelSpec, platform: str, quantize: bool, prequantized: bool, job: JobDir,
+                  out_name: str, raw_log: Path, tf_graph: Any, settings: JobSettings,
+                  progress: Callable[[str, float], None]) -> tuple[dict[str, Any], dict[str, Any] | None]:
     from .tfgraph import toolkit_tf_lock
     o = spec.options
     print(f"--- target {platform}: building {out_name}")
@@ -541,8 +528,7 @@ def _build_target(RKNN: Any, spec: ModelSpec, platform: str, quantize: bool, job
         final = job.output / out_name
         os.replace(tmp, final)
         progress("verify", 0.9)
-        verification = _verify(rknn, spec, quantize, tf_graph,
-                               spec.format == "tflite" and not quantize and is_prequantized(spec))
+        verification = _verify(rknn, spec, quantize, tf_graph, spec.format == "tflite" and prequantized)
         if verification is not None:
             print(f"verification {platform}: {verification}")
         if verification and verification.get("status") == "below_threshold" and o.verify_strict:

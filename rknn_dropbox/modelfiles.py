@@ -32,6 +32,14 @@ class BundleError(ValueError):
 
 
 @dataclass
+class OnnxFacts:
+    """What the converter needs to know of an ONNX graph, read once when the file is checked."""
+    input_shapes: list[list[int]]     # graph inputs that are not initializers
+    output_names: list[str]
+    prequantized: bool                # QuantizeLinear/DequantizeLinear/QLinear* nodes
+
+
+@dataclass
 class ModelSpec:
     format: str                       # onnx | tflite | pytorch | tensorflow | darknet | caffe | savedmodel | checkpoint
     model: Path                       # the main model file (a SavedModel: its folder; a checkpoint: its .meta)
@@ -43,6 +51,7 @@ class ModelSpec:
     files: list[Path] = field(default_factory=list)  # every input file, for result.json
     model_files: list[Path] = field(default_factory=list)  # the files that make the model (the cache key)
     root: Path | None = None          # where the bundle's files are (an archive: where it was unpacked)
+    onnx: OnnxFacts | None = None     # set for ONNX models
 
     @property
     def dataset_samples(self) -> list[Path]:
@@ -312,7 +321,7 @@ def inspect_bundle(input_dir: Path, bundle_name: str, defaults: ConvertOptions, 
         if ref.platform and ref.platform != family:
             raise BundleError(f"{cfg.name} says platform: {ref.platform}, but the bundle's model {model.name} is "
                               f"{FORMAT_NAMES[fmt]}")
-    _check_model_file(fmt, model, weights)
+    onnx_facts = _check_model_file(fmt, model, weights)
     dataset, n = _calibration_dataset(root, opts, files, work)
     if fmt == "savedmodel":
         model_files = sorted(f for f in files if f.is_relative_to(model))
@@ -321,11 +330,12 @@ def inspect_bundle(input_dir: Path, bundle_name: str, defaults: ConvertOptions, 
         model_files = sorted(f for f in files if f.parent == model.parent and f.name.startswith(prefix + "."))
     else:
         model_files = [f for f in (model, weights) if f is not None]
-    return ModelSpec(fmt, model, weights, opts, dataset, n, sidecar, files, model_files, root)
+    return ModelSpec(fmt, model, weights, opts, dataset, n, sidecar, files, model_files, root, onnx_facts)
 
 
-def _check_model_file(fmt: str, model: Path, weights: Path | None) -> None:
-    """Cheap content checks that give a clearer error than the toolkit would."""
+def _check_model_file(fmt: str, model: Path, weights: Path | None) -> OnnxFacts | None:
+    """Cheap content checks that give a clearer error than the toolkit would; an ONNX graph's facts."""
+    facts = None
     for f in (model, weights):
         if f is None or f.is_dir():
             continue
@@ -349,6 +359,13 @@ def _check_model_file(fmt: str, model: Path, weights: Path | None) -> None:
         if not m.graph.node:
             raise BundleError(f"{model.name} is not a valid ONNX model: its graph has no nodes",
                               "the file may be truncated or not ONNX at all: export or copy it again")
+        initializers = {i.name for i in m.graph.initializer}
+        facts = OnnxFacts(
+            input_shapes=[[d.dim_value for d in i.type.tensor_type.shape.dim] for i in m.graph.input
+                          if i.name not in initializers],
+            output_names=[o.name for o in m.graph.output],
+            prequantized=any(n.op_type in ("QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul")
+                             for n in m.graph.node))
     if fmt == "pytorch":
         _check_torchscript(model)
     if fmt == "tflite" and sniff_format(model) != "tflite":
@@ -362,6 +379,7 @@ def _check_model_file(fmt: str, model: Path, weights: Path | None) -> None:
     except IntegrityError as exc:
         raise BundleError(str(exc), "copy the weights file again, or drop the network description that belongs "
                           "to it") from None
+    return facts
 
 
 def _check_torchscript(model: Path) -> None:

@@ -171,3 +171,13 @@ def test_an_onnx_model_under_another_extension_converts_as_onnx(daemon: DaemonPr
     shutil.copy(modelgen.write_onnx_conv(tmp_path / "m.onnx"), daemon.inbox / "mislabeled.tflite")
     result = daemon.wait_completed("mislabeled")
     assert result["format"] == "onnx" and (daemon.outbox / "mislabeled" / "mislabeled.rknn").is_file()
+
+
+def test_prequantized_onnx_is_never_quantized_again(daemon: DaemonProcess, tmp_path: Path) -> None:
+    folder = tmp_path / "src" / "qdq"
+    modelgen.write_onnx_prequantized(folder / "model.onnx")
+    modelgen.write_calibration_npy(folder / "calib", n=1)  # a dataset alone would make "auto" quantize
+    shutil.copytree(folder, daemon.inbox / "qdq")
+    result = daemon.wait_completed("qdq")
+    assert result["quantization"]["dtype"] == "prequantized" and result["quantized"] is False
+    assert "already quantized" in result["quantization"]["reason"]
