@@ -16,10 +16,10 @@ from typing import Any
 
 from loguru import logger
 
-from . import __version__
-from .analyzer import split_name
-from .config import Config, ConfigError, load_config
-from .logsetup import setup_logging
+from rknn_dropbox import __version__
+from rknn_dropbox.intake.scanner import split_name
+from rknn_dropbox.config import Config, ConfigError, load_config
+from rknn_dropbox.logsetup import setup_logging
 
 DEFAULT_CONFIG_NAMES = ("rknn-dropbox.toml", "/etc/rknn-dropbox/config.toml")
 
@@ -47,7 +47,7 @@ def _load(args: argparse.Namespace) -> Config:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .daemon import Daemon, StartupError
+    from rknn_dropbox.service.daemon import Daemon, StartupError
     cfg = _load(args)
     setup_logging(cfg.log_level)
     try:
@@ -59,9 +59,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_convert(args: argparse.Namespace) -> int:
     """Convert once, in this process, with the same converter code the workers use."""
-    from .converter import ConversionError, convert_job
-    from .options import parse_convert_options
-    from .workarea import claim_bundle
+    from rknn_dropbox.convert.job import ConversionError, convert_job
+    from rknn_dropbox.convert.options import parse_convert_options
+    from rknn_dropbox.intake.workarea import claim_bundle
     cfg = _load(args)
     setup_logging(cfg.log_level)
     defaults = cfg.convert
@@ -119,7 +119,7 @@ def _partners(src: Path) -> list[Path]:
 
 def check_environment(cfg: Config) -> list[str]:
     """Problems that would stop the daemon from working, as sentences; empty when all is well."""
-    from .daemon import StartupError, prepare_folders
+    from rknn_dropbox.service.daemon import StartupError, prepare_folders
     problems: list[str] = []
     try:
         prepare_folders(cfg)
@@ -180,7 +180,7 @@ def status_table(jobs: list[Any], width: int) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from .store import STATUSES, JobStore
+    from rknn_dropbox.store import STATUSES, JobStore
     cfg = _load(args)
     if args.status and args.status not in STATUSES:
         print(f"rknn-dropbox: --status must be one of {', '.join(STATUSES)}", file=sys.stderr)
@@ -212,8 +212,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_cancel(args: argparse.Namespace) -> int:
     """Flag jobs in the store; the daemon cancels them within a step (queued: dequeued; running: worker killed)."""
-    from .server import TASK_ID_RE
-    from .store import FINAL_STATUSES, JobStore
+    from rknn_dropbox.status.server import TASK_ID_RE
+    from rknn_dropbox.store import FINAL_STATUSES, JobStore
     cfg = _load(args)
     if not cfg.store_path.exists():
         print(f"rknn-dropbox: no job store at {cfg.store_path}", file=sys.stderr)

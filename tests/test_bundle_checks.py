@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 import modelgen
-from rknn_dropbox.analyzer import InboxScanner
-from rknn_dropbox.archives import ArchiveError, ArchiveLimits, unpack_archive
-from rknn_dropbox.cache import ResultCache, cache_key
-from rknn_dropbox.integrity import IntegrityError, check_caffe, check_darknet, darknet_expected_weights_bytes
-from rknn_dropbox.options import (
+from rknn_dropbox.intake.scanner import InboxScanner
+from rknn_dropbox.intake.archives import ArchiveError, ArchiveLimits, unpack_archive
+from rknn_dropbox.convert.cache import ResultCache, cache_key
+from rknn_dropbox.formats.integrity import IntegrityError, check_caffe, check_darknet, darknet_expected_weights_bytes
+from rknn_dropbox.convert.options import (
     OptionsError, is_model_config, model_config_to_options, parse_convert_options,
 )
 

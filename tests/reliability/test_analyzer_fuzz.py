@@ -8,7 +8,7 @@ from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from rknn_dropbox.analyzer import InboxScanner, is_ignored, split_name
+from rknn_dropbox.intake.scanner import InboxScanner, is_ignored, split_name
 
 EXTS = ["", ".onnx", ".ONNX", ".yaml", ".yml", ".cfg", ".weights", ".prototxt", ".caffemodel", ".tar.gz", ".tgz",
         ".zip", ".tar", ".pt", ".pth", ".tflite", ".pb", ".txt", ".part", ".onnx.yaml", ".tar.gz.yml", "."]

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from rknn_dropbox.config import Config, ConfigError, config_from_mapping
-from rknn_dropbox.daemon import Daemon, prepare_folders
-from rknn_dropbox.reload import apply_live, changed_keys
-from rknn_dropbox.watcher import choose_polling
+from rknn_dropbox.service.daemon import Daemon, prepare_folders
+from rknn_dropbox.service.reload import apply_live, changed_keys
+from rknn_dropbox.intake.watcher import choose_polling
 
 
 def _daemon(tmp_path: Path, rescan: float) -> Daemon:

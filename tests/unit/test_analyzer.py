@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from rknn_dropbox.analyzer import InboxScanner, is_ignored, split_name
+from rknn_dropbox.intake.scanner import InboxScanner, is_ignored, split_name
 
 
 class Clock:

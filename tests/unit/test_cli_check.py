@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from rknn_dropbox.workarea import mount_point
+from rknn_dropbox.intake.workarea import mount_point
 
 
 def _other_filesystem(tmp_path: Path) -> Path | None:

@@ -7,7 +7,7 @@ import time
 import fakeworkers
 import pytest
 
-from rknn_dropbox.pool import PoolEvent, WorkerPool, death_cause
+from rknn_dropbox.service.pool import PoolEvent, WorkerPool, death_cause
 
 
 def _collect(pool: WorkerPool, until, timeout: float = 30.0) -> list[PoolEvent]:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from rknn_dropbox import workarea
-from rknn_dropbox.workarea import DeliveryError, claim_bundle, deliver
+from rknn_dropbox.intake import workarea
+from rknn_dropbox.intake.workarea import DeliveryError, claim_bundle, deliver
 
 
 def _claim(tmp_path: Path, name: str = "net"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .store import CANCELLED, COMPLETED, FAILED, JobStore
+from rknn_dropbox.store import CANCELLED, COMPLETED, FAILED, JobStore
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 CONVERSION_BUCKETS = (1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)

@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import parse_qs, quote, urlsplit
 
-from . import __version__
-from .converter import clean_log_text
-from .httpgate import ConnectionGate, GateLimits
-from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, render_metrics
-from .statuspage import render_page
-from .store import COMPLETED, STATUSES, JobRecord, JobStore
+from rknn_dropbox import __version__
+from rknn_dropbox.joblog import clean_log_text
+from rknn_dropbox.status.gate import ConnectionGate, GateLimits
+from rknn_dropbox.status.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, render_metrics
+from rknn_dropbox.status.page import render_page
+from rknn_dropbox.store import COMPLETED, STATUSES, JobRecord, JobStore
 
 TASK_ID_RE = re.compile(r"^[0-9]{8}-[0-9]{6}-[0-9a-f]{6}$")
 DEFAULT_LIMIT, MAX_LIMIT = 100, 1000

@@ -9,7 +9,7 @@ from typing import Any, Union
 
 import yaml
 
-from .platforms import (
+from rknn_dropbox.convert.platforms import (
     NO_FP16_PLATFORMS, OPTIMIZATION_LEVELS, PLATFORMS, QUANTIZED_ALGORITHMS, QUANTIZED_DTYPES,
     QUANTIZED_METHODS, RENAMED_DTYPES, dtype_platform_error,
 )

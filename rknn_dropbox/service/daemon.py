@@ -14,19 +14,19 @@ from typing import Any, Callable
 
 from loguru import logger
 
-from . import __version__
-from .analyzer import InboxScanner, Rejection
-from .callbacks import PENDING, CallbackSender, callback_url_for
-from .claims import take_over_stale_claims, touch_heartbeat
-from .config import Config, ConfigError, load_config
-from .reload import apply_live, changed_keys
-from .converter import finish_log
-from .logsetup import setup_logging
-from .pool import PoolEvent, WorkerPool
-from .store import CANCELLED, COMPLETED, FAILED, FINAL_STATUSES, PROCESSING, QUEUED, JobRecord, JobStore
-from .systemd import notify, watchdog_interval
-from .watcher import InboxWatcher
-from .workarea import (
+from rknn_dropbox import __version__
+from rknn_dropbox.intake.scanner import InboxScanner, Rejection
+from rknn_dropbox.service.callbacks import PENDING, CallbackSender, callback_url_for
+from rknn_dropbox.intake.hosts import take_over_stale_claims, touch_heartbeat
+from rknn_dropbox.config import Config, ConfigError, load_config
+from rknn_dropbox.service.reload import apply_live, changed_keys
+from rknn_dropbox.joblog import finish_log
+from rknn_dropbox.logsetup import setup_logging
+from rknn_dropbox.service.pool import PoolEvent, WorkerPool
+from rknn_dropbox.store import CANCELLED, COMPLETED, FAILED, FINAL_STATUSES, PROCESSING, QUEUED, JobRecord, JobStore
+from rknn_dropbox.service.systemd import notify, watchdog_interval
+from rknn_dropbox.intake.watcher import InboxWatcher
+from rknn_dropbox.intake.workarea import (
     DeliveryError, JobDir, claim_bundle, deliver, find_delivered, finish_claim, mount_point,
     repair_interrupted_delivery, write_json_atomic,
 )
@@ -186,7 +186,7 @@ class Daemon:
         self.resend_pending_callbacks()
         self.publish_snapshot()
         if self.cfg.http.enabled:
-            from .server import StatusServer
+            from rknn_dropbox.status.server import StatusServer
             self.server = StatusServer(self.cfg.http.host, self.cfg.http.port, self.store,
                                        lambda: self.published_snapshot)
             self.server.start()

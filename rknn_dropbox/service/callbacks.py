@@ -14,9 +14,9 @@ from typing import Any
 
 from loguru import logger
 
-from . import __version__
-from .options import OptionsError, read_yaml_mapping
-from .store import JobStore
+from rknn_dropbox import __version__
+from rknn_dropbox.convert.options import OptionsError, read_yaml_mapping
+from rknn_dropbox.store import JobStore
 
 PENDING = "pending"
 

@@ -14,17 +14,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from . import __version__
-from .modelfiles import FORMAT_NAMES, BundleError, ModelSpec, inspect_bundle
-from .cache import ResultCache, cache_key
-from .options import ConvertOptions, OptionsError, check_fp16_platforms, effective_quantization
-from .platforms import NO_FP16_PLATFORMS, dtype_platform_error
-from .toolprogress import BUILD_PHASES_FP16, BUILD_PHASES_INT8, LOAD_PHASES, toolkit_progress
-from .workarea import JobDir
+from rknn_dropbox import __version__
+from rknn_dropbox.convert.bundle import FORMAT_NAMES, BundleError, ModelSpec, inspect_bundle
+from rknn_dropbox.convert.cache import ResultCache, cache_key
+from rknn_dropbox.convert.options import ConvertOptions, OptionsError, check_fp16_platforms, effective_quantization
+from rknn_dropbox.convert.platforms import NO_FP16_PLATFORMS, dtype_platform_error
+from rknn_dropbox.convert.toolprogress import BUILD_PHASES_FP16, BUILD_PHASES_INT8, LOAD_PHASES, toolkit_progress
+from rknn_dropbox.intake.workarea import JobDir
+from rknn_dropbox.joblog import clean_log_text, finish_log
 
 ProgressFn = Callable[[str, float], None]
 TF_FORMATS = ("tensorflow", "savedmodel", "checkpoint", "tflite")
-ANSI_RE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07")
 
 
 class ConversionError(Exception):
@@ -77,17 +77,6 @@ def file_entry(path: Path, root: Path, unpacked_root: Path | None = None) -> dic
     else:
         name = f"(unpacked) {path.relative_to(unpacked_root)}"
     return {"name": name, "size": path.stat().st_size, "sha256": sha256_file(path)}
-
-
-def clean_log_text(raw: str) -> str:
-    """Strip ANSI colours and keep only the last state of each carriage-return progress bar."""
-    out = []
-    for line in ANSI_RE.sub("", raw).split("\n"):
-        if "\r" in line:
-            parts = [p for p in line.split("\r") if p.strip()]
-            line = parts[-1] if parts else ""
-        out.append(line.rstrip())
-    return "\n".join(out)
 
 
 @contextlib.contextmanager
@@ -264,7 +253,7 @@ def prepare_tf_graph(spec: ModelSpec, scratch: Path) -> Any:
     if spec.format not in ("tensorflow", "savedmodel", "checkpoint"):
         return None
     _require_tensorflow(spec)
-    from .tfgraph import TFGraphError, freeze_checkpoint, freeze_saved_model, prepare_frozen
+    from rknn_dropbox.formats.tfgraph import TFGraphError, freeze_checkpoint, freeze_saved_model, prepare_frozen
     o = spec.options
     try:
         if spec.format == "tensorflow":
@@ -435,7 +424,7 @@ def convert_job(job: JobDir, name: str, defaults: ConvertOptions, progress: Prog
 def _verify(rknn: Any, spec: ModelSpec, quantize: bool, tf_graph: Any, prequantized_tflite: bool
             ) -> dict[str, Any] | None:
     """Run the simulator on one input and compare with the source framework; None when verify is off."""
-    from . import verify as v
+    from rknn_dropbox.convert import verify as v
     o = spec.options
     if not o.verify:
         return None
@@ -491,7 +480,7 @@ def _verify(rknn: Any, spec: ModelSpec, quantize: bool, tf_graph: Any, prequanti
 def _build_target(RKNN: Any, spec: ModelSpec, platform: str, quantize: bool, prequantized: bool, job: JobDir,
                   out_name: str, raw_log: Path, tf_graph: Any, settings: JobSettings,
                   progress: Callable[[str, float], None]) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    from .tfgraph import toolkit_tf_lock
+    from rknn_dropbox.formats.tfgraph import toolkit_tf_lock
     o = spec.options
     print(f"--- target {platform}: building {out_name}")
     rknn = RKNN(verbose=False)
@@ -546,18 +535,6 @@ def _build_target(RKNN: Any, spec: ModelSpec, platform: str, quantize: bool, pre
             rknn.release()
         except Exception:  # noqa: BLE001 - release of a failed session
             pass
-
-
-def finish_log(job: JobDir) -> None:
-    """Turn the job's raw captured output into conversion.log (also after a worker died mid-job)."""
-    raw_log, log = job.root / "conversion.raw", job.log
-    try:
-        text = raw_log.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return
-    log.parent.mkdir(parents=True, exist_ok=True)
-    log.write_text(clean_log_text(text), encoding="utf-8")
-    raw_log.unlink(missing_ok=True)
 
 
 def describe_exception(exc: BaseException) -> str:

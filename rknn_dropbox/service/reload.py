@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import fields, replace
 
-from .config import Config
+from rknn_dropbox.config import Config
 
 # Read at every use by the loop, the scanner or the pool: safe to swap while running.
 LIVE_KEYS = ("convert", "timeout_seconds", "log_level", "stable_seconds", "bundle_timeout_seconds", "max_file_size",

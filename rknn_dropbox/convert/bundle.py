@@ -6,10 +6,10 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .analyzer import is_ignored, split_name
-from .archives import ArchiveError, is_archive, strip_single_folder, unpack_archive
-from .integrity import IntegrityError, check_caffe, check_darknet
-from .options import (
+from rknn_dropbox.intake.scanner import is_ignored, split_name
+from rknn_dropbox.intake.archives import ArchiveError, is_archive, strip_single_folder, unpack_archive
+from rknn_dropbox.formats.integrity import IntegrityError, check_caffe, check_darknet
+from rknn_dropbox.convert.options import (
     ConvertOptions, ModelConfigRefs, OptionsError, is_model_config, model_config_to_options, parse_convert_options,
     read_yaml_mapping,
 )

@@ -45,9 +45,9 @@ def worker_main(conn: Connection, parent_pid: int, preload: bool = True) -> None
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if preload:
         import rknn.api  # noqa: F401  (warm: every job after this skips the multi-second import)
-    from .converter import ConversionError, JobSettings, convert_job, describe_exception
-    from .options import ConvertOptions
-    from .workarea import JobDir
+    from rknn_dropbox.convert.job import ConversionError, JobSettings, convert_job, describe_exception
+    from rknn_dropbox.convert.options import ConvertOptions
+    from rknn_dropbox.intake.workarea import JobDir
 
     conn.send(("ready", os.getpid(), None))
     while True:

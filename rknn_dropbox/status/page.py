@@ -6,7 +6,7 @@ import time
 from html import escape
 from typing import Any
 
-from .store import FINAL_STATUSES, JobRecord
+from rknn_dropbox.store import FINAL_STATUSES, JobRecord
 
 REFRESH_SECONDS = 5
 

@@ -12,8 +12,8 @@ from typing import Any, Callable
 
 from loguru import logger
 
-from .memory import tree_rss_mb
-from .worker import worker_main
+from rknn_dropbox.service.memory import tree_rss_mb
+from rknn_dropbox.service.worker import worker_main
 
 MEMORY_CHECK_SECONDS = 0.1  # how often busy workers' memory is read when worker_memory_limit_mb is set
 

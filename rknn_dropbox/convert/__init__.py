@@ -1,0 +1,1 @@
+"""Conversion of one claimed bundle in a worker process: options, the toolkit run, verification, cache."""

@@ -1,0 +1,1 @@
+"""Model formats: one module per format behind the Format protocol; this module is the registry."""

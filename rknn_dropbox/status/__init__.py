@@ -1,0 +1,1 @@
+"""The read-only status endpoint: HTTP server, connection gate, HTML page, Prometheus metrics."""
