@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from rknn_dropbox.intake import workarea
-from rknn_dropbox.intake.workarea import DeliveryError, claim_bundle, deliver
+from rknn_dropbox.intake import delivery
+from rknn_dropbox.intake.claims import claim_bundle
+from rknn_dropbox.intake.delivery import DeliveryError, deliver
 
 
 def _claim(tmp_path: Path, name: str = "net"):
@@ -59,7 +60,7 @@ def test_no_space_keeps_the_job_whole(tmp_path: Path, monkeypatch: pytest.Monkey
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_rename(src, dst)
 
-    monkeypatch.setattr(workarea.os, "rename", full)
+    monkeypatch.setattr(delivery.os, "rename", full)
     with pytest.raises(DeliveryError, match="no space left on outbox"):
         deliver(job, tmp_path / "outbox", "net", {"result.json": {"task_id": job.job_id}})
     monkeypatch.undo()
