@@ -1,5 +1,4 @@
-"""The work area: one claimed job's folder (JobDir), its layout, and the fsync/atomic-write helpers claims and
-deliveries share."""
+"""The work area: a claimed job's folder (JobDir) and the atomic-write/fsync helpers claims and deliveries share."""
 
 from __future__ import annotations
 

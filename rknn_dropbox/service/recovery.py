@@ -1,5 +1,4 @@
-"""Start-up recovery: re-queue what a previous run (or a dead host) left claimed, and record deliveries a crash
-cut short, so that every bundle still ends in exactly one of inbox, work area, outbox/ or failed/."""
+"""Start-up recovery: re-queue what a previous run or a dead host left claimed; record deliveries a crash cut short."""
 
 from __future__ import annotations
 
@@ -13,7 +12,7 @@ from rknn_dropbox.config import Config
 from rknn_dropbox.intake.claims import finish_claim
 from rknn_dropbox.intake.delivery import find_delivered, repair_interrupted_delivery
 from rknn_dropbox.intake.hosts import take_over_stale_claims
-from rknn_dropbox.intake.workarea import JobDir
+from rknn_dropbox.intake.workarea import MANIFEST, JobDir
 from rknn_dropbox.joblog import finish_log
 from rknn_dropbox.service.results import ERROR_FILE, RESULT_FILE, Finisher
 from rknn_dropbox.store import FINAL_STATUSES, PROCESSING, JobRecord, JobStore
@@ -61,7 +60,7 @@ class Recovery:
 
     def resume_claim(self, cfg: Config, job: JobDir, left_by: str) -> None:
         """Queue a job folder found in our claim folder (left by a crash, or taken over from a dead host)."""
-        if not (job.root / "job.json").exists():
+        if not (job.root / MANIFEST).exists():
             shutil.rmtree(job.root, ignore_errors=True)  # died before the claim began
             return
         manifest = job.manifest()

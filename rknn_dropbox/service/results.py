@@ -1,5 +1,4 @@
-"""Finishing a job: the result.json / error.json schema (built here and nowhere else), its delivery to outbox/ or
-failed/ (retried while the destination cannot take it), the store's final state, and the completion callback."""
+"""Finishing a job: the result.json/error.json schema (built only here), delivery and its retries, final state."""
 
 from __future__ import annotations
 

@@ -1,6 +1,4 @@
-"""A worker process: imports the toolkit once, then converts the jobs its supervisor sends over a pipe.
-
-The only service module that reaches convert/ (lazily, inside the worker process)."""
+"""A worker process: imports the toolkit and convert/ once (the only service module that may), then converts jobs."""
 
 from __future__ import annotations
 
