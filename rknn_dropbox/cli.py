@@ -112,8 +112,7 @@ def _partners(src: Path) -> list[Path]:
     if src.is_dir():
         return []
     stem, ext = split_name(src.name)
-    wanted = [".yaml", ".yml"] + {".cfg": [".weights"], ".weights": [".cfg"], ".prototxt": [".caffemodel"],
-                                  ".caffemodel": [".prototxt"]}.get(ext, [])
+    wanted = [".yaml", ".yml"] + ([PAIR_EXTS[ext][0]] if ext in PAIR_EXTS else [])
     return [src.parent / (stem + e) for e in wanted if (src.parent / (stem + e)).is_file()]
 
 
