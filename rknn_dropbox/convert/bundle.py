@@ -57,8 +57,7 @@ def _pairs(fmt: Format, files: list[Path]) -> list[Found]:
     assert fmt.pair is not None
     desc_ext, weights_ext = fmt.pair
     descs = {split_name(f.name)[0]: f for f in files
-             if f.suffix.lower() == desc_ext or (f.suffix.lower() not in (".txt", ".yaml", ".yml")
-                                                 and sniff(f) is fmt)}
+             if f.suffix.lower() == desc_ext or (f.suffix.lower() not in fmt.sniff_skips_exts and sniff(f) is fmt)}
     weights = {split_name(f.name)[0]: f for f in files if f.suffix.lower() == weights_ext}
     found: list[Found] = []
     for stem, desc in descs.items():

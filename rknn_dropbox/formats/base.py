@@ -36,6 +36,7 @@ class Format:
     needs_tensorflow: bool = False
     reference_name: str | None = None     # the runtime verification compares with; None: not verified
     int8_threshold_when_prequantized: bool = False
+    sniff_skips_exts: tuple[str, ...] = ()  # extensions never sniffed as this format's description
 
     def sniff(self, head: bytes, text: str, path: Path) -> bool:
         """Whether the first bytes (and their comment-stripped text) are this format's."""

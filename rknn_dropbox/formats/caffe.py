@@ -323,6 +323,7 @@ def check_caffe(prototxt: Path, caffemodel: Path) -> None:
 class Caffe(Format):
     name, display, family = "caffe", "Caffe", "caffe"
     pair = (".prototxt", ".caffemodel")
+    sniff_skips_exts = (".txt", ".yaml", ".yml")
 
     def sniff(self, head: bytes, text: str, path: Path) -> bool:
         return (("layer" in text or "input" in text) and "{" in text and b"\0" not in head[:256]
