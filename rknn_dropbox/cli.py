@@ -17,6 +17,7 @@ from typing import Any
 from loguru import logger
 
 from rknn_dropbox import __version__
+from rknn_dropbox.formats import PAIR_EXTS
 from rknn_dropbox.intake.scanner import split_name
 from rknn_dropbox.config import Config, ConfigError, load_config
 from rknn_dropbox.logsetup import setup_logging
