@@ -70,3 +70,19 @@ def test_fault_injection_is_not_a_sidecar_option(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("RKNN_DROPBOX_FAULT_INJECTION", "1")
     with pytest.raises(OptionsError, match="fault"):
         parse_convert_options({"fault": "segfault"}, "net.yaml")
+
+
+def test_daemon_and_worker_find_the_same_sidecars(tmp_path: Path) -> None:
+    """model_config.yml is a folder config for both (the daemon once took it for the model's own sidecar)."""
+    from rknn_dropbox.service.callbacks import callback_url_for
+    job_input = tmp_path / "in"
+    bundle = job_input / "net"
+    modelgen.write_onnx_conv(bundle / "net.onnx")
+    (bundle / "model_config.yml").write_text("callback_url: http://folder/\noptimization_level: 2\n")
+    assert callback_url_for(job_input, None) == "http://folder/"
+    assert _inspect(job_input, "net").sidecar.name == "model_config.yml"
+    (bundle / "net.yaml").write_text("callback_url: http://own/\n")
+    assert callback_url_for(job_input, None) == "http://own/"
+    spec = _inspect(job_input, "net")
+    assert spec.sidecar.name == "net.yaml" and spec.options.callback_url == "http://own/"
+    assert spec.options.optimization_level == 2
