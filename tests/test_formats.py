@@ -318,7 +318,7 @@ def test_a_tar_gz_of_a_model_folder_converts(box: DaemonProcess, tmp_path: Path)
         tf.add(folder, arcname="tarnet")
     shutil.copy(archive, box.inbox / "tarnet.tar.gz")
     result = box.wait_completed("tarnet")
-    assert result["format"] == "onnx" and result["options"]["optimization_level"] == 2
+    assert result["format"] == "onnx" and result["config"]["optimization_level"] == 2
     assert "(unpacked) net.onnx" in [i["name"] for i in result["inputs"]]
     assert (box.outbox / "tarnet" / "tarnet.rknn").stat().st_size > 1000
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from rknn_dropbox import __version__
-from rknn_dropbox.convert.bundle import FORMAT_NAMES, ModelSpec, inspect_bundle
+from rknn_dropbox.convert.bundle import ModelSpec, inspect_bundle
 from rknn_dropbox.convert.cache import ResultCache, cache_key
 from rknn_dropbox.convert.faults import inject_fault
 from rknn_dropbox.convert.options import ConvertOptions, OptionsError, check_fp16_platforms, effective_quantization
@@ -177,7 +177,7 @@ def _convert(RKNN: Any, job: JobDir, name: str, defaults: ConvertOptions, progre
         spec = inspect_bundle(job.input, name, defaults, scratch)
         inject_fault(name)
         q = _decide_quantization(spec)
-    print(f"model: {FORMAT_NAMES[spec.format]} {spec.model.name}; quantization: {q.why}")
+    print(f"model: {spec.fmt.display} {spec.model.name}; quantization: {q.why}")
     result = _new_result(spec, q, job, toolkit_version)
     cache = ResultCache(settings.cache_dir, settings.cache_max_bytes) if settings.cache_dir else None
     key = _cache_key(spec, q, toolkit_version) if cache is not None else None
