@@ -74,7 +74,7 @@ def test_fault_injection_is_not_a_sidecar_option(monkeypatch: pytest.MonkeyPatch
 
 def test_daemon_and_worker_find_the_same_sidecars(tmp_path: Path) -> None:
     """model_config.yml is a folder config for both (the daemon once took it for the model's own sidecar)."""
-    from rknn_dropbox.service.callbacks import callback_url_for
+    from rknn_dropbox.intake.claims import callback_url_for
     job_input = tmp_path / "in"
     bundle = job_input / "net"
     modelgen.write_onnx_conv(bundle / "net.onnx")
