@@ -128,7 +128,8 @@ _LAYER_RULES = {
     "route": _route_layer,
     "avgpool": _avgpool_layer, "avg": _avgpool_layer,
 }
-_WEIGHTED_KIND = {"convolutional": "convolutional", "conv": "convolutional", "connected": "connected", "fc": "connected"}
+_WEIGHTED_KIND = {"convolutional": "convolutional", "conv": "convolutional",
+                  "connected": "connected", "fc": "connected"}
 
 
 def darknet_weight_layout(cfg_text: str) -> list[DarknetLayerWeights]:
