@@ -126,7 +126,7 @@ def nines(value: float) -> float:
 def cosine_bars(outputs: list[OutputCheck], threshold: float | None) -> str:
     """Inline SVG: one bar per output (its lowest cosine), a dot per sample, the threshold as a dashed line."""
     label_w, bar_w, row_h, top = 190, 520, 28, 22
-    height = top + row_h * len(outputs) + 6
+    height = top + row_h * len(outputs) + 24
     width = label_w + bar_w + 90
     x = lambda v: label_w + bar_w * nines(v) / NINES_MAX  # noqa: E731
     parts = [f'<svg class="bars" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
@@ -153,8 +153,11 @@ def cosine_bars(outputs: list[OutputCheck], threshold: float | None) -> str:
                          f'fill="{"#17803d" if ok else "#c0262d"}">{cosine_text(out.cosine)}</text>')
     if threshold is not None:
         tx = x(threshold)
-        parts.append(f'<line x1="{tx:.1f}" y1="{top}" x2="{tx:.1f}" y2="{height - 2}" stroke="#c0262d" '
+        parts.append(f'<line x1="{tx:.1f}" y1="{top}" x2="{tx:.1f}" y2="{height - 20}" stroke="#c0262d" '
                      f'stroke-width="2" stroke-dasharray="4 3"><title>threshold {threshold}</title></line>')
+    dots = ", dots: each sample" if any(o.samples for o in outputs) else ""
+    legend = f"bar: lowest cosine per output{dots}" + (", dashed: the threshold" if threshold is not None else "")
+    parts.append(f'<text class="tick" x="{label_w}" y="{height - 4}">{e(legend)} (scale: 0.9, 0.99, 0.999, …)</text>')
     parts.append("</svg>")
     return "".join(parts)
 

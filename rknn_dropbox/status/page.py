@@ -40,7 +40,7 @@ def _status_cell(view: JobView) -> str:
     job = view.record
     cell = pill(job.status)
     if job.status not in FINAL_STATUSES:
-        cell += (f' <progress max="100" value="{job.progress:.0f}">{job.progress:.0f}%</progress> '
+        cell += (f' <progress max="100" value="{job.progress:.0f}"></progress> '
                  f'<span class="small">{job.progress:.0f}% {e(job.stage)}</span>')
     elif job.status == FAILED and view.error:
         first = view.error.splitlines()[0] if view.error.strip() else view.error
