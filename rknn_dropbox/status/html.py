@@ -35,7 +35,7 @@ table.jobs { width: 100%; }
 .pill.repaired { background: #fef0c7; color: var(--warn); }
 .cos { font-variant-numeric: tabular-nums; font-weight: 600; white-space: nowrap; }
 .cos.ok { color: var(--ok); } .cos.bad { color: var(--bad); } .cos.none { color: var(--muted); font-weight: 400; }
-.muted { color: var(--muted); } .small { font-size: .88em; }
+.muted { color: var(--muted); } .nowrap { white-space: nowrap; } .small { font-size: .88em; }
 .warnings li { color: var(--warn); } .warn-count { color: var(--warn); font-weight: 600; }
 .error { background: #fef3f2; border: 1px solid #fecdca; border-radius: 6px; padding: .8em 1em; margin: .8em 0; }
 .error .text { color: var(--bad); font-weight: 600; white-space: pre-wrap; word-break: break-word; }
@@ -170,13 +170,13 @@ def table(headers: Iterable[str], rows: Iterable[Iterable[str]], css: str = "") 
 
 
 def plain(value: Any) -> str:
-    """A JSON value as short escaped text: lists joined, dicts as k=v, floats near 1 as cosines."""
+    """A JSON value as short escaped text: lists joined, dicts as k=v, floats to 6 significant digits."""
     if value is None:
         return '<span class="muted">–</span>'
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, float):
-        return e(cosine_text(value) if 0.5 < value <= 1 else f"{value:g}")
+        return e(f"{value:.6g}")
     if isinstance(value, list):
         return ", ".join(plain(v) for v in value) or '<span class="muted">none</span>'
     if isinstance(value, dict):

@@ -86,7 +86,7 @@ def _downloads(view: JobView) -> str:
             name = str(out.get("name", ""))
             target = by_file.get(name)
             rows.append([f'<a href="/api/download/{job_id}/{e(quote(name, safe=""))}">{e(name)}</a>',
-                         e(target.platform if target else ""), e(size(out.get("size"))),
+                         e(target.platform if target else ""), f'<span class="nowrap">{e(size(out.get("size")))}</span>',
                          f'<span class="hash">{e(out.get("sha256", ""))}</span>'])
         if len(rows) > 1:
             links.insert(0, f'<a href="/api/download/{job_id}">all outputs (zip)</a>')
@@ -150,7 +150,7 @@ def _target(view: JobView, t: TargetView) -> str:
 def _dropped(files: list[dict[str, Any]]) -> str:
     if not files:
         return ""
-    rows = [[e(f.get("name")), e(size(f.get("size"))), f'<span class="hash">{e(f.get("sha256") or "–")}</span>']
+    rows = [[e(f.get("name")), f'<span class="nowrap">{e(size(f.get("size")))}</span>', f'<span class="hash">{e(f.get("sha256") or "–")}</span>']
             for f in files]
     return "<h2>Dropped files</h2>" + table(("file", "size", "sha256"), rows)
 

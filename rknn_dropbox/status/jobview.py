@@ -153,13 +153,13 @@ class JobView:
 
     @property
     def precision(self) -> str:
-        """int8 / fp16 / the dtype for other quantized types; "" while not known."""
+        """int8 / fp16 / prequantized (a QDQ model built as is) / the dtype of other quantizations; "" if unknown."""
         quantized = self.doc.get("quantized", self.quantization.get("quantized"))
         if quantized is None:
             return ""
+        dtype = str(self.quantization.get("dtype") or ("int8" if quantized else "float16"))
         if not quantized:
-            return "fp16"
-        dtype = str(self.quantization.get("dtype") or "int8")
+            return "prequantized" if dtype == "prequantized" else "fp16"
         return "int8" if dtype in ("w8a8", "int8", "asymmetric_quantized-8") else dtype
 
     @property
