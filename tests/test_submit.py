@@ -133,3 +133,14 @@ def test_drops_are_renamed_into_place_whole_under_unique_names(tmp_path: Path, m
     assert [p.name for p in inbox.iterdir() if is_ignored(p.name)] == []  # no temporary left behind
     again = plan_drops([src / "yolo.cfg"])[0]
     assert again.name != pair.name and isinstance(again, Drop)
+
+
+def test_nothing_is_dropped_when_the_job_could_not_be_followed(tmp_path: Path) -> None:
+    (tmp_path / "inbox").mkdir()
+    model = modelgen.write_onnx_conv(tmp_path / "net.onnx")
+    done = submit(str(model), "--inbox", str(tmp_path / "inbox"), "--state-dir", str(tmp_path / "state"), "--wait",
+                  cwd=tmp_path)
+    assert done.returncode == 2 and "no --url given and no" in done.stderr and "daemon.json" in done.stderr
+    missing = submit(str(tmp_path / "nope.onnx"), "--inbox", str(tmp_path / "inbox"), cwd=tmp_path)
+    assert missing.returncode == 2 and "nope.onnx: no such file or folder" in missing.stderr
+    assert list((tmp_path / "inbox").iterdir()) == []

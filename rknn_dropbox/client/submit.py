@@ -125,7 +125,7 @@ def run_submit(args: argparse.Namespace, cfg: Config) -> int:
             rep.say(drop.name)
     except SubmitError as exc:
         rep.say(f"rknn-dropbox submit: {exc}", error=True)
-        return EXIT_FAILED
+        return EXIT_TIMEOUT  # nothing was converted, so not 1: that means the model failed
     if not args.wait:
         return EXIT_COMPLETED
     api, deadline = HttpApi(url), time.monotonic() + args.timeout
