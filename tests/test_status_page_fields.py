@@ -19,10 +19,12 @@ REPAIRED, BELOW, RUNNING = "20261201-100000-aaaaaa", "20261201-100001-bbbbbb", "
 
 
 def result_json(name: str, cosines: dict[str, list[float]], threshold: float, **extra: Any) -> dict[str, Any]:
-    """A result.json as the accuracy and toolkit-version work writes it (per-sample cosines, `min`, attempts)."""
+    """A result.json as the accuracy and toolkit-version work writes it: per-sample cosines, the samples used, the
+    repair attempts per target, and what the .rknn says about itself."""
     return {
         "name": name, "status": "completed", "format": "onnx", "target_platform": ["rk3588"],
-        "targets": [{"platform": "rk3588", "ok": True, "file": f"{name}.rknn", "size": 3000, "sha256": "ab" * 32}],
+        "targets": [{"platform": "rk3588", "ok": True, "file": f"{name}.rknn", "size": 3000, "sha256": "ab" * 32,
+                     "rknn": RKNN_FILE, **extra.pop("target_extra", {})}],
         "quantization": {"quantized": True, "dtype": "w8a8", "dataset_size": 8,
                          "reason": "int8 (w8a8): a calibration dataset was found"},
         "quantized": True, "toolkit_version": "2.3.2",
@@ -31,21 +33,27 @@ def result_json(name: str, cosines: dict[str, list[float]], threshold: float, **
         "warnings": extra.pop("warnings", []), "config": {"target_platform": ["rk3588"], "verify_min_cosine": None},
         "verification": {"rk3588": {
             "status": "passed" if min(min(c) for c in cosines.values()) >= threshold else "below_threshold",
-            "reference": "onnxruntime", "samples": ["images/a.jpg", "images/b.jpg"], "min_cosine": threshold,
-            "outputs": [{"name": out, "cosines": c, "min": min(c)} for out, c in cosines.items()]}},
+            "reference": "onnxruntime", "samples": {"source": "verify_dataset", "names": ["a.jpg", "b.jpg"]},
+            "input": "2 samples of verify_dataset", "min_cosine": threshold,
+            "outputs": [{"name": out, "shape": [1, 4], "cosine": min(c), "cosines": c} for out, c in cosines.items()]}},
         **extra,
     }
 
 
 REPAIR = {
-    "attempts": [{"name": "baseline", "settings": {"quantized_algorithm": "normal"}, "min_cosine": 0.8511,
-                  "build_seconds": 2.1},
-                 {"name": "auto_hybrid", "settings": {"auto_hybrid": True}, "min_cosine": 0.9812,
-                  "build_seconds": 3.4}],
-    "delivered": "auto_hybrid",
-    "worst_layers": [{"name": "Conv_/model.22/proto/cv3/conv", "op": "Conv", "cumulative_cosine": 0.8511,
+    "attempts": [{"label": "first build", "settings": {"do_quantization": True}, "build_seconds": 2.1,
+                  "passed": False, "min_cosine": 0.8511, "cosines": {"boxes": 0.9931, "proto": 0.8511}},
+                 {"label": "auto_hybrid", "settings": {"do_quantization": True, "auto_hybrid": True},
+                  "build_seconds": 3.4, "passed": True, "min_cosine": 0.9812,
+                  "cosines": {"boxes": 0.9931, "proto": 0.9812}}],
+    "delivered": 1, "delivered_label": "auto_hybrid", "passed": True, "report": "accuracy/error_analysis.txt",
+    "worst_layers": [{"name": "Conv_/model.22/proto/cv3/conv", "op": "Conv", "cosine": 0.8511,
                       "single_cosine": 0.9902}],
 }
+RKNN_FILE = {"format_version": 6, "toolkit_version": "2.3.2", "compiler": "2.3.2 (e045de294f@2025-04-07)",
+             "target_platform": ["rk3588"], "inputs": [{"name": "images", "shape": [1, 3, 640, 640], "dtype": "int8",
+                                                        "layout": "NHWC", "quant": {"type": "affine", "scale": 0.0039}}],
+             "outputs": [], "loads_on": "librknnrt 2.3.2 or newer"}
 
 
 def deliver(store: JobStore, root: Path, job_id: str, name: str, doc: dict[str, Any], created: float) -> None:
@@ -63,8 +71,8 @@ def deliver(store: JobStore, root: Path, job_id: str, name: str, doc: dict[str, 
 def served(tmp_path: Path) -> Iterator[tuple[StatusServer, JobStore]]:
     store = JobStore(tmp_path / "jobs.sqlite3")
     deliver(store, tmp_path, REPAIRED, "seg", result_json(
-        "seg", {"boxes": [0.9931, 0.9957], "proto": [0.9812, 0.9866]}, 0.98, accuracy=REPAIR,
-        rknn={"format_version": 6, "compiler_version": "2.3.2 (e045de294f@2025-04-07)"},
+        "seg", {"boxes": [0.9931, 0.9957], "proto": [0.9812, 0.9866]}, 0.98, accuracy={"rk3588": REPAIR},
+        target_extra={"build_settings": REPAIR["attempts"][1]["settings"]},
         timings={"build": 2.1, "verify": 0.4, "repair": 3.4}, peak_rss_mb=812.5,
         warnings=["rk3588: int8 accuracy repaired: auto_hybrid"]), 1000.0)
     deliver(store, tmp_path, BELOW, "mbv2", result_json("mbv2", {"logits": [0.9689, 0.9702]}, 0.98), 1001.0)
@@ -92,11 +100,13 @@ def test_repair_samples_and_provenance_render_when_result_json_has_them(served: 
     browser.screenshot(f"{base}/tasks/{REPAIRED}", tmp_path / "repaired.png", 1800)
     print(f"screenshots: {tmp_path}")
     assert "Accuracy repair: attempts (repaired)" in page.text
-    assert "auto_hybrid" in page.text and "delivered" in page.text and "0.8511" in page.text
-    assert "Conv_/model.22/proto/cv3/conv" in page.text
+    assert "first build" in page.text and "delivered auto_hybrid" in page.text and "0.8511" in page.text
+    assert "built with do_quantization=yes; auto_hybrid=yes" in page.text
+    assert "Conv_/model.22/proto/cv3/conv" in page.text and "accuracy/error_analysis.txt" in page.text
     assert page.count("circle") == 4  # a dot per sample and output
-    assert "on images/a.jpg, images/b.jpg" in page.text
-    assert "2.3.2 (e045de294f@2025-04-07)" in page.text and "peak_rss_mb 812.5" in page.text
+    assert "on a.jpg, b.jpg" in page.text
+    assert "compiler: 2.3.2 (e045de294f@2025-04-07)" in page.text and "librknnrt 2.3.2 or newer" in page.text
+    assert "images 1, 3, 640, 640 int8 NHWC" in page.text and "peak_rss_mb 812.5" in page.text
     assert "log line 299" in page.text and "log line 99" not in page.text  # the last 200 lines
 
     running = Rendered(browser.dom(f"{base}/tasks/{RUNNING}"))
@@ -114,7 +124,7 @@ def test_name_query_single_downloads_result_route_and_paging(served: tuple[Statu
     code, _, body = request(server.port, f"/api/download/{REPAIRED}/seg.rknn")
     assert code == 200 and body == b"seg" * 100
     assert request(server.port, f"/api/download/{REPAIRED}/..%2Fresult.json")[0] == 404
-    assert json.loads(request(server.port, f"/api/tasks/{REPAIRED}/result")[2])["accuracy"] == REPAIR
+    assert json.loads(request(server.port, f"/api/tasks/{REPAIRED}/result")[2])["accuracy"] == {"rk3588": REPAIR}
     assert request(server.port, f"/api/tasks/{RUNNING}/result")[0] == 409
     task = json.loads(request(server.port, f"/api/tasks/{REPAIRED}")[2])
     assert task["output_dir"] == "seg" and "work_path" not in task

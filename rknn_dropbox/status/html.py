@@ -48,6 +48,7 @@ pre.log { background: #0c111d; color: #d0d5dd; padding: .8em 1em; overflow-x: au
 code, .mono { font-family: ui-monospace, "SFMono-Regular", Menlo, Consolas, monospace; font-size: .92em; }
 .hash { font-family: ui-monospace, Menlo, Consolas, monospace; font-size: .8em; color: var(--muted);
         word-break: break-all; }
+.target table { margin: .3em 0 .7em; }
 .target { background: #fff; border: 1px solid var(--line); border-radius: 6px; padding: .6em 1em 1em; margin: .8em 0; }
 .kv td:first-child, .kv.options td:nth-child(odd) { color: var(--muted); white-space: nowrap; }
 table.jobs td:nth-child(n+6) { white-space: nowrap; }

@@ -14,7 +14,9 @@ from rknn_dropbox.intake.scanner import split_name
 from rknn_dropbox.store import COMPLETED, FINAL_STATUSES
 
 LOG_LINES = 200
-DETAIL_KEYS = ("rknn", "timings", "peak_rss_mb", "cached", "cache_of", "rknn_dropbox_version")
+DETAIL_KEYS = ("rknn", "toolkit_fallback", "timings", "peak_rss_mb", "cached", "cache_of", "rknn_dropbox_version")
+ACCURACY_FACTS = ("delivered_label", "passed", "not_tried", "report", "analysis_error")
+TENSOR_KEYS = ("name", "shape", "dtype", "layout", "quant")
 CHECK_WORDS = {"passed": "passed", "below_threshold": "below the threshold", "skipped": "skipped",
                "error": "could not run"}
 
@@ -121,6 +123,26 @@ def _worst_layers(block: dict[str, Any]) -> str:
                                                                                    for w in layers])
 
 
+def _accuracy_facts(block: dict[str, Any]) -> str:
+    pairs = [(k, plain(block[k])) for k in ACCURACY_FACTS if block.get(k) not in (None, "", [])]
+    return _kv(pairs) if pairs else ""
+
+
+def _rknn_file(t: TargetView) -> str:
+    """What the delivered .rknn says about itself: toolkit, compiler, format version, the runtime it loads on."""
+    r = t.rknn
+    if not r:
+        return ""
+    if r.get("error"):
+        return f'<p class="muted">reading the .rknn back: {e(r["error"])}</p>'
+    facts = [f"{k.replace('_', ' ')}: {plain(r[k])}" for k in ("toolkit_version", "format_version", "compiler",
+                                                                 "loads_on") if r.get(k) not in (None, "")]
+    tensors = [[e(kind)] + [plain(x.get(k)) for k in TENSOR_KEYS]
+               for kind in ("inputs", "outputs") for x in r.get(kind) or [] if isinstance(x, dict)]
+    table_html = table(("", *TENSOR_KEYS), tensors) if tensors else ""
+    return f'<p class="small">{" &middot; ".join(facts)}</p>{table_html}'
+
+
 def _target(view: JobView, t: TargetView) -> str:
     built = {True: pill("built", "completed"), False: pill("failed"), None: ""}[t.built]
     head = f'<h3>{e(t.platform)} {built} {cosine_chip(t, False) if t.min_cosine is not None else ""}</h3>'
@@ -142,8 +164,10 @@ def _target(view: JobView, t: TargetView) -> str:
             lines.append(f'<span class="muted">{e(t.reason)}</span>')
     elif view.record.status == COMPLETED:
         lines.append('<span class="muted">not verified</span>')
+    if t.build_settings:
+        lines.append(f"built with {plain(t.build_settings)}")
     bars = cosine_bars(t.outputs, t.threshold) if t.outputs else ""
-    extra = _attempts(t.accuracy) + _worst_layers(t.accuracy)
+    extra = _rknn_file(t) + _attempts(t.accuracy) + _accuracy_facts(t.accuracy) + _worst_layers(t.accuracy)
     return f'<div class="target">{head}<p>{"<br>".join(lines)}</p>{bars}{extra}</div>'
 
 
@@ -173,7 +197,7 @@ def _details(view: JobView) -> str:
 
 
 def render_job(view: JobView, dropped: list[dict[str, Any]], log_text: str, version: str) -> str:
-    shown = [t for t in view.targets if t.built is not None or t.check_status or t.accuracy]
+    shown = [t for t in view.targets if t.built is not None or t.check_status or t.accuracy or t.rknn]
     per_target = "".join(_target(view, t) for t in shown)
     body = (_heading(view, _format(view, dropped)) + _problems(view) + (f"<h2>Targets</h2>{per_target}" if per_target else "")
             + _downloads(view) + _dropped(dropped) + _options(view) + _details(view)

@@ -36,6 +36,8 @@ class TargetView:
     reason: str | None = None
     outputs: list[OutputCheck] = field(default_factory=list)
     accuracy: dict[str, Any] = field(default_factory=dict)  # {attempts, worst_layers, delivered} when repaired
+    rknn: dict[str, Any] = field(default_factory=dict)  # what the .rknn says about itself (toolkit, tensors)
+    build_settings: dict[str, Any] = field(default_factory=dict)  # how a repaired build differs from the options
 
     @property
     def min_cosine(self) -> float | None:
@@ -81,6 +83,8 @@ def _apply_verification(target: TargetView, raw: dict[str, Any]) -> None:
     target.reference = raw.get("reference")
     target.reason = raw.get("reason")
     used = raw.get("samples_used", raw.get("samples", raw.get("input")))
+    if isinstance(used, dict):  # {"source": ..., "names": [...]}
+        used = used.get("names") or raw.get("input") or used.get("source")
     if isinstance(used, str):
         target.inputs_used = [used]
     elif isinstance(used, list):
@@ -140,7 +144,10 @@ class JobView:
         for platform in self.platforms:
             t = built.get(platform, {})
             view = TargetView(platform, t.get("ok") if t else None, t.get("file"), t.get("size"), t.get("sha256"),
-                              t.get("error"), accuracy=accuracy.get(platform, {}))
+                              t.get("error"), accuracy=accuracy.get(platform, {}),
+                              rknn=t.get("rknn") if isinstance(t.get("rknn"), dict) else {},
+                              build_settings=t.get("build_settings") if isinstance(t.get("build_settings"), dict)
+                              else {})
             if isinstance(checks.get(platform), dict):
                 _apply_verification(view, checks[platform])
             views.append(view)
@@ -180,9 +187,10 @@ class JobView:
     @property
     def toolkit_version(self) -> str:
         version = self.doc.get("toolkit_version")
-        rknn = self.doc.get("rknn")
-        if not version and isinstance(rknn, dict):
-            version = rknn.get("toolkit_version") or rknn.get("version")
+        described = [t.get("rknn") for t in self.doc.get("targets") or [] if isinstance(t, dict)]
+        for rknn in [self.doc.get("rknn"), *described]:
+            if not version and isinstance(rknn, dict):
+                version = rknn.get("toolkit_version") or rknn.get("version")
         return str(version) if version else ""
 
     @property
