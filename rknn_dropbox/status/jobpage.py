@@ -14,6 +14,7 @@ from rknn_dropbox.intake.scanner import split_name
 from rknn_dropbox.store import COMPLETED, FINAL_STATUSES
 
 LOG_LINES = 200
+MAX_DROPPED_ROWS = 200  # a calibration set can be thousands of images
 DETAIL_KEYS = ("rknn", "toolkit_fallback", "timings", "peak_rss_mb", "cached", "cache_of", "rknn_dropbox_version")
 ACCURACY_FACTS = ("delivered_label", "passed", "not_tried", "report", "analysis_error")
 TENSOR_KEYS = ("name", "shape", "dtype", "layout", "quant")
@@ -174,9 +175,12 @@ def _target(view: JobView, t: TargetView) -> str:
 def _dropped(files: list[dict[str, Any]]) -> str:
     if not files:
         return ""
+    more = len(files) - MAX_DROPPED_ROWS
+    files = files[:MAX_DROPPED_ROWS]
     rows = [[e(f.get("name")), f'<span class="nowrap">{e(size(f.get("size")))}</span>', f'<span class="hash">{e(f.get("sha256") or "–")}</span>']
             for f in files]
-    return "<h2>Dropped files</h2>" + table(("file", "size", "sha256"), rows)
+    tail = f'<p class="muted">… and {more} more (all of them in result.json)</p>' if more > 0 else ""
+    return "<h2>Dropped files</h2>" + table(("file", "size", "sha256"), rows) + tail
 
 
 def _options(view: JobView) -> str:
