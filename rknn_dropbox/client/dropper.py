@@ -8,7 +8,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -82,7 +82,7 @@ def _fsync_tree(path: Path) -> None:
             os.fsync(fh.fileno())
 
 
-def _place(inbox: Path, final_name: str, write: Any) -> str:
+def _place(inbox: Path, final_name: str, write: Callable[[Path], Any]) -> str:
     """Write via `write(tmp_path)` under an ignored name, then rename it to `final_name` in one step."""
     final = inbox / final_name
     if os.path.lexists(final):

@@ -8,7 +8,7 @@ import os
 import threading
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from rknn_dropbox.joblog import clean_log_text
 from rknn_dropbox.store import COMPLETED, JobRecord
@@ -26,7 +26,7 @@ class FileCache:
         self.lock = threading.Lock()
         self.values: OrderedDict[str, tuple[tuple[int, int], Any]] = OrderedDict()
 
-    def get(self, path: Path, compute: Any) -> Any:
+    def get(self, path: Path, compute: Callable[[Path], Any]) -> Any:
         try:
             st = os.stat(path)
         except OSError:
