@@ -136,3 +136,22 @@ def test_name_query_single_downloads_result_route_and_paging(served: tuple[Statu
     failed = request(server.port, "/?status=failed&page=2")[2].decode()
     assert "page 2 of 2" in failed and "bulk0<" in failed and "seg<" not in failed
     assert request(server.port, "/?status=nope")[0] == 400
+
+
+@pytest.mark.parametrize("doc", [
+    {},
+    {"verification": "oops", "targets": "x", "accuracy": [], "outputs": None, "warnings": "one"},
+    {"outputs": "x", "targets": [None, "y"], "verification": {"rk3588": None}},
+    {"target_platform": ["rk3588"], "verification": {"rk3588": {"outputs": [1, {"name": 3}], "min_cosine": "high"}},
+     "accuracy": {"rk3588": {"attempts": [1, {"label": None}], "delivered": 7, "worst_layers": ["x"]}},
+     "quantization": "int8", "config": ["a"], "inputs": [None, {"name": "m.onnx"}], "rknn": {"error": "bad"}},
+])
+def test_odd_or_missing_result_fields_still_render(doc: dict[str, Any]) -> None:
+    from rknn_dropbox.status.jobpage import render_job
+    from rknn_dropbox.status.jobview import JobView
+    from rknn_dropbox.status.page import ListRequest, render_list
+    job = JobRecord(id=REPAIRED, name="odd", status="completed", target="rk3588", outputs=["odd.rknn"])
+    view = JobView(job, doc)
+    page = render_job(view, [f for f in doc.get("inputs") or [] if isinstance(f, dict)], "", "0")
+    listing = render_list([view], {}, "0", ListRequest(counts={"completed": 1}))
+    assert "odd" in page and "odd" in listing

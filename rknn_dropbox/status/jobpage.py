@@ -85,7 +85,8 @@ def _downloads(view: JobView) -> str:
     rows = []
     if view.downloadable:
         by_file = {t.file: t for t in view.targets if t.file}
-        for out in view.doc.get("outputs") or [{"name": n} for n in view.record.outputs]:
+        listed = view.doc.get("outputs") if isinstance(view.doc.get("outputs"), list) else []
+        for out in [o for o in listed if isinstance(o, dict)] or [{"name": n} for n in view.record.outputs]:
             name = str(out.get("name", ""))
             target = by_file.get(name)
             rows.append([f'<a href="/api/download/{job_id}/{e(quote(name, safe=""))}">{e(name)}</a>',
