@@ -104,6 +104,8 @@ def cosine_text(value: float | None) -> str:
 def cosine_chip(target: TargetView, with_platform: bool) -> str:
     """`rk3588 0.9991` coloured against the target's threshold (grey when not verified)."""
     label = f"{e(target.platform)} " if with_platform else ""
+    if target.built is False:
+        return f'<span class="cos bad" title="{e(target.error or "")}">{label}build failed</span>'
     low = target.min_cosine
     if low is None:
         why = target.reason or target.check_status or "not verified"
