@@ -166,3 +166,14 @@ def daemon_factory(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
 @pytest.fixture
 def daemon(daemon_factory: Callable[..., DaemonProcess]) -> DaemonProcess:
     return daemon_factory().start()
+
+
+@pytest.fixture(scope="session")
+def shared_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
+    """One daemon for the tests that only drop models and read what it did (status pages, submit): started once."""
+    d = DaemonProcess(tmp_path_factory.mktemp("shared") / "box").start()
+    yield d
+    try:
+        d.stop(timeout=30)
+    except subprocess.TimeoutExpired:
+        pass
