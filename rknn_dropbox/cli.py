@@ -300,6 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
     cancel.add_argument("--wait", action="store_true", help="wait until the daemon has cancelled them")
     cancel.add_argument("--timeout", type=float, default=60.0, help="seconds --wait waits (default 60)")
     cancel.set_defaults(func=cmd_cancel)
+
+    from rknn_dropbox.cli_tools import add_commands
+    add_commands(sub, common, _load)
     return parser
 
 
