@@ -59,7 +59,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_convert(args: argparse.Namespace) -> int:
     """Convert once, in this process, with the same converter code the workers use."""
-    from rknn_dropbox.convert.job import ConversionError, convert_job
+    from rknn_dropbox.convert.job import ConversionError, JobSettings, convert_job
+    from rknn_dropbox.toolkits import ToolkitMismatch
     from rknn_dropbox.convert.options import parse_convert_options
     from rknn_dropbox.intake.workarea import claim_bundle
     cfg = _load(args)
@@ -89,7 +90,11 @@ def cmd_convert(args: argparse.Namespace) -> int:
             job = claim_bundle(staging, Path(tmp) / "work", name, entries, "file")
             assert job is not None
             try:
-                result = convert_job(job, name, defaults, lambda stage, pct: None)
+                result = convert_job(job, name, defaults, lambda stage, pct: None,
+                                     JobSettings(default_toolkit=cfg.toolkits.default))
+            except ToolkitMismatch as exc:  # this process holds another toolkit: convert in a child of that one
+                failures += _convert_in_child(args, src, exc.wanted.sys_path_entry())
+                continue
             except ConversionError as exc:
                 logger.error("{}: {}{}", src.name, exc.error, f" (hint: {exc.hint})" if exc.hint else "")
                 log = job.log
@@ -105,6 +110,23 @@ def cmd_convert(args: argparse.Namespace) -> int:
                     logger.error("{} for {}: {}", src.name, target["platform"], target["error"])
             (out_dir / f"{name}.result.json").write_text(json.dumps(asdict(result), indent=2, default=str))
     return 1 if failures else 0
+
+
+_CHILD = "import sys; sys.path.insert(0, sys.argv[1]) if sys.argv[1] else None; " \
+         "from rknn_dropbox.cli import main; sys.exit(main(sys.argv[2:]))"
+
+
+def _convert_in_child(args: argparse.Namespace, model: Path, toolkit_folder: str | None) -> int:
+    """`convert` one model in a fresh interpreter whose sys.path starts with the toolkit it needs; 1 on failure."""
+    argv = ["convert", str(model.absolute()), "-o", str(Path(args.output).absolute())]
+    config = _find_config(args.config)
+    if config is not None:
+        argv += ["--config", str(config.absolute())]
+    if args.target:
+        argv += ["--target", args.target]
+    if getattr(args, "debug", False):
+        argv.append("--debug")
+    return 1 if subprocess.run([sys.executable, "-c", _CHILD, toolkit_folder or "", *argv]).returncode else 0
 
 
 def _partners(src: Path) -> list[Path]:
@@ -125,13 +147,7 @@ def check_environment(cfg: Config) -> list[str]:
         prepare_folders(cfg)
     except StartupError as exc:
         problems.append(str(exc))
-    probe = subprocess.run([sys.executable, "-c", "import importlib.metadata as m, rknn.api; "
-                            "print(m.version('rknn-toolkit2'))"], capture_output=True, text=True, timeout=300)
-    if probe.returncode != 0:
-        last = (probe.stderr.strip().splitlines() or ["no output"])[-1]
-        problems.append(f"rknn-toolkit2 cannot be imported: {last}")
-    else:
-        print(f"rknn-toolkit2 {probe.stdout.strip()} imports fine")
+    problems += check_toolkits(cfg)
     try:
         watches = int(Path("/proc/sys/fs/inotify/max_user_watches").read_text())
         instances = int(Path("/proc/sys/fs/inotify/max_user_instances").read_text())
@@ -141,6 +157,26 @@ def check_environment(cfg: Config) -> list[str]:
                             "or set poll = true")
     except (OSError, ValueError):
         print("inotify limits unknown (not Linux?)")
+    return problems
+
+
+def check_toolkits(cfg: Config) -> list[str]:
+    """Every version listed in [toolkits] is installed and imports (each probed in a subprocess)."""
+    from rknn_dropbox.toolkits import installed_names, installed_toolkits, probe_toolkit
+    toolkits = installed_toolkits()
+    by_version = {t.version: t for t in toolkits}
+    problems = []
+    for version in cfg.toolkits.versions:
+        tk = by_version.get(version)
+        if tk is None:
+            problems.append(f"rknn-toolkit2 {version} is listed in [toolkits] versions but not installed (installed: "
+                            f"{installed_names(toolkits)}): run `rknn-dropbox toolkits install {version}`")
+            continue
+        probe = probe_toolkit(tk)
+        if probe.ok:
+            print(f"rknn-toolkit2 {version} imports fine ({tk.where})")
+        else:
+            problems.append(f"rknn-toolkit2 {version} cannot be imported: {probe.error}")
     return problems
 
 

@@ -11,6 +11,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 DIST_NAME = "rknn-toolkit2"
 VERSION_RE = re.compile(r"^\d+(\.\d+){1,3}$")
@@ -57,7 +58,7 @@ class Toolkit:
 
     @property
     def where(self) -> str:
-        return str(self.folder) if self.folder else "the venv (site-packages)"
+        return str(self.folder) if self.folder else "the venv's site-packages"
 
     def sys_path_entry(self) -> str | None:
         return str(self.folder) if self.folder else None
@@ -217,3 +218,49 @@ def loads_on(toolkit_version: str) -> str:
     if key == (1, 5, 0):
         return "librknnrt 1.5.0 exactly (models of toolkit 1.5.0 load only there)"
     return f"librknnrt >= {'.'.join(map(str, key))}"
+
+
+class ToolkitMismatch(Exception):
+    """This process already has another toolkit loaded than the job needs: run the job in a process of `wanted`."""
+
+    def __init__(self, wanted: Toolkit, loaded: str) -> None:
+        super().__init__(f"the job needs rknn-toolkit2 {wanted.version}; this process has {loaded} loaded")
+        self.wanted = wanted
+        self.loaded = loaded
+
+
+def loaded_toolkit_version() -> str:
+    """The version of the `rknn` package this process imported, read from the dist-info beside it."""
+    import rknn.api  # rknn itself is a namespace package: rknn/api/__init__.py is the anchor
+    folder = Path(rknn.api.__file__).resolve().parent.parent.parent
+    version = _folder_version(folder)
+    if version is None:
+        import importlib.metadata as md
+        version = md.version(DIST_NAME)
+    return version
+
+
+def load_toolkit(toolkit: Toolkit) -> tuple[Any, str]:
+    """Import `toolkit`'s rknn.api here (its folder first on sys.path, unless a toolkit is already loaded):
+    (the RKNN class, the version loaded); ToolkitMismatch when this process holds another version."""
+    if "rknn" not in sys.modules:
+        entry = toolkit.sys_path_entry()
+        if entry and entry not in sys.path:
+            sys.path.insert(0, entry)
+    from rknn.api import RKNN
+    loaded = loaded_toolkit_version()
+    if loaded != toolkit.version:
+        raise ToolkitMismatch(toolkit, loaded)
+    return RKNN, loaded
+
+
+def job_toolkit(toolkit_version: str | None, runtime_version: str | None, forced: str | None = None,
+                default: str | None = None, toolkits: list[Toolkit] | None = None) -> Toolkit:
+    """The toolkit for one job: `forced` (a fallback or the pool's choice) wins; else choose_toolkit."""
+    toolkits = installed_toolkits() if toolkits is None else toolkits
+    if forced:
+        for tk in toolkits:
+            if tk.version == forced:
+                return tk
+        raise ToolkitError(f"rknn-toolkit2 {forced} is not installed (installed: {installed_names(toolkits)})")
+    return choose_toolkit(toolkits, toolkit_version, runtime_version, default)

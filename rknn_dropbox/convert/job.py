@@ -54,13 +54,26 @@ class JobSettings:
     cache_dir: Path | None = None
     cache_max_bytes: int = 0
     lock_dir: Path | None = None  # where the cross-worker TensorFlow lock lives (the state dir)
+    default_toolkit: str | None = None  # the first of [toolkits] versions
+    toolkit: str | None = None  # build with exactly this version (a fallback after a toolkit crash)
 
     @classmethod
     def from_order(cls, order: dict[str, Any]) -> "JobSettings":
         cache_dir = order.get("cache_dir")
         lock_dir = order.get("lock_dir")
         return cls(Path(cache_dir) if cache_dir else None, int(order.get("cache_max_bytes") or 0),
-                   Path(lock_dir) if lock_dir else None)
+                   Path(lock_dir) if lock_dir else None, order.get("default_toolkit"), order.get("toolkit"))
+
+
+def _toolkit_for(spec: ModelSpec, settings: JobSettings) -> tuple[Any, str]:
+    """Import the toolkit this job builds with; ToolkitMismatch when this process holds another version."""
+    from rknn_dropbox.toolkits import ToolkitError, job_toolkit, load_toolkit
+    try:
+        toolkit = job_toolkit(spec.options.toolkit_version, spec.options.runtime_version, settings.toolkit,
+                              settings.default_toolkit)
+    except ToolkitError as exc:
+        raise ConversionError(str(exc), "see `rknn-dropbox toolkits` for the installed versions") from None
+    return load_toolkit(toolkit)
 
 
 def sha256_file(path: Path) -> str:
@@ -326,21 +339,19 @@ def _from_cache(cache: ResultCache, key: str, name: str, platforms: tuple[str, .
 def convert_job(job: JobDir, name: str, defaults: ConvertOptions, progress: ProgressFn,
                 settings: JobSettings = JobSettings()) -> ConversionResult:
     """Convert the claimed bundle in `job` into job.output; raises ConversionError / BundleError."""
-    from rknn.api import RKNN  # imported once per worker process, never in the daemon
-
-    import importlib.metadata as md
-    toolkit_version = md.version("rknn-toolkit2")
     job.output.mkdir(parents=True, exist_ok=True)
     raw_log = job.root / "conversion.raw"
     scratch = job.root / "tmp"
     try:
         with captured_output(raw_log), working_directory(scratch):
-            print(f"rknn-dropbox {__version__}: job {job.job_id} ({name}), rknn-toolkit2 {toolkit_version}")
+            print(f"rknn-dropbox {__version__}: job {job.job_id} ({name})")
             progress("analyze", 2.0)
             try:
                 spec = inspect_bundle(job.input, name, defaults, scratch)
             except BundleError as exc:
                 raise ConversionError(exc.error, exc.hint) from None
+            RKNN, toolkit_version = _toolkit_for(spec, settings)  # imported in workers, never in the daemon
+            print(f"rknn-toolkit2 {toolkit_version}")
             inject_fault(spec.options.fault)
             if spec.format in TF_FORMATS:
                 _require_tensorflow(spec)
@@ -368,6 +379,8 @@ def convert_job(job: JobDir, name: str, defaults: ConvertOptions, progress: Prog
                 config = {**spec.options.to_json(), "format": spec.format, "quantize": quantize}
                 config.pop("dataset", None)  # a path; the samples' bytes go into the key instead
                 config.pop("callback_url", None)  # where to report, not how to convert
+                for how_chosen in ("toolkit_version", "runtime_version"):  # the toolkit used is in the key itself
+                    config.pop(how_chosen, None)
                 # a file's role, not its name: the same model dropped under another name is the same key
                 roles = [(str(f.relative_to(spec.model)) if spec.format == "savedmodel" else
                           f.name[len(f.name.split(".")[0]):].lower(), f) for f in spec.model_files]
@@ -516,6 +529,7 @@ def _build_target(RKNN: Any, spec: ModelSpec, platform: str, quantize: bool, pre
             os.fsync(fh.fileno())
         final = job.output / out_name
         os.replace(tmp, final)
+        described = _describe_rknn(final)
         progress("verify", 0.9)
         verification = _verify(rknn, spec, quantize, tf_graph, spec.format == "tflite" and prequantized)
         if verification is not None:
@@ -529,12 +543,21 @@ def _build_target(RKNN: Any, spec: ModelSpec, platform: str, quantize: bool, pre
                 "deliver such models with a warning")
         progress("export", 1.0)
         return ({"platform": platform, "ok": True, "file": out_name, "size": final.stat().st_size,
-                 "sha256": sha256_file(final)}, verification)
+                 "sha256": sha256_file(final), "rknn": described}, verification)
     finally:
         try:
             rknn.release()
         except Exception:  # noqa: BLE001 - release of a failed session
             pass
+
+
+def _describe_rknn(path: Path) -> dict[str, Any]:
+    """What the produced .rknn says about itself (format version, compiler, target, tensors), read from the file."""
+    from rknn_dropbox.formats.rknnfile import RknnFileError, read_rknn_file
+    try:
+        return read_rknn_file(path).to_json()
+    except RknnFileError as exc:
+        return {"error": str(exc)}
 
 
 def describe_exception(exc: BaseException) -> str:
