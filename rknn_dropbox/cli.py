@@ -60,7 +60,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_convert(args: argparse.Namespace) -> int:
     """Convert once, in this process, with the same converter code the workers use."""
     from rknn_dropbox.convert.job import ConversionError, JobSettings, convert_job
-    from rknn_dropbox.toolkits import ToolkitMismatch
+    from rknn_dropbox.toolkits import ToolkitMismatch, fallback_exhausted, next_fallback
     from rknn_dropbox.convert.options import parse_convert_options
     from rknn_dropbox.intake.workarea import claim_bundle
     cfg = _load(args)
@@ -89,13 +89,22 @@ def cmd_convert(args: argparse.Namespace) -> int:
                 (shutil.copytree if s.is_dir() else shutil.copy2)(s, staging / entry)
             job = claim_bundle(staging, Path(tmp) / "work", name, entries, "file")
             assert job is not None
+            crashed = json.loads(args.crashed) if args.crashed else []
             try:
                 result = convert_job(job, name, defaults, lambda stage, pct: None,
-                                     JobSettings(default_toolkit=cfg.toolkits.default))
+                                     JobSettings(default_toolkit=cfg.toolkits.default, toolkit=args.toolkit,
+                                                 crashed=tuple(crashed)))
             except ToolkitMismatch as exc:  # this process holds another toolkit: convert in a child of that one
                 failures += _convert_in_child(args, src, exc.wanted.sys_path_entry())
                 continue
             except ConversionError as exc:
+                if exc.crash is not None:
+                    toolkit, crashed = next_fallback(exc.crash, crashed)
+                    if toolkit is not None:  # another installed version may build it: a child of that one tries
+                        logger.warning("{}: {}; trying rknn-toolkit2 {}", src.name, exc.error, toolkit.version)
+                        failures += _convert_in_child(args, src, toolkit.sys_path_entry(), toolkit.version, crashed)
+                        continue
+                    exc.error = fallback_exhausted(exc.error, crashed)
                 logger.error("{}: {}{}", src.name, exc.error, f" (hint: {exc.hint})" if exc.hint else "")
                 log = job.log
                 if log.exists():
@@ -116,9 +125,15 @@ _CHILD = "import sys; sys.path.insert(0, sys.argv[1]) if sys.argv[1] else None; 
          "from rknn_dropbox.cli import main; sys.exit(main(sys.argv[2:]))"
 
 
-def _convert_in_child(args: argparse.Namespace, model: Path, toolkit_folder: str | None) -> int:
+def _convert_in_child(args: argparse.Namespace, model: Path, toolkit_folder: str | None,
+                      toolkit: str | None = None, crashed: list[dict[str, str]] | None = None) -> int:
     """`convert` one model in a fresh interpreter whose sys.path starts with the toolkit it needs; 1 on failure."""
     argv = ["convert", str(model.absolute()), "-o", str(Path(args.output).absolute())]
+    toolkit = toolkit or args.toolkit
+    if toolkit:
+        argv += ["--toolkit", toolkit]
+    if crashed:
+        argv += ["--crashed", json.dumps(crashed)]
     config = _find_config(args.config)
     if config is not None:
         argv += ["--config", str(config.absolute())]
@@ -315,6 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("models", nargs="+", metavar="MODEL")
     conv.add_argument("--target", help="target platform(s), comma-separated (default from config: rk3588)")
     conv.add_argument("-o", "--output", default=".", help="output folder (default: .)")
+    conv.add_argument("--toolkit", help="build with exactly this installed rknn-toolkit2 version")
+    conv.add_argument("--crashed", help=argparse.SUPPRESS)  # a fallback child: the versions that crashed before
     conv.set_defaults(func=cmd_convert)
 
     check = sub.add_parser("check", help="verify the environment and folders")

@@ -264,3 +264,36 @@ def job_toolkit(toolkit_version: str | None, runtime_version: str | None, forced
                 return tk
         raise ToolkitError(f"rknn-toolkit2 {forced} is not installed (installed: {installed_names(toolkits)})")
     return choose_toolkit(toolkits, toolkit_version, runtime_version, default)
+
+
+def fallback_toolkits(toolkit_version: str | None, runtime_version: str | None, tried: list[str],
+                      toolkits: list[Toolkit] | None = None) -> list[Toolkit]:
+    """After a toolkit crash: the other installed versions whose models still load on the job's runtime_version
+    (any, when none was given), newest first. None when the job asked for exactly one toolkit_version."""
+    if toolkit_version:
+        return []
+    toolkits = installed_toolkits() if toolkits is None else toolkits
+    return [t for t in runtime_candidates(toolkits, runtime_version) if t.version not in tried]
+
+
+def fallback_warning(built_with: str, crashed: list[dict[str, str]]) -> str:
+    """The warning a fallback build is delivered with: which version built it and why."""
+    why = "; ".join(f"rknn-toolkit2 {c['toolkit']} crashed: {c['error']}" for c in crashed)
+    return f"built with rknn-toolkit2 {built_with} instead ({why}); check the model on the board"
+
+
+def next_fallback(crash: dict[str, Any], crashed_before: list[dict[str, str]] | tuple[dict[str, str], ...] = ()
+                  ) -> tuple[Toolkit | None, list[dict[str, str]]]:
+    """The job orchestration's step after a toolkit crash: the next version to build with (None: no other installed
+    version fits the job) and the crashes so far, which the fallback build reports in its warning."""
+    crashed = [*crashed_before, {"toolkit": str(crash["toolkit"]), "error": str(crash["error"])}]
+    candidates = fallback_toolkits(crash.get("toolkit_version"), crash.get("runtime_version"),
+                                   [c["toolkit"] for c in crashed])
+    return (candidates[0] if candidates else None), crashed
+
+
+def fallback_exhausted(error: str, crashed: list[dict[str, str]]) -> str:
+    """The final error when every fitting version crashed."""
+    if len(crashed) < 2:
+        return error
+    return f"{error} (rknn-toolkit2 {', '.join(c['toolkit'] for c in crashed)} all crashed on this model)"

@@ -30,10 +30,13 @@ TF_FORMATS = ("tensorflow", "savedmodel", "checkpoint", "tflite")
 class ConversionError(Exception):
     """A conversion that failed for a reason a person can act on."""
 
-    def __init__(self, error: str, hint: str | None = None) -> None:
+    def __init__(self, error: str, hint: str | None = None, crash: dict[str, Any] | None = None) -> None:
         super().__init__(error)
         self.error = error
         self.hint = hint
+        # failed inside the toolkit (rule crash, internal error), where another version may not: {"toolkit": the
+        # version that crashed, "toolkit_version"/"runtime_version": what the job asked for, "error": ...}
+        self.crash = crash
 
 
 @dataclass
@@ -56,13 +59,20 @@ class JobSettings:
     lock_dir: Path | None = None  # where the cross-worker TensorFlow lock lives (the state dir)
     default_toolkit: str | None = None  # the first of [toolkits] versions
     toolkit: str | None = None  # build with exactly this version (a fallback after a toolkit crash)
+    crashed: tuple[dict[str, str], ...] = ()  # the fallback's reason: [{"toolkit": "2.5.0", "error": "..."}]
 
     @classmethod
     def from_order(cls, order: dict[str, Any]) -> "JobSettings":
         cache_dir = order.get("cache_dir")
         lock_dir = order.get("lock_dir")
         return cls(Path(cache_dir) if cache_dir else None, int(order.get("cache_max_bytes") or 0),
-                   Path(lock_dir) if lock_dir else None, order.get("default_toolkit"), order.get("toolkit"))
+                   Path(lock_dir) if lock_dir else None, order.get("default_toolkit"), order.get("toolkit"),
+                   tuple(order.get("crashed") or ()))
+
+    def to_order(self) -> dict[str, Any]:
+        return {"cache_dir": str(self.cache_dir) if self.cache_dir else None, "cache_max_bytes": self.cache_max_bytes,
+                "lock_dir": str(self.lock_dir) if self.lock_dir else None, "default_toolkit": self.default_toolkit,
+                "toolkit": self.toolkit, "crashed": list(self.crashed)}
 
 
 def _toolkit_for(spec: ModelSpec, settings: JobSettings) -> tuple[Any, str]:
@@ -187,7 +197,57 @@ def inject_fault(fault: str | None) -> None:
         time.sleep(float(os.environ.get("RKNN_DROPBOX_FAULT_SLOW_SECONDS", "5")))
 
 
+# the toolkit's own code failing, not the user's model or config: another toolkit version may well build it
+INTERNAL_EXCEPTIONS = ("IndexError", "KeyError", "AttributeError", "TypeError", "AssertionError",
+                       "ZeroDivisionError", "UnboundLocalError", "NameError", "RecursionError", "RuntimeError")
+
+
+def toolkit_crashed(log_text: str) -> bool:
+    """The toolkit's log shows a rule crash (its disable_rules advice) or an internal exception in its own code."""
+    if "disable_rules=" in log_text:
+        return True
+    lines = log_text.splitlines()
+    for i, line in enumerate(lines):
+        if line.strip().startswith('File "rknn/'):
+            for following in lines[i + 1:]:
+                if following and not following[0].isspace():
+                    if following.split(":")[0].strip() in INTERNAL_EXCEPTIONS:
+                        return True
+                    break
+    return False
+
+
+def _log_since(raw_log: Path, offset: int) -> str:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        with open(raw_log, "rb") as fh:
+            fh.seek(offset)
+            return fh.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
 def _call(step: str, fn: Callable[..., int], raw_log: Path, spec: ModelSpec, **kwargs: Any) -> None:
+    try:
+        offset = raw_log.stat().st_size
+    except OSError:
+        offset = 0
+    try:
+        _call_step(step, fn, raw_log, spec, **kwargs)
+    except ConversionError as exc:
+        if step != "configuring" and exc.hint is None and toolkit_crashed(_log_since(raw_log, offset)):
+            exc.crash = _crash_context(spec, exc.error)
+        raise
+
+
+def _crash_context(spec: ModelSpec, error: str) -> dict[str, Any]:
+    from rknn_dropbox.toolkits import loaded_toolkit_version
+    return {"toolkit": loaded_toolkit_version(), "toolkit_version": spec.options.toolkit_version,
+            "runtime_version": spec.options.runtime_version, "error": error}
+
+
+def _call_step(step: str, fn: Callable[..., int], raw_log: Path, spec: ModelSpec, **kwargs: Any) -> None:
     try:
         ret = fn(**kwargs)
     except ConversionError:
@@ -372,6 +432,10 @@ def convert_job(job: JobDir, name: str, defaults: ConvertOptions, progress: Prog
                                    "dataset_size": spec.dataset_size if quantize else 0, "reason": why}
             if not quantize and "no calibration dataset" in why:
                 result.warnings.append(why)
+            if settings.crashed:
+                from rknn_dropbox.toolkits import fallback_warning
+                result.warnings.append(fallback_warning(toolkit_version, list(settings.crashed)))
+                result.extra["toolkit_fallback"] = {"built_with": toolkit_version, "crashed": list(settings.crashed)}
             platforms = spec.options.target_platform
             cache = ResultCache(settings.cache_dir, settings.cache_max_bytes) if settings.cache_dir else None
             key = None
@@ -416,11 +480,13 @@ def convert_job(job: JobDir, name: str, defaults: ConvertOptions, progress: Prog
                     if len(platforms) == 1:
                         raise
                     result.targets.append({"platform": platform, "ok": False, "error": exc.error,
-                                           "hint": exc.hint})
+                                           "hint": exc.hint, "toolkit_crash": exc.crash is not None})
                     result.warnings.append(f"{platform}: {exc.error}")
             if not any(t.get("ok") for t in result.targets):
                 errors = "; ".join(f"{t['platform']}: {t['error']}" for t in result.targets)
-                raise ConversionError(f"every target failed: {errors}")
+                crashed = all(t.get("toolkit_crash") for t in result.targets)
+                raise ConversionError(f"every target failed: {errors}",
+                                      crash=_crash_context(spec, errors) if crashed else None)
             if verifications:
                 result.extra["verification"] = verifications
             if cache is not None and key and all(t.get("ok") for t in result.targets) and not any(
