@@ -282,13 +282,13 @@ def fallback_warning(built_with: str, crashed: list[dict[str, str]]) -> str:
     return f"built with rknn-toolkit2 {built_with} instead ({why}); check the model on the board"
 
 
-def next_fallback(crash: dict[str, Any], crashed_before: list[dict[str, str]] | tuple[dict[str, str], ...] = ()
-                  ) -> tuple[Toolkit | None, list[dict[str, str]]]:
+def next_fallback(crash: dict[str, Any], crashed_before: list[dict[str, str]] | tuple[dict[str, str], ...] = (),
+                  toolkits: list[Toolkit] | None = None) -> tuple[Toolkit | None, list[dict[str, str]]]:
     """The job orchestration's step after a toolkit crash: the next version to build with (None: no other installed
     version fits the job) and the crashes so far, which the fallback build reports in its warning."""
     crashed = [*crashed_before, {"toolkit": str(crash["toolkit"]), "error": str(crash["error"])}]
     candidates = fallback_toolkits(crash.get("toolkit_version"), crash.get("runtime_version"),
-                                   [c["toolkit"] for c in crashed])
+                                   [c["toolkit"] for c in crashed], toolkits)
     return (candidates[0] if candidates else None), crashed
 
 
