@@ -77,13 +77,18 @@ class JobSettings:
 
 def _toolkit_for(spec: ModelSpec, settings: JobSettings) -> tuple[Any, str]:
     """Import the toolkit this job builds with; ToolkitMismatch when this process holds another version."""
-    from rknn_dropbox.toolkits import ToolkitError, job_toolkit, load_toolkit
+    from rknn_dropbox.toolkits import ToolkitError, ToolkitMismatch, job_toolkit, load_toolkit
     try:
         toolkit = job_toolkit(spec.options.toolkit_version, spec.options.runtime_version, settings.toolkit,
                               settings.default_toolkit)
     except ToolkitError as exc:
         raise ConversionError(str(exc), "see `rknn-dropbox toolkits` for the installed versions") from None
-    return load_toolkit(toolkit)
+    try:
+        return load_toolkit(toolkit)
+    except ToolkitMismatch as exc:
+        print(f"this process has rknn-toolkit2 {exc.loaded}; the job needs {toolkit.version}: handing it over to "
+              f"a process of that version")
+        raise
 
 
 def sha256_file(path: Path) -> str:
