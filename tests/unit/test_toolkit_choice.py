@@ -53,7 +53,8 @@ def test_the_documented_rule_toolkit_1_5_0_loads_only_on_1_5_0() -> None:
 def test_fallback_tries_the_other_fitting_versions_newest_first_and_never_a_pinned_job() -> None:
     crash = {"toolkit": "2.5.0", "toolkit_version": None, "runtime_version": None, "error": "building failed: X"}
     nxt, crashed = next_fallback(crash, [], INSTALLED)
-    assert nxt is not None and nxt.version == "2.3.2" and crashed == [{"toolkit": "2.5.0", "error": "building failed: X"}]
+    assert nxt is not None and nxt.version == "2.3.2"
+    assert crashed == [{"toolkit": "2.5.0", "error": "building failed: X"}]
     nxt, crashed = next_fallback({**crash, "toolkit": "2.3.2"}, crashed, INSTALLED)
     assert nxt is not None and nxt.version == "2.3.0"
     nxt, crashed = next_fallback({**crash, "toolkit": "2.3.0"}, crashed, INSTALLED)
