@@ -92,3 +92,19 @@ def test_inspect_refuses_truncated_and_foreign_files_in_a_sentence(tmp_path: Pat
         proc = _inspect(tmp_path / name)
         assert proc.returncode != 0 and expected in proc.stderr and "Traceback" not in proc.stderr
     assert _inspect(out / "net.rknn").returncode == 0
+
+
+def test_toolkits_lists_each_version_and_check_names_a_missing_one(extra_toolkits, tmp_path: Path) -> None:
+    (tmp_path / "c.toml").write_text('inbox = "in"\nstate_dir = "st"\n[toolkits]\nversions = ["2.5.0", "2.2.0"]\n')
+    listing = subprocess.run([sys.executable, "-m", "rknn_dropbox", "toolkits", "--json", "--config", "c.toml"],
+                             cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    rows = {r["version"]: r for r in json.loads(listing.stdout)["toolkits"]}
+    for version in extra_toolkits:  # each imports its own rknn.api, from its own folder
+        assert rows[version]["imports"] and f"/toolkits/{version}/rknn/api/" in rows[version]["api_file"]
+    assert rows["2.5.0"]["imports"] and rows["2.5.0"]["default"]
+    assert json.loads(listing.stdout)["missing"] == ["2.2.0"] and listing.returncode == 1
+    check = subprocess.run([sys.executable, "-m", "rknn_dropbox", "check", "--config", "c.toml"], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=300)
+    assert check.returncode == 1
+    assert "rknn-toolkit2 2.2.0 is listed in [toolkits] versions but not installed" in check.stderr
+    assert "rknn-dropbox toolkits install 2.2.0" in check.stderr
