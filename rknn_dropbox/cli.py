@@ -62,7 +62,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from rknn_dropbox.convert.job import ConversionError, JobSettings, convert_job
     from rknn_dropbox.toolkits import ToolkitMismatch, fallback_exhausted, next_fallback
     from rknn_dropbox.convert.options import parse_convert_options
-    from rknn_dropbox.intake.workarea import claim_bundle
+    from rknn_dropbox.intake.claims import claim_bundle
     cfg = _load(args)
     setup_logging(cfg.log_level)
     defaults = cfg.convert
