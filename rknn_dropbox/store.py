@@ -198,9 +198,12 @@ class JobStore:
             changes["outputs"] = outputs
         self.update(job_id, **changes)
 
-    def record_conversion(self, job_id: str, fmt: str, outputs: list[str], warnings: list[str], target: str) -> None:
-        """What a worker's successful conversion produced (before its delivery)."""
-        self.update(job_id, format=fmt, outputs=outputs, warnings=warnings, target=target)
+    def record_conversion(self, job_id: str, fmt: str, outputs: list[str], warnings: list[str], target: str,
+                          toolkit_version: str | None = None, rknn_files: list[dict[str, Any]] | None = None) -> None:
+        """What a worker's successful conversion produced (before its delivery): also the toolkit that built it and
+        what each .rknn says about itself."""
+        self.update(job_id, format=fmt, outputs=outputs, warnings=warnings, target=target,
+                    toolkit_version=toolkit_version, rknn_files=rknn_files or [])
 
     def set_work_path(self, job_id: str, work_path: str) -> None:
         self.update(job_id, work_path=work_path)
