@@ -252,6 +252,10 @@ class Daemon:
                 self.queue.remove(job_id)
                 continue
             toolkit = self.router.toolkit_of(job_id)
+            if toolkit in self.pool.broken_toolkits:
+                self.queue.remove(job_id)
+                self.finisher.fail(job_id, self.router.broken(job_id, toolkit), "run `rknn-dropbox toolkits`")
+                continue
             pid = self.pool.submit(self.work_order(record), toolkit)
             if pid is None:
                 waiting[toolkit] = waiting.get(toolkit, 0) + 1

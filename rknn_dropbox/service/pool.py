@@ -71,6 +71,7 @@ class WorkerPool:
         self.size = size
         self.default_toolkit = default_toolkit
         self.toolkit_folder = toolkit_folder  # version -> the folder to put first on the worker's sys.path
+        self.broken_toolkits: set[str] = set()  # versions whose worker died before it was ready
         self.memory_limit_mb = memory_limit_mb  # 0: none; else a busy worker over it is killed
         self.timeout_seconds = timeout_seconds
         self.max_jobs_per_worker = max_jobs_per_worker
@@ -139,6 +140,8 @@ class WorkerPool:
     def make_room(self, toolkit: str, waiting: int, needed: set[str]) -> int:
         """`waiting` queued jobs need `toolkit` and no idle worker has it: retire idle workers of versions that no
         queued job (`needed`) wants, one per job still without a starting worker of its own; how many started."""
+        if toolkit in self.broken_toolkits:
+            return 0
         starting = sum(1 for s in self.slots if s.toolkit == toolkit and not s.ready and not s.stopping)
         started = 0
         for slot in list(self.slots):
@@ -199,8 +202,18 @@ class WorkerPool:
                     events.append(PoolEvent(EventKind.DIED, slot.job_id, WorkerDeath(cause, slot.process.exitcode)))
                 elif not slot.stopping:
                     logger.warning("idle worker {} exited ({})", slot.index, death_cause(slot.process.exitcode))
-                self._replace(slot)
+                self._replace(slot, self._after_death(slot))
         return events
+
+    def _after_death(self, slot: WorkerSlot) -> str:
+        """The version a dead worker's replacement gets: a non-default one that died before it was ready does not
+        start (a broken install) and is not tried again; the default takes its place."""
+        if not slot.ready and not slot.stopping and slot.toolkit and slot.toolkit != self.default_toolkit:
+            logger.error("a worker of rknn-toolkit2 {} exited before it was ready ({}): not starting that version "
+                         "again", slot.toolkit, death_cause(slot.process.exitcode))
+            self.broken_toolkits.add(slot.toolkit)
+            return self.default_toolkit
+        return slot.toolkit
 
     def _enforce_memory_limit(self) -> list[PoolEvent]:
         """Kill a busy worker whose process tree is over memory_limit_mb: only its own job fails, and says why."""

@@ -65,6 +65,11 @@ class ToolkitRouter:
                     f"{installed_names(installed_toolkits())}); see `rknn-dropbox toolkits`")
         return fallback_exhausted(error, plan.crashed)
 
+    def broken(self, job_id: str, toolkit: str) -> str:
+        """The error of a job whose version cannot start a worker; forgets the job."""
+        self.plans.pop(job_id, None)
+        return f"rknn-toolkit2 {toolkit} does not start in a worker process (a broken install?)"
+
     def forget(self, job_id: str) -> None:
         self.plans.pop(job_id, None)
 

@@ -39,3 +39,17 @@ def test_a_job_for_another_version_gets_a_worker_of_it_in_place_of_an_idle_one()
         assert pool.alive == 2
     finally:
         pool.stop(0, lambda e: None)
+
+
+def test_a_version_whose_worker_dies_before_ready_is_not_started_again() -> None:
+    pool = WorkerPool(1, 60.0, 100, target=fakeworkers.broken_unless_default, default_toolkit="2.5.0",
+                      toolkit_folder=lambda v: None if v == "2.5.0" else f"/toolkits/{v}")
+    pool.start()
+    try:
+        _wait(pool, lambda _: pool.idle_slots("2.5.0"))
+        assert pool.make_room("2.3.2", 1, {"2.3.2"}) == 1
+        _wait(pool, lambda _: "2.3.2" in pool.broken_toolkits)
+        _wait(pool, lambda _: pool.idle_slots("2.5.0"))  # the default took its place, and still converts
+        assert pool.make_room("2.3.2", 1, {"2.3.2"}) == 0 and pool.toolkits() == {"2.5.0": 1}
+    finally:
+        pool.stop(0, lambda e: None)
