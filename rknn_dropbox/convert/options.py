@@ -48,15 +48,10 @@ class ConvertOptions:
     toolkit_version: str | None = None
     runtime_version: str | None = None
     callback_url: str | None = None  # http(s) URL the daemon POSTs the final task JSON to (see callbacks.py)
-    # A test-only hook (honoured only when RKNN_DROPBOX_FAULT_INJECTION=1): segfault / exit / hang / oom / abort /
-    # raise / slow (sleeps RKNN_DROPBOX_FAULT_SLOW_SECONDS, default 5, then converts normally).
-    fault: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["target_platform"] = list(self.target_platform)
-        if d.get("fault") is None:
-            d.pop("fault", None)
         return d
 
     def to_public_json(self) -> dict[str, Any]:
@@ -76,7 +71,7 @@ class ConvertOptions:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
-ALLOWED_KEYS = tuple(f.name for f in fields(ConvertOptions) if f.name != "fault")
+ALLOWED_KEYS = tuple(f.name for f in fields(ConvertOptions))
 
 
 def _fail(where: str, key: str, msg: str) -> OptionsError:
@@ -167,8 +162,6 @@ def _parse_value(where: str, key: str, value: Any) -> Any:
             return None if value is None else check_version(key, value)
         except ToolkitError as exc:
             raise OptionsError(f"{where}: {exc}") from None
-    if key == "fault":
-        return _choice(where, key, value, ("segfault", "exit", "hang", "oom", "abort", "raise", "slow"))
     raise _fail(where, key, f"unknown key (allowed: {', '.join(ALLOWED_KEYS)})")  # pragma: no cover
 
 
@@ -178,8 +171,6 @@ def parse_convert_options(raw: Any, where: str, base: ConvertOptions | None = No
     if not isinstance(raw, dict):
         raise OptionsError(f"{where}: expected a mapping of option: value, got {type(raw).__name__}")
     allowed = set(ALLOWED_KEYS)
-    if os.environ.get("RKNN_DROPBOX_FAULT_INJECTION") == "1":
-        allowed.add("fault")
     changes: dict[str, Any] = {}
     for key, value in raw.items():
         if not isinstance(key, str) or key not in allowed:
