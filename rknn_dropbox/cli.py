@@ -60,7 +60,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_convert(args: argparse.Namespace) -> int:
     """Convert once, in this process, with the same converter code the workers use."""
-    from rknn_dropbox.convert.job import ConversionError, convert_job
+    from rknn_dropbox.convert.job import ConversionError, JobSettings, convert_job
+    from rknn_dropbox.toolkits import ToolkitMismatch, fallback_exhausted, next_fallback
     from rknn_dropbox.convert.options import parse_convert_options
     from rknn_dropbox.intake.claims import claim_bundle
     cfg = _load(args)
@@ -89,9 +90,22 @@ def cmd_convert(args: argparse.Namespace) -> int:
                 (shutil.copytree if s.is_dir() else shutil.copy2)(s, staging / entry)
             job = claim_bundle(staging, Path(tmp) / "work", name, entries, "file")
             assert job is not None
+            crashed = json.loads(args.crashed) if args.crashed else []
             try:
-                result = convert_job(job, name, defaults, lambda stage, pct: None)
+                result = convert_job(job, name, defaults, lambda stage, pct: None,
+                                     JobSettings(default_toolkit=cfg.toolkits.default, toolkit=args.toolkit,
+                                                 crashed=tuple(crashed)))
+            except ToolkitMismatch as exc:  # this process holds another toolkit: convert in a child of that one
+                failures += _convert_in_child(args, src, exc.wanted.sys_path_entry())
+                continue
             except ConversionError as exc:
+                if exc.crash is not None:
+                    toolkit, crashed = next_fallback(exc.crash, crashed)
+                    if toolkit is not None:  # another installed version may build it: a child of that one tries
+                        logger.warning("{}: {}; trying rknn-toolkit2 {}", src.name, exc.error, toolkit.version)
+                        failures += _convert_in_child(args, src, toolkit.sys_path_entry(), toolkit.version, crashed)
+                        continue
+                    exc.error = fallback_exhausted(exc.error, crashed)
                 logger.error("{}: {}{}", src.name, exc.error, f" (hint: {exc.hint})" if exc.hint else "")
                 log = job.log
                 if log.exists():
@@ -106,6 +120,29 @@ def cmd_convert(args: argparse.Namespace) -> int:
                     logger.error("{} for {}: {}", src.name, target["platform"], target["error"])
             (out_dir / f"{name}.result.json").write_text(json.dumps(asdict(result), indent=2, default=str))
     return 1 if failures else 0
+
+
+_CHILD = "import sys; sys.path.insert(0, sys.argv[1]) if sys.argv[1] else None; " \
+         "from rknn_dropbox.cli import main; sys.exit(main(sys.argv[2:]))"
+
+
+def _convert_in_child(args: argparse.Namespace, model: Path, toolkit_folder: str | None,
+                      toolkit: str | None = None, crashed: list[dict[str, str]] | None = None) -> int:
+    """`convert` one model in a fresh interpreter whose sys.path starts with the toolkit it needs; 1 on failure."""
+    argv = ["convert", str(model.absolute()), "-o", str(Path(args.output).absolute())]
+    toolkit = toolkit or args.toolkit
+    if toolkit:
+        argv += ["--toolkit", toolkit]
+    if crashed:
+        argv += ["--crashed", json.dumps(crashed)]
+    config = _find_config(args.config)
+    if config is not None:
+        argv += ["--config", str(config.absolute())]
+    if args.target:
+        argv += ["--target", args.target]
+    if getattr(args, "debug", False):
+        argv.append("--debug")
+    return 1 if subprocess.run([sys.executable, "-c", _CHILD, toolkit_folder or "", *argv]).returncode else 0
 
 
 def _partners(src: Path) -> list[Path]:
@@ -125,13 +162,7 @@ def check_environment(cfg: Config) -> list[str]:
         prepare_folders(cfg)
     except StartupError as exc:
         problems.append(str(exc))
-    probe = subprocess.run([sys.executable, "-c", "import importlib.metadata as m, rknn.api; "
-                            "print(m.version('rknn-toolkit2'))"], capture_output=True, text=True, timeout=300)
-    if probe.returncode != 0:
-        last = (probe.stderr.strip().splitlines() or ["no output"])[-1]
-        problems.append(f"rknn-toolkit2 cannot be imported: {last}")
-    else:
-        print(f"rknn-toolkit2 {probe.stdout.strip()} imports fine")
+    problems += check_toolkits(cfg)
     try:
         watches = int(Path("/proc/sys/fs/inotify/max_user_watches").read_text())
         instances = int(Path("/proc/sys/fs/inotify/max_user_instances").read_text())
@@ -141,6 +172,26 @@ def check_environment(cfg: Config) -> list[str]:
                             "or set poll = true")
     except (OSError, ValueError):
         print("inotify limits unknown (not Linux?)")
+    return problems
+
+
+def check_toolkits(cfg: Config) -> list[str]:
+    """Every version listed in [toolkits] is installed and imports (each probed in a subprocess)."""
+    from rknn_dropbox.toolkits import installed_names, installed_toolkits, probe_toolkit
+    toolkits = installed_toolkits()
+    by_version = {t.version: t for t in toolkits}
+    problems = []
+    for version in cfg.toolkits.versions:
+        tk = by_version.get(version)
+        if tk is None:
+            problems.append(f"rknn-toolkit2 {version} is listed in [toolkits] versions but not installed (installed: "
+                            f"{installed_names(toolkits)}): run `rknn-dropbox toolkits install {version}`")
+            continue
+        probe = probe_toolkit(tk)
+        if probe.ok:
+            print(f"rknn-toolkit2 {version} imports fine ({tk.where})")
+        else:
+            problems.append(f"rknn-toolkit2 {version} cannot be imported: {probe.error}")
     return problems
 
 
@@ -284,6 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("models", nargs="+", metavar="MODEL")
     conv.add_argument("--target", help="target platform(s), comma-separated (default from config: rk3588)")
     conv.add_argument("-o", "--output", default=".", help="output folder (default: .)")
+    conv.add_argument("--toolkit", help="build with exactly this installed rknn-toolkit2 version")
+    conv.add_argument("--crashed", help=argparse.SUPPRESS)  # a fallback child: the versions that crashed before
     conv.set_defaults(func=cmd_convert)
 
     check = sub.add_parser("check", help="verify the environment and folders")
@@ -311,6 +364,8 @@ def build_parser() -> argparse.ArgumentParser:
     common(submit)
     add_submit_arguments(submit)
     submit.set_defaults(func=cmd_submit)
+    from rknn_dropbox.cli_tools import add_commands
+    add_commands(sub, common, _load)
     return parser
 
 

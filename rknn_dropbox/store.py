@@ -39,6 +39,8 @@ class JobRecord:
     updated_at: float = field(default_factory=time.time)
     callback_url: str | None = None  # where the final task JSON is POSTed; never shown in the task JSON
     callback_status: str | None = None  # "pending", "delivered (HTTP 200)", "failed after 4 attempts: ..."
+    toolkit_version: str | None = None  # the rknn-toolkit2 that built the outputs
+    rknn_files: list[dict[str, Any]] = field(default_factory=list)  # each .rknn as read back from the file itself
 
     @property
     def duration(self) -> float | None:
@@ -49,7 +51,7 @@ class JobRecord:
     def to_task(self) -> dict[str, Any]:
         """The task JSON of the older HTTP API (task_id, status, progress) plus this design's fields."""
         d = {f.name: getattr(self, f.name) for f in fields(self)}  # not asdict(): its deep copies cost 5x
-        d["outputs"], d["warnings"] = list(self.outputs), list(self.warnings)
+        d["outputs"], d["warnings"], d["rknn_files"] = list(self.outputs), list(self.warnings), list(self.rknn_files)
         d["task_id"] = d.pop("id")
         d["duration"] = self.duration
         d.pop("callback_url", None)  # may carry a token
@@ -58,7 +60,7 @@ class JobRecord:
         return d
 
 
-_JSON_FIELDS = {"outputs", "warnings"}
+_JSON_FIELDS = {"outputs", "warnings", "rknn_files"}
 _BOOL_FIELDS = {"cancel_requested"}
 _COLUMNS = [f.name for f in fields(JobRecord)]
 _SCHEMA = """
@@ -66,7 +68,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY, name TEXT NOT NULL, format TEXT, status TEXT NOT NULL, progress REAL, stage TEXT,
     target TEXT, created_at REAL, started_at REAL, finished_at REAL, error TEXT, hint TEXT, work_path TEXT,
     output_dir TEXT, outputs TEXT, warnings TEXT, attempts INTEGER, cancel_requested INTEGER, worker_pid INTEGER,
-    updated_at REAL, callback_url TEXT, callback_status TEXT
+    updated_at REAL, callback_url TEXT, callback_status TEXT, toolkit_version TEXT, rknn_files TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status);
 CREATE INDEX IF NOT EXISTS jobs_created ON jobs(created_at);
@@ -107,7 +109,7 @@ class JobStore:
         with self._conn() as conn:
             conn.executescript(_SCHEMA)
             have = {row["name"] for row in conn.execute("PRAGMA table_info(jobs)")}
-            for column in ("callback_url", "callback_status"):  # stores made before these columns existed
+            for column in ("callback_url", "callback_status", "toolkit_version", "rknn_files"):  # older stores
                 if column not in have:
                     conn.execute(f"ALTER TABLE jobs ADD COLUMN {column} TEXT")
 
@@ -198,9 +200,12 @@ class JobStore:
             changes["outputs"] = outputs
         self.update(job_id, **changes)
 
-    def record_conversion(self, job_id: str, fmt: str, outputs: list[str], warnings: list[str], target: str) -> None:
-        """What a worker's successful conversion produced (before its delivery)."""
-        self.update(job_id, format=fmt, outputs=outputs, warnings=warnings, target=target)
+    def record_conversion(self, job_id: str, fmt: str, outputs: list[str], warnings: list[str], target: str,
+                          toolkit_version: str | None = None, rknn_files: list[dict[str, Any]] | None = None) -> None:
+        """What a worker's successful conversion produced (before its delivery): also the toolkit that built it and
+        what each .rknn says about itself."""
+        self.update(job_id, format=fmt, outputs=outputs, warnings=warnings, target=target,
+                    toolkit_version=toolkit_version, rknn_files=rknn_files or [])
 
     def set_work_path(self, job_id: str, work_path: str) -> None:
         self.update(job_id, work_path=work_path)

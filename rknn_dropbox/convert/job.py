@@ -46,13 +46,17 @@ class JobSettings:
     cache_dir: Path | None = None
     cache_max_bytes: int = 0
     lock_dir: Path | None = None  # where the cross-worker TensorFlow lock lives (the state dir)
+    default_toolkit: str | None = None  # the first of [toolkits] versions
+    toolkit: str | None = None  # build with exactly this version (the daemon's handover, or a fallback)
+    crashed: tuple[dict[str, str], ...] = ()  # the fallback's reason: [{"toolkit": "2.5.0", "error": "..."}]
 
     @classmethod
     def from_order(cls, order: dict[str, Any]) -> "JobSettings":
         cache_dir = order.get("cache_dir")
         lock_dir = order.get("lock_dir")
         return cls(Path(cache_dir) if cache_dir else None, int(order.get("cache_max_bytes") or 0),
-                   Path(lock_dir) if lock_dir else None)
+                   Path(lock_dir) if lock_dir else None, order.get("default_toolkit"), order.get("toolkit"),
+                   tuple(order.get("crashed") or ()))
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,22 @@ def _as_conversion_error() -> Iterator[None]:
         raise ConversionError(exc.error, exc.hint) from None
     except OptionsError as exc:
         raise ConversionError(str(exc)) from None
+
+
+def _toolkit_for(spec: ModelSpec, settings: JobSettings) -> tuple[Any, str]:
+    """Import the toolkit this job builds with; ToolkitMismatch when this process holds another version."""
+    from rknn_dropbox.toolkits import ToolkitError, ToolkitMismatch, job_toolkit, load_toolkit
+    try:
+        toolkit = job_toolkit(spec.options.toolkit_version, spec.options.runtime_version, settings.toolkit,
+                              settings.default_toolkit)
+    except ToolkitError as exc:
+        raise ConversionError(str(exc), "see `rknn-dropbox toolkits` for the installed versions") from None
+    try:
+        return load_toolkit(toolkit)
+    except ToolkitMismatch as exc:
+        print(f"this process has rknn-toolkit2 {exc.loaded}; the job needs {toolkit.version}: handing it over to "
+              f"a process of that version")
+        raise
 
 
 def _decide_quantization(spec: ModelSpec) -> Quantization:
@@ -110,6 +130,8 @@ def _cache_key(spec: ModelSpec, q: Quantization, toolkit_version: str) -> str:
     config = {**spec.options.to_json(), "format": spec.format, "quantize": q.quantize}
     config.pop("dataset", None)  # a path; the samples' bytes go into the key instead
     config.pop("callback_url", None)  # where to report, not how to convert
+    for how_chosen in ("toolkit_version", "runtime_version"):  # the toolkit used is in the key itself
+        config.pop(how_chosen, None)
     roles = [(spec.fmt.cache_role(f, spec.model), f) for f in spec.model_files]
     return cache_key(roles, config, toolkit_version, spec.dataset_samples if q.quantize else [])
 
@@ -161,24 +183,33 @@ def _build_targets(RKNN: Any, build: TargetBuild, name: str, result: ConversionR
         except ConversionError as exc:
             if len(platforms) == 1:
                 raise
-            result.targets.append({"platform": platform, "ok": False, "error": exc.error, "hint": exc.hint})
+            result.targets.append({"platform": platform, "ok": False, "error": exc.error, "hint": exc.hint,
+                                   "toolkit_crash": exc.crash is not None})
             result.warnings.append(f"{platform}: {exc.error}")
     if not any(t.get("ok") for t in result.targets):
         errors = "; ".join(f"{t['platform']}: {t['error']}" for t in result.targets)
-        raise ConversionError(f"every target failed: {errors}")
+        crashed = all(t.get("toolkit_crash") for t in result.targets)  # another version may build them all
+        raise ConversionError(f"every target failed: {errors}", crash={"error": errors} if crashed else None)
     return verifications
 
 
-def _convert(RKNN: Any, job: JobDir, name: str, defaults: ConvertOptions, progress: ProgressFn,
-             settings: JobSettings, toolkit_version: str) -> ConversionResult:
+def _convert(job: JobDir, name: str, defaults: ConvertOptions, progress: ProgressFn,
+             settings: JobSettings) -> ConversionResult:
     scratch = job.root / "tmp"
     progress("analyze", 2.0)
     with _as_conversion_error():
         spec = inspect_bundle(job.input, name, defaults, scratch)
+    RKNN, toolkit_version = _toolkit_for(spec, settings)  # imported in workers, never in the daemon
+    print(f"rknn-toolkit2 {toolkit_version}")
+    with _as_conversion_error():
         inject_fault(name)
         q = _decide_quantization(spec)
     print(f"model: {spec.fmt.display} {spec.model.name}; quantization: {q.why}")
     result = _new_result(spec, q, job, toolkit_version)
+    if settings.crashed:
+        from rknn_dropbox.toolkits import fallback_warning
+        result.warnings.append(fallback_warning(toolkit_version, list(settings.crashed)))
+        result.extra["toolkit_fallback"] = {"built_with": toolkit_version, "crashed": list(settings.crashed)}
     cache = ResultCache(settings.cache_dir, settings.cache_max_bytes) if settings.cache_dir else None
     key = _cache_key(spec, q, toolkit_version) if cache is not None else None
     if cache is not None and key and _from_cache(cache, key, name, spec.options.target_platform, job, result):
@@ -189,7 +220,13 @@ def _convert(RKNN: Any, job: JobDir, name: str, defaults: ConvertOptions, progre
         prepared = spec.fmt.prepare(spec, scratch)
     build = TargetBuild(spec, q.quantize, q.prequantized, prepared, job.output, job.job_id,
                         job.root / "conversion.raw", settings.lock_dir)
-    verifications = _build_targets(RKNN, build, name, result, progress)
+    try:
+        verifications = _build_targets(RKNN, build, name, result, progress)
+    except ConversionError as exc:
+        if exc.crash is not None:  # what the fallback needs to pick the next version (toolkits.next_fallback)
+            exc.crash.update(toolkit=toolkit_version, toolkit_version=spec.options.toolkit_version,
+                             runtime_version=spec.options.runtime_version)
+        raise
     if verifications:
         result.extra["verification"] = verifications
     if cache is not None and key and all(t.get("ok") for t in result.targets) and not any(
@@ -203,16 +240,13 @@ def _convert(RKNN: Any, job: JobDir, name: str, defaults: ConvertOptions, progre
 
 def convert_job(job: JobDir, name: str, defaults: ConvertOptions, progress: ProgressFn,
                 settings: JobSettings = JobSettings()) -> ConversionResult:
-    """Convert the claimed bundle in `job` into job.output; raises ConversionError."""
-    from rknn.api import RKNN  # imported once per worker process, never in the daemon
-
-    import importlib.metadata as md
-    toolkit_version = md.version("rknn-toolkit2")
+    """Convert the claimed bundle in `job` into job.output; raises ConversionError, or ToolkitMismatch when the
+    job needs another toolkit version than this process has loaded."""
     job.output.mkdir(parents=True, exist_ok=True)
     try:
         with captured_output(job.root / "conversion.raw"), working_directory(job.root / "tmp"):
-            print(f"rknn-dropbox {__version__}: job {job.job_id} ({name}), rknn-toolkit2 {toolkit_version}")
-            return _convert(RKNN, job, name, defaults, progress, settings, toolkit_version)
+            print(f"rknn-dropbox {__version__}: job {job.job_id} ({name})")
+            return _convert(job, name, defaults, progress, settings)
     finally:
         finish_log(job)
 

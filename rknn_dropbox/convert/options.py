@@ -43,6 +43,10 @@ class ConvertOptions:
     verify: bool = True
     verify_strict: bool = False           # a verification below verify_min_cosine fails the job (else: a warning)
     verify_min_cosine: float | None = None  # None: 0.98 for int8 builds, 0.999 for fp16
+    # which rknn-toolkit2 builds the job (toolkits.py): exactly toolkit_version, or the newest installed one whose
+    # models the board's librknnrt runtime_version can load; neither: the first of [toolkits] versions
+    toolkit_version: str | None = None
+    runtime_version: str | None = None
     callback_url: str | None = None  # http(s) URL the daemon POSTs the final task JSON to (see callbacks.py)
 
     def to_json(self) -> dict[str, Any]:
@@ -152,6 +156,12 @@ def _parse_value(where: str, key: str, value: Any) -> Any:
                                       and len(value) <= 2048 and not any(c.isspace() for c in value)):
             raise _fail(where, key, f"expected an http:// or https:// URL, got {value!r}")
         return value
+    if key in ("toolkit_version", "runtime_version"):
+        from rknn_dropbox.toolkits import ToolkitError, check_version
+        try:
+            return None if value is None else check_version(key, value)
+        except ToolkitError as exc:
+            raise OptionsError(f"{where}: {exc}") from None
     raise _fail(where, key, f"unknown key (allowed: {', '.join(ALLOWED_KEYS)})")  # pragma: no cover
 
 
@@ -261,7 +271,7 @@ def check_fp16_platforms(opts: ConvertOptions, quantize: bool) -> None:
 
 MODEL_CONFIG_KEYS = ("name", "platform", "model_file_path", "pt_file_path", "prototxt_file_path",
                      "caffemodel_file_path", "darknet_cfg_path", "darknet_weights_path", "quantize", "dataset",
-                     "configs", "subgraphs")
+                     "configs", "subgraphs", "toolkit_version", "runtime_version")
 MODEL_CONFIG_CONFIGS = ("quantized_dtype", "mean_values", "std_values", "channel_mean_value", "quant_img_RGB2BGR",
                         "quantized_algorithm", "quantized_method", "optimization_level", "target_platform",
                         "single_core_mode", "compress_weight")
@@ -334,6 +344,9 @@ def model_config_to_options(raw: dict[str, Any], where: str) -> tuple[dict[str, 
         native["do_quantization"] = _str_bool(where, "quantize", model["quantize"])
     if model.get("dataset"):
         native["dataset"] = model["dataset"]
+    for key in ("toolkit_version", "runtime_version"):  # no such key in rknn_convert: ours, beside quantize
+        if model.get(key) is not None:
+            native[key] = model[key]
     configs = model.get("configs") or {}
     if not isinstance(configs, dict):
         raise OptionsError(f"{where}: configs: expected a mapping")

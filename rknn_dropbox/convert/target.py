@@ -101,6 +101,15 @@ def _load_and_build(rknn: Any, b: TargetBuild, call: Callable[..., None], progre
                  dataset=str(spec.dataset) if b.quantize and spec.dataset else None)
 
 
+def describe_rknn(path: Path) -> dict[str, Any]:
+    """What the produced .rknn says about itself (format version, compiler, target, tensors), read from the file."""
+    from rknn_dropbox.formats.rknnfile import RknnFileError, read_rknn_file
+    try:
+        return read_rknn_file(path).to_json()
+    except RknnFileError as exc:
+        return {"error": str(exc)}
+
+
 def _strict_failure(platform: str, verification: dict[str, Any]) -> ConversionError:
     return ConversionError(
         f"verification failed on {platform}: cosine "
@@ -127,6 +136,7 @@ def build_target(RKNN: Any, b: TargetBuild, platform: str, out_name: str, progre
             os.fsync(fh.fileno())
         final = b.output / out_name
         os.replace(tmp, final)
+        described = describe_rknn(final)
         progress("verify", 0.9)
         verification = verify_target(rknn, spec, b.prepared, b.quantize, b.prequantized)
         if verification is not None:
@@ -136,7 +146,7 @@ def build_target(RKNN: Any, b: TargetBuild, platform: str, out_name: str, progre
             raise _strict_failure(platform, verification)
         progress("export", 1.0)
         return ({"platform": platform, "ok": True, "file": out_name, "size": final.stat().st_size,
-                 "sha256": sha256_file(final)}, verification)
+                 "sha256": sha256_file(final), "rknn": described}, verification)
     finally:
         try:
             rknn.release()

@@ -97,10 +97,13 @@ def toolkit_progress(raw_log: Path, report: Callable[[float], None], start: floa
 class ConversionError(Exception):
     """A conversion that failed for a reason a person can act on."""
 
-    def __init__(self, error: str, hint: str | None = None) -> None:
+    def __init__(self, error: str, hint: str | None = None, crash: dict[str, Any] | None = None) -> None:
         super().__init__(error)
         self.error = error
         self.hint = hint
+        # failed inside the toolkit (a rule crash, an internal exception), where another version may not: the
+        # job adds {"toolkit": the version that crashed, "toolkit_version"/"runtime_version": what it asked for}
+        self.crash = crash
 
 
 @contextlib.contextmanager
@@ -194,6 +197,18 @@ def toolkit_caller(raw_log: Path, what: str) -> Callable[..., None]:
     that says which step failed and why (`what` names the model: "ONNX net.onnx")."""
     def call(step: str, fn: Callable[..., int], **kwargs: Any) -> None:
         try:
+            offset = raw_log.stat().st_size
+        except OSError:
+            offset = 0
+        try:
+            _call(step, fn, **kwargs)
+        except ConversionError as exc:
+            if step != "configuring" and exc.hint is None and toolkit_crashed(_log_since(raw_log, offset)):
+                exc.crash = {"error": exc.error}
+            raise
+
+    def _call(step: str, fn: Callable[..., int], **kwargs: Any) -> None:
+        try:
             ret = fn(**kwargs)
         except ConversionError:
             raise
@@ -205,3 +220,34 @@ def toolkit_caller(raw_log: Path, what: str) -> Callable[..., None]:
             error, hint = explain_toolkit_error(detail)
             raise ConversionError(f"{step} failed ({what}): {error}", hint)
     return call
+
+
+# the toolkit's own code failing, not the user's model or config: another toolkit version may well build it
+INTERNAL_EXCEPTIONS = ("IndexError", "KeyError", "AttributeError", "TypeError", "AssertionError",
+                       "ZeroDivisionError", "UnboundLocalError", "NameError", "RecursionError", "RuntimeError")
+
+
+def toolkit_crashed(log_text: str) -> bool:
+    """The toolkit's log shows a rule crash (its disable_rules advice) or an internal exception in its own code."""
+    if "disable_rules=" in log_text:
+        return True
+    lines = log_text.splitlines()
+    for i, line in enumerate(lines):
+        if line.strip().startswith('File "rknn/'):
+            for following in lines[i + 1:]:
+                if following and not following[0].isspace():
+                    if following.split(":")[0].strip() in INTERNAL_EXCEPTIONS:
+                        return True
+                    break
+    return False
+
+
+def _log_since(raw_log: Path, offset: int) -> str:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        with open(raw_log, "rb") as fh:
+            fh.seek(offset)
+            return fh.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
