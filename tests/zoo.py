@@ -96,9 +96,10 @@ def recipe(name: str) -> Recipe:
 
 def model_info(name: str, folder: Path) -> ModelInfo:
     r = recipe(name)
-    yolo = r.source == "ultralytics"
-    return ModelInfo(name, folder / f"{name}.onnx", (1, 3, r.size, r.size), YOLO_MEAN if yolo else IMAGENET_MEAN,
-                     YOLO_STD if yolo else IMAGENET_STD, r.kind, r.expect)
+    unit_range = r.source != "torchvision"  # YOLO and torchvision detectors take 0..1 pixels (they normalize inside)
+    return ModelInfo(name, folder / f"{name}.onnx", (1, 3, r.size, r.size),
+                     YOLO_MEAN if unit_range else IMAGENET_MEAN, YOLO_STD if unit_range else IMAGENET_STD, r.kind,
+                     r.expect)
 
 
 def versions_key() -> str:
@@ -221,21 +222,36 @@ def _nms_cpu(dets: Any, scores: Any, iou_threshold: float) -> Any:
     return torch.tensor(keep, dtype=torch.int64)
 
 
+def _BatchedDetector(detector: Any) -> Any:
+    """A torchvision detector (a list of CHW images in, a list of dicts out) as NCHW in, (boxes, scores, labels) out."""
+    import torch
+
+    class BatchedDetector(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.detector = detector
+
+        def forward(self, x: Any) -> Any:
+            found = self.detector([x[0]])[0]
+            return found["boxes"], found["scores"], found["labels"]
+    return BatchedDetector()
+
+
 def _export_torchvision(r: Recipe, out: Path) -> None:
     import torch
     import torchvision
     torch.manual_seed(0)
     if r.source == "torchvision-detection":
-        model = getattr(torchvision.models.detection, r.builder)(weights=None, weights_backbone=None)
+        model = _BatchedDetector(getattr(torchvision.models.detection, r.builder)(weights=None,
+                                                                                  weights_backbone=None))
     elif r.kind == "segmentation":
         model = getattr(torchvision.models.segmentation, r.builder)(weights=None, weights_backbone=None)
     else:
         model = getattr(torchvision.models, r.builder)(weights=None)
     model.eval()
     x = torch.rand(1, 3, r.size, r.size)
-    example: Any = [x[0]] if r.source == "torchvision-detection" else x
     with torch.no_grad():
-        torch.onnx.export(model, (example,), str(out), dynamo=False, opset_version=13 if r.kind != "detection-nms"
+        torch.onnx.export(model, (x,), str(out), dynamo=False, opset_version=13 if r.kind != "detection-nms"
                           else 11, input_names=["input"], do_constant_folding=True)
 
 
