@@ -19,13 +19,14 @@ from __future__ import annotations
 import importlib.metadata as md
 import json
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-CORPUS_VERSION = 1  # bump when an export below changes
+CORPUS_VERSION = 2  # bump when an export below changes
 IMAGENET_MEAN = [123.675, 116.28, 103.53]
 IMAGENET_STD = [58.395, 57.12, 57.375]
 YOLO_MEAN = [0.0, 0.0, 0.0]
@@ -188,6 +189,50 @@ def make_calibration_set(folder: Path, input_shape: tuple[int, ...] | list[int],
     return dataset
 
 
+MODES = ("fp16", "int8")
+
+
+def write_drops(corpus: dict[str, ModelInfo], folder: Path, modes: tuple[str, ...] = MODES,
+                calibration_images: int = 8) -> list[str]:
+    """What a user drops, per model: fp16 is <name>-fp16.onnx + <name>-fp16.yaml (mean/std, do_quantization:
+    false); int8 is a folder <name>-int8/ with the model, config.yaml (mean/std) and calibration jpgs + dataset.txt.
+    Returns the job names."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    names = []
+    for name, info in corpus.items():
+        norm = f"mean_values: {info.mean}\nstd_values: {info.std}\n"
+        if "fp16" in modes:
+            shutil.copy(info.path, folder / f"{name}-fp16.onnx")
+            (folder / f"{name}-fp16.yaml").write_text(norm + "do_quantization: false\n")
+            names.append(f"{name}-fp16")
+        if "int8" in modes:
+            bundle = folder / f"{name}-int8"
+            bundle.mkdir()
+            shutil.copy(info.path, bundle / f"{name}.onnx")
+            (bundle / "config.yaml").write_text(norm)
+            make_calibration_set(bundle, info.input_shape, calibration_images)
+            names.append(bundle.name)
+    return names
+
+
+def write_symbolic_conv(path: Path, input_dims: list[Any], size: int = 16) -> Path:
+    """A tiny Conv+Relu ONNX whose input (and output) dims are input_dims: ints, or names for symbolic dims."""
+    import onnx
+    import modelgen
+    model = modelgen._onnx_conv_model(size, seed=3)
+    for value, channels in ((model.graph.input[0], None), (model.graph.output[0], 4)):
+        for i, (dim, want) in enumerate(zip(value.type.tensor_type.shape.dim, input_dims)):
+            if isinstance(want, str):
+                dim.dim_param = want
+            elif i != 1:
+                dim.dim_value = want
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
+
+
 # ---- the exports (run in the child process only) --------------------------------------------------------------------
 
 def register_torchvision_ops() -> None:
@@ -237,6 +282,24 @@ def _BatchedDetector(detector: Any) -> Any:
     return BatchedDetector()
 
 
+def _calibrate_batchnorm(model: Any, size: int) -> None:
+    """Give random weights trained-like activation scales: BatchNorm statistics from a few normalized images.
+
+    With the default statistics (mean 0, var 1) activations shrink layer by layer; mobilenet_v2's logits end near
+    1e-9, below fp16's smallest number, so its fp16 build outputs zeros, which no real model does."""
+    import torch
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None  # a plain average over the batches below
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) / 255
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) / 255
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model((torch.rand(4, 3, size, size) - mean) / std)
+
+
 def _export_torchvision(r: Recipe, out: Path) -> None:
     import torch
     import torchvision
@@ -248,6 +311,8 @@ def _export_torchvision(r: Recipe, out: Path) -> None:
         model = getattr(torchvision.models.segmentation, r.builder)(weights=None, weights_backbone=None)
     else:
         model = getattr(torchvision.models, r.builder)(weights=None)
+    if r.source == "torchvision":
+        _calibrate_batchnorm(model, r.size)
     model.eval()
     x = torch.rand(1, 3, r.size, r.size)
     with torch.no_grad():
