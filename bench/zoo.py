@@ -202,7 +202,7 @@ def report(corpus: dict[str, zoo.ModelInfo], daemon: tuple[float, dict[str, Outc
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--models", default=",".join(zoo.DEFAULT_NAMES))
+    ap.add_argument("--models", default=",".join([*zoo.DEFAULT_NAMES, "yolo11n"]))
     ap.add_argument("--skip-loop", action="store_true")
     ap.add_argument("--skip-daemon", action="store_true")
     args = ap.parse_args()
