@@ -56,15 +56,10 @@ class ConvertOptions:
     enable_flash_attention: bool = False
     custom_string: str | None = None                        # appended to ours ("rknn-dropbox <version> job <id>")
     # ---- end of the toolkit's keys ----
-    # A test-only hook (honoured only when RKNN_DROPBOX_FAULT_INJECTION=1): segfault / exit / hang / oom / abort /
-    # raise / slow (sleeps RKNN_DROPBOX_FAULT_SLOW_SECONDS, default 5, then converts normally).
-    fault: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["target_platform"] = list(self.target_platform)
-        if d.get("fault") is None:
-            d.pop("fault", None)
         return d
 
     def to_public_json(self) -> dict[str, Any]:
@@ -84,7 +79,7 @@ class ConvertOptions:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
-ALLOWED_KEYS = tuple(f.name for f in fields(ConvertOptions) if f.name != "fault")
+ALLOWED_KEYS = tuple(f.name for f in fields(ConvertOptions))
 
 
 def _fail(where: str, key: str, msg: str) -> OptionsError:
@@ -174,8 +169,6 @@ def _parse_value(where: str, key: str, value: Any) -> Any:
             return parse_toolkit_key(key, value)
         except ToolkitKeyError as exc:
             raise _fail(where, key, str(exc)) from None
-    if key == "fault":
-        return _choice(where, key, value, ("segfault", "exit", "hang", "oom", "abort", "raise", "slow"))
     raise _fail(where, key, f"unknown key (allowed: {', '.join(ALLOWED_KEYS)})")  # pragma: no cover
 
 
@@ -185,8 +178,6 @@ def parse_convert_options(raw: Any, where: str, base: ConvertOptions | None = No
     if not isinstance(raw, dict):
         raise OptionsError(f"{where}: expected a mapping of option: value, got {type(raw).__name__}")
     allowed = set(ALLOWED_KEYS)
-    if os.environ.get("RKNN_DROPBOX_FAULT_INJECTION") == "1":
-        allowed.add("fault")
     changes: dict[str, Any] = {}
     for key, value in raw.items():
         if not isinstance(key, str) or key not in allowed:
