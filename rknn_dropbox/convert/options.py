@@ -9,6 +9,7 @@ from typing import Any, Union
 
 import yaml
 
+from rknn_dropbox.convert.toolkit_keys import TOOLKIT_KEY_DEFAULTS, ToolkitKeyError, parse_toolkit_key
 from rknn_dropbox.convert.platforms import (
     NO_FP16_PLATFORMS, OPTIMIZATION_LEVELS, PLATFORMS, QUANTIZED_ALGORITHMS, QUANTIZED_DTYPES,
     QUANTIZED_METHODS, RENAMED_DTYPES, dtype_platform_error,
@@ -44,6 +45,17 @@ class ConvertOptions:
     verify_strict: bool = False           # a verification below verify_min_cosine fails the job (else: a warning)
     verify_min_cosine: float | None = None  # None: 0.98 for int8 builds, 0.999 for fp16
     callback_url: str | None = None  # http(s) URL the daemon POSTs the final task JSON to (see callbacks.py)
+    # ---- the toolkit's own rknn.config() keys, passed through (types and checks: toolkit_keys.py) ----
+    disable_rules: list[str] | None = None                  # also added to by the retry on the toolkit's advice
+    dynamic_input: list[list[list[int]]] | None = None      # shape sets; verification runs at every one
+    op_target: dict[str, str] | None = None
+    quantized_hybrid_level: int = 0
+    float_dtype: str = "float16"
+    model_pruning: bool = False
+    remove_reshape: bool = False
+    enable_flash_attention: bool = False
+    custom_string: str | None = None                        # appended to ours ("rknn-dropbox <version> job <id>")
+    # ---- end of the toolkit's keys ----
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -152,6 +164,11 @@ def _parse_value(where: str, key: str, value: Any) -> Any:
                                       and len(value) <= 2048 and not any(c.isspace() for c in value)):
             raise _fail(where, key, f"expected an http:// or https:// URL, got {value!r}")
         return value
+    if key in TOOLKIT_KEY_DEFAULTS:  # the toolkit's own config() keys (toolkit_keys.py)
+        try:
+            return parse_toolkit_key(key, value)
+        except ToolkitKeyError as exc:
+            raise _fail(where, key, str(exc)) from None
     raise _fail(where, key, f"unknown key (allowed: {', '.join(ALLOWED_KEYS)})")  # pragma: no cover
 
 
