@@ -9,7 +9,7 @@ import pytest
 
 from rknn_dropbox.convert.options import OptionsError, parse_convert_options
 from rknn_dropbox.convert.rulefix import LogWindow, RuleCrash, advised_rules, build_with_advice, rule_exception
-from rknn_dropbox.convert.shapes import ShapeError, plan_input_shapes
+from rknn_dropbox.formats.onnx_shapes import ShapeError, plan_input_shapes
 from rknn_dropbox.convert.toolkit_keys import toolkit_config_kwargs
 from rknn_dropbox.formats.graphtraits import GraphInput
 
@@ -112,7 +112,7 @@ def test_toolkit_keys_pass_through_typed_and_custom_string_is_appended() -> None
     opts = parse_convert_options({"disable_rules": "seperate_conv_rs_split", "remove_reshape": True,
                                   "op_target": {"Conv_3": "CPU"}, "custom_string": "camera-7",
                                   "dynamic_input": [[1, 3, 320, 320], [1, 3, 640, 640]]}, "m.yaml")
-    kwargs = toolkit_config_kwargs(opts, "rknn-dropbox job 5", extra_disable_rules=["r2"])
+    kwargs = toolkit_config_kwargs(opts, "rknn-dropbox job 5", ["seperate_conv_rs_split", "r2"])
     assert kwargs == {"disable_rules": ["seperate_conv_rs_split", "r2"], "remove_reshape": True,
                       "op_target": {"Conv_3": "cpu"}, "custom_string": "rknn-dropbox job 5; camera-7",
                       "dynamic_input": [[[1, 3, 320, 320]], [[1, 3, 640, 640]]]}
