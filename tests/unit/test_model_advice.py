@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -11,7 +12,7 @@ from rknn_dropbox.convert.options import OptionsError, parse_convert_options
 from rknn_dropbox.convert.rulefix import LogWindow, RuleCrash, advised_rules, build_with_advice, rule_exception
 from rknn_dropbox.formats.onnx_shapes import ShapeError, plan_input_shapes
 from rknn_dropbox.convert.toolkit_keys import toolkit_config_kwargs
-from rknn_dropbox.formats.graphtraits import GraphInput
+from rknn_dropbox.formats.graphtraits import GraphInput, data_dependent_nodes, graph_inputs
 
 # what rknn-toolkit2 2.5.0 logs when building a stock yolov8n.onnx (colour codes as in the raw log)
 CRASH_LOG = """\x1b[1;33mW\x1b[0m \x1b[1;33mYou can add disable_rules=['seperate_conv_rs_split'] in rknn.config() to \
@@ -130,3 +131,22 @@ def test_toolkit_keys_pass_through_typed_and_custom_string_is_appended() -> None
 def test_bad_toolkit_keys_name_the_key(raw: dict, needle: str) -> None:
     with pytest.raises(OptionsError, match=needle):
         parse_convert_options(raw, "m.yaml")
+
+
+def _graph(nodes: list, initializers: list | None = None) -> Any:
+    from onnx import TensorProto, helper
+    return helper.make_model(helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.INT64, None)], initializer=initializers or []))
+
+
+def test_only_value_dependent_nonzero_and_nms_count_as_data_dependent() -> None:
+    import numpy as np
+    from onnx import helper, numpy_helper
+    on_data = _graph([helper.make_node("Relu", ["x"], ["r"]), helper.make_node("NonZero", ["r"], ["y"], name="nz")])
+    assert data_dependent_nodes(on_data) == ["NonZero 'nz'"]
+    on_shape = _graph([helper.make_node("Shape", ["x"], ["s"]), helper.make_node("NonZero", ["s"], ["y"])])
+    assert data_dependent_nodes(on_shape) == []
+    on_constant = _graph([helper.make_node("NonZero", ["c"], ["y"])], [numpy_helper.from_array(np.ones(3), "c")])
+    assert data_dependent_nodes(on_constant) == []
+    assert graph_inputs(on_data)[0].describe() == "x [batch, 3, 8, 8]"
