@@ -110,8 +110,8 @@ def rule_exception(log_text: str) -> str:
 
 def _reason(crashes: list[tuple[str, str, str]], version: str) -> str:
     parts = [f"rule {rule} ({where}) crashed with {exc}" for rule, where, exc in crashes]
-    return (f"rknn-toolkit2 {version}'s graph optimiser failed to build this model ({'; then '.join(parts)}); its "
-            "log advised disabling the rule, which skips that one optimisation")
+    return (f"rknn-toolkit2 {version}'s graph optimiser failed to build this model ({'; then '.join(parts)}); "
+            "its log advised disabling the rule each time, which skips only that optimisation")
 
 
 def build_with_advice(attempt: Callable[[list[str]], T], log: LogWindow, user_rules: list[str] | None,

@@ -141,6 +141,7 @@ def graph_traits(model: Any) -> GraphTraits:
 
 def data_dependent_error(nodes: list[str]) -> tuple[str, str]:
     """The sentence for a graph whose output shapes depend on its input values (nodes: what was found)."""
+    nodes = sorted(nodes, key=lambda n: not n.startswith("NonMaxSuppression"))  # the telling one first
     shown = ", ".join(nodes[:3]) + (f" and {len(nodes) - 3} more" if len(nodes) > 3 else "")
     return DATA_DEPENDENT_ERROR + (f": {shown}" if shown else ""), DATA_DEPENDENT_HINT
 
