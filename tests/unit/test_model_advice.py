@@ -12,6 +12,7 @@ from rknn_dropbox.convert.options import OptionsError, parse_convert_options
 from rknn_dropbox.convert.rulefix import LogWindow, RuleCrash, advised_rules, build_with_advice, rule_exception
 from rknn_dropbox.formats.onnx_shapes import ShapeError, plan_input_shapes
 from rknn_dropbox.convert.toolkit_keys import toolkit_config_kwargs
+from rknn_dropbox.convert.toolkit_log import explain_toolkit_error
 from rknn_dropbox.formats.graphtraits import GraphInput, data_dependent_nodes, graph_inputs
 
 # what rknn-toolkit2 2.5.0 logs when building a stock yolov8n.onnx (colour codes as in the raw log)
@@ -150,3 +151,15 @@ def test_only_value_dependent_nonzero_and_nms_count_as_data_dependent() -> None:
     on_constant = _graph([helper.make_node("NonZero", ["c"], ["y"])], [numpy_helper.from_array(np.ones(3), "c")])
     assert data_dependent_nodes(on_constant) == []
     assert graph_inputs(on_data)[0].describe() == "x [batch, 3, 8, 8]"
+
+
+@pytest.mark.parametrize("logged, needle", [
+    ("ValueError: The input 0 of NonZero('/detector/NonZero') need to be constant! It will cause the graph to be a "
+     "dynamic graph!", "from its data (NMS / TopK / NonZero), which the NPU cannot run: NonZero '/detector/NonZero'"),
+    ("E build: Reshape node /Reshape_3: Input shape:{1,3103,1,4}, requested shape:{1,3084,1,4}",
+     "computes an output shape from its data"),
+    ("numpy.core._exceptions._ArrayMemoryError: Unable to allocate 9.00 GiB for an array", "ran out of memory"),
+])
+def test_toolkit_failures_for_models_people_bring_are_sentences(logged: str, needle: str) -> None:
+    error, hint = explain_toolkit_error(logged)
+    assert needle in error and hint
