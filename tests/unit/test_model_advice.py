@@ -10,10 +10,10 @@ import pytest
 
 from rknn_dropbox.convert.options import OptionsError, parse_convert_options
 from rknn_dropbox.convert.rulefix import LogWindow, RuleCrash, advised_rules, build_with_advice, rule_exception
-from rknn_dropbox.formats.onnx_shapes import ShapeError, plan_input_shapes
 from rknn_dropbox.convert.toolkit_keys import toolkit_config_kwargs
 from rknn_dropbox.convert.toolkit_log import explain_toolkit_error
 from rknn_dropbox.formats.graphtraits import GraphInput, data_dependent_nodes, graph_inputs
+from rknn_dropbox.formats.onnx_shapes import ShapeError, plan_input_shapes
 
 # what rknn-toolkit2 2.5.0 logs when building a stock yolov8n.onnx (colour codes as in the raw log)
 CRASH_LOG = """\x1b[1;33mW\x1b[0m \x1b[1;33mYou can add disable_rules=['seperate_conv_rs_split'] in rknn.config() to \
