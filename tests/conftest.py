@@ -169,10 +169,11 @@ def daemon(daemon_factory: Callable[..., DaemonProcess]) -> DaemonProcess:
 
 
 @pytest.fixture(scope="session")
-def zoo_corpus(request: pytest.FixtureRequest) -> dict[str, Any]:
+def zoo_corpus(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The real-architecture corpus (tests/zoo.py): exported once, cached in the pytest cache per package versions."""
     from zoo import build_corpus, corpus_available
     why = corpus_available()
     if why:
         pytest.fail(f"the model corpus cannot be built: {why}")
-    return build_corpus(Path(request.config.cache.mkdir("zoo")))
+    cache = getattr(request.config, "cache", None)  # None with -p no:cacheprovider: build it for this session
+    return build_corpus(Path(cache.mkdir("zoo")) if cache is not None else tmp_path_factory.mktemp("zoo"))

@@ -16,7 +16,7 @@ import pytest
 import zoo
 from conftest import DaemonProcess
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]  # one daemon converts the whole corpus in setup
 ALL_DONE_SECONDS = 1500
 
 

@@ -7,13 +7,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Generic, TypeVar
 
-from rknn_dropbox.convert.modelnotes import crashed_rule
-
 MAX_RULE_ROUNDS = 3  # retries after the first build; each may add the rules the toolkit names next
 _ADVICE = re.compile(r"add disable_rules=\[([^\]]*)\] in rknn\.config\(\)")
 _QUOTED = re.compile(r"['\"](\w+)['\"]")
 _RULE_EXCEPTION = re.compile(r"\._p_\w+\n\s*(\w+(?:Error|Exception)\b[^\n]*)")
 T = TypeVar("T")
+_RULE_FRAME = re.compile(r"rules/(\w+)\.py\", line \d+, in [\w.]+\._p_(\w+)")
 
 
 @dataclass
@@ -79,6 +78,30 @@ def advised_rules(log_text: str) -> list[str]:
     return list(dict.fromkeys(rules))
 
 
+def crashed_rule(log_text: str) -> tuple[str, str] | None:
+    """(rule, file) of the toolkit optimisation rule whose code raised, from the last traceback in the log."""
+    found = _RULE_FRAME.findall(log_text)
+    if not found:
+        return None
+    module, rule = found[-1]
+    return rule, f"rules/{module}.py"
+
+
+def rule_crash_error(rule: str, where: str, exception: str, tried: list[str]) -> tuple[str, str]:
+    """The sentence for a toolkit rule that crashed and that no retry fixed."""
+    if tried:
+        said = (f"; the build was retried with disable_rules {tried} (the toolkit's own advice) and rule {rule} "
+                "still crashed" if rule in tried else f"; retried with disable_rules {tried} (the toolkit's own "
+                "advice), the build then crashed in rule {rule}")
+    else:
+        said = ""
+    error = f"the toolkit's graph optimisation rule {rule} ({where}) crashed: {exception}{said}"
+    hint = (f"this is a bug in rknn-toolkit2's optimiser, not in your model: add `disable_rules: [{rule}]` to the "
+            "sidecar to skip that rule, try optimization_level: 2, or simplify the graph (e.g. onnxslim) and drop "
+            "it again")
+    return error, hint
+
+
 def rule_exception(log_text: str) -> str:
     """The exception a rule raised (e.g. "IndexError: list index out of range"), from its traceback in the log."""
     found = _RULE_EXCEPTION.findall(log_text)
@@ -87,8 +110,8 @@ def rule_exception(log_text: str) -> str:
 
 def _reason(crashes: list[tuple[str, str, str]], version: str) -> str:
     parts = [f"rule {rule} ({where}) crashed with {exc}" for rule, where, exc in crashes]
-    return (f"rknn-toolkit2 {version}'s graph optimiser failed to build this model ({'; then '.join(parts)}); its "
-            "log advised disabling the rule, which skips that one optimisation")
+    return (f"rknn-toolkit2 {version}'s graph optimiser failed to build this model ({'; then '.join(parts)}); "
+            "its log advised disabling the rule each time, which skips only that optimisation")
 
 
 def build_with_advice(attempt: Callable[[list[str]], T], log: LogWindow, user_rules: list[str] | None,

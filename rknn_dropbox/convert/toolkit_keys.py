@@ -111,17 +111,18 @@ def parse_toolkit_key(key: str, value: Any) -> Any:
 
 
 def toolkit_config_kwargs(options: Any, our_custom_string: str,
-                          extra_disable_rules: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+                          disable_rules: list[str] | None = None) -> dict[str, Any]:
     """The pass-through keys that differ from the toolkit's defaults, for rknn.config(**kwargs).
 
-    custom_string is ours with the user's appended; extra_disable_rules are the ones a retry added."""
+    custom_string is ours with the user's appended; disable_rules (when given) replaces the user's list: the
+    retry on the toolkit's advice passes the user's rules plus the ones it added."""
     kwargs: dict[str, Any] = {}
     for key, default in TOOLKIT_KEY_DEFAULTS.items():
         value = getattr(options, key, default)
         if key == "custom_string":
             kwargs[key] = f"{our_custom_string}; {value}" if value else our_custom_string
         elif key == "disable_rules":
-            rules = list(dict.fromkeys([*(value or []), *extra_disable_rules]))
+            rules = list(dict.fromkeys(value or [] if disable_rules is None else disable_rules))
             if rules:
                 kwargs[key] = rules
         elif value != default:

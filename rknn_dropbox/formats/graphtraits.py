@@ -10,6 +10,11 @@ Dim = Union[int, str]  # a fixed size, or the name of a symbolic one ("batch", "
 DATA_DEPENDENT_OPS = ("NonMaxSuppression", "NonZero")
 SHAPE_ONLY_OPS = ("Shape", "Size")  # their output depends on an input's shape, which is fixed once inputs are
 SUBGRAPH_OPS = ("If", "Loop", "Scan")
+DATA_DEPENDENT_ERROR = ("the model computes an output shape from its data (NMS / TopK / NonZero), which the NPU "
+                        "cannot run")
+DATA_DEPENDENT_HINT = ("export it without post-processing, e.g. a torchvision detector's backbone and head only "
+                       "(raw boxes and scores as outputs), and run box decoding and NMS on the CPU; or cut the graph "
+                       "before NonMaxSuppression with the sidecar key `outputs: [...]`")
 
 
 @dataclass(frozen=True)
@@ -132,3 +137,30 @@ def yolo_head(model: Any) -> YoloHead | None:
 def graph_traits(model: Any) -> GraphTraits:
     """Everything above for one loaded onnx.ModelProto (load it with load_external_data=False)."""
     return GraphTraits(graph_inputs(model), data_dependent_nodes(model), yolo_head(model))
+
+
+def data_dependent_error(nodes: list[str]) -> tuple[str, str]:
+    """The sentence for a graph whose output shapes depend on its input values (nodes: what was found)."""
+    nodes = sorted(nodes, key=lambda n: not n.startswith("NonMaxSuppression"))  # the telling one first
+    shown = ", ".join(nodes[:3]) + (f" and {len(nodes) - 3} more" if len(nodes) > 3 else "")
+    return DATA_DEPENDENT_ERROR + (f": {shown}" if shown else ""), DATA_DEPENDENT_HINT
+
+
+def yolo_warnings(head: YoloHead, quantized: bool) -> list[str]:
+    """What result.json says about a stock Ultralytics head; the graph itself is never rewritten."""
+    task = {"segment": "segmentation", "pose": "pose", "obb": "oriented-box"}.get(head.task, "detection")
+    outputs = ", ".join(head.concat_outputs)
+    notes = [
+        f"this is a stock Ultralytics YOLO {task} export ({head.source}): its output {outputs} holds the decoded "
+        "boxes (DFL softmax and box decoding inside the graph) concatenated with the class scores. The Rockchip "
+        "model zoo exports YOLO differently for the NPU: one output per scale (boxes and scores split), with DFL "
+        "and the post-processing (decoding, NMS) left to the CPU; this model was converted as dropped, without "
+        "rewriting its graph",
+    ]
+    if quantized:
+        notes.append(
+            "int8 on a concatenated box+score output loses accuracy: box coordinates (up to the input size, "
+            "hundreds) and scores (0 to 1) share one tensor and so one quantization scale, which leaves the scores "
+            "only a few of the 256 steps; check the detections, or build fp16 (do_quantization: false), or export "
+            "as the Rockchip model zoo does (split outputs, DFL and decoding on the CPU)")
+    return notes

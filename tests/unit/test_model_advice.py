@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from rknn_dropbox.convert.options import OptionsError, parse_convert_options
 from rknn_dropbox.convert.rulefix import LogWindow, RuleCrash, advised_rules, build_with_advice, rule_exception
-from rknn_dropbox.convert.shapes import ShapeError, plan_input_shapes
 from rknn_dropbox.convert.toolkit_keys import toolkit_config_kwargs
-from rknn_dropbox.formats.graphtraits import GraphInput
+from rknn_dropbox.convert.toolkit_log import explain_toolkit_error
+from rknn_dropbox.formats.graphtraits import GraphInput, data_dependent_nodes, graph_inputs
+from rknn_dropbox.formats.onnx_shapes import ShapeError, plan_input_shapes
 
 # what rknn-toolkit2 2.5.0 logs when building a stock yolov8n.onnx (colour codes as in the raw log)
 CRASH_LOG = """\x1b[1;33mW\x1b[0m \x1b[1;33mYou can add disable_rules=['seperate_conv_rs_split'] in rknn.config() to \
@@ -112,7 +114,7 @@ def test_toolkit_keys_pass_through_typed_and_custom_string_is_appended() -> None
     opts = parse_convert_options({"disable_rules": "seperate_conv_rs_split", "remove_reshape": True,
                                   "op_target": {"Conv_3": "CPU"}, "custom_string": "camera-7",
                                   "dynamic_input": [[1, 3, 320, 320], [1, 3, 640, 640]]}, "m.yaml")
-    kwargs = toolkit_config_kwargs(opts, "rknn-dropbox job 5", extra_disable_rules=["r2"])
+    kwargs = toolkit_config_kwargs(opts, "rknn-dropbox job 5", ["seperate_conv_rs_split", "r2"])
     assert kwargs == {"disable_rules": ["seperate_conv_rs_split", "r2"], "remove_reshape": True,
                       "op_target": {"Conv_3": "cpu"}, "custom_string": "rknn-dropbox job 5; camera-7",
                       "dynamic_input": [[[1, 3, 320, 320]], [[1, 3, 640, 640]]]}
@@ -130,3 +132,34 @@ def test_toolkit_keys_pass_through_typed_and_custom_string_is_appended() -> None
 def test_bad_toolkit_keys_name_the_key(raw: dict, needle: str) -> None:
     with pytest.raises(OptionsError, match=needle):
         parse_convert_options(raw, "m.yaml")
+
+
+def _graph(nodes: list, initializers: list | None = None) -> Any:
+    from onnx import TensorProto, helper
+    return helper.make_model(helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.INT64, None)], initializer=initializers or []))
+
+
+def test_only_value_dependent_nonzero_and_nms_count_as_data_dependent() -> None:
+    import numpy as np
+    from onnx import helper, numpy_helper
+    on_data = _graph([helper.make_node("Relu", ["x"], ["r"]), helper.make_node("NonZero", ["r"], ["y"], name="nz")])
+    assert data_dependent_nodes(on_data) == ["NonZero 'nz'"]
+    on_shape = _graph([helper.make_node("Shape", ["x"], ["s"]), helper.make_node("NonZero", ["s"], ["y"])])
+    assert data_dependent_nodes(on_shape) == []
+    on_constant = _graph([helper.make_node("NonZero", ["c"], ["y"])], [numpy_helper.from_array(np.ones(3), "c")])
+    assert data_dependent_nodes(on_constant) == []
+    assert graph_inputs(on_data)[0].describe() == "x [batch, 3, 8, 8]"
+
+
+@pytest.mark.parametrize("logged, needle", [
+    ("ValueError: The input 0 of NonZero('/detector/NonZero') need to be constant! It will cause the graph to be a "
+     "dynamic graph!", "from its data (NMS / TopK / NonZero), which the NPU cannot run: NonZero '/detector/NonZero'"),
+    ("E build: Reshape node /Reshape_3: Input shape:{1,3103,1,4}, requested shape:{1,3084,1,4}",
+     "computes an output shape from its data"),
+    ("numpy.core._exceptions._ArrayMemoryError: Unable to allocate 9.00 GiB for an array", "ran out of memory"),
+])
+def test_toolkit_failures_for_models_people_bring_are_sentences(logged: str, needle: str) -> None:
+    error, hint = explain_toolkit_error(logged)
+    assert needle in error and hint
