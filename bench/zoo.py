@@ -198,6 +198,12 @@ def report(corpus: dict[str, zoo.ModelInfo], daemon: tuple[float, dict[str, Outc
     if loop:
         print(f"in-process loop: {loop[0]:.1f} s; daemon / (loop / 2) = {t_d / (loop[0] / 2):.2f} "
               "(goal <= 1.10)")
+        refused = [drop_name(n, m) for n, i in corpus.items() if i.expect == "data-dependent" for m in zoo.MODES]
+        if refused:
+            rest = loop[0] - sum(loop[1][n].seconds for n in refused)
+            print(f"in-process loop without {', '.join(refused)} (the daemon refuses them before building; the "
+                  f"toolkit fails them after {sum(loop[1][n].seconds for n in refused):.0f} s): {rest:.1f} s; "
+                  f"daemon / (that / 2) = {t_d / (rest / 2):.2f}")
 
 
 def main() -> None:

@@ -32,6 +32,7 @@ class Outcome:
 
 def _write_shape_drops(staging: Path) -> list[str]:
     zoo.write_symbolic_conv(staging / "batch-sym.onnx", ["batch", 3, 16, 16])
+    (staging / "batch-sym.yaml").write_text("custom_string: camera-7\nmodel_pruning: true\nremove_reshape: true\n")
     zoo.write_symbolic_conv(staging / "hw-sym.onnx", ["batch", 3, "height", "width"])
     zoo.write_symbolic_conv(staging / "hw-dyn.onnx", ["batch", 3, "height", "width"])
     (staging / "hw-dyn.yaml").write_text("dynamic_input: [[[1, 3, 16, 16]], [[1, 3, 24, 24]]]\n")
@@ -113,6 +114,7 @@ def test_symbolic_input_dims(outcomes: dict[str, Outcome]) -> None:
     assert batch.delivered, batch
     assert any("symbolic batch dimension (batch): built for batch 1" in w for w in batch.data["warnings"]), batch
     assert _verification(batch)["status"] == "passed", batch
+    assert b"camera-7" in (batch.folder / "batch-sym.rknn").read_bytes()  # the user's custom_string, after ours
 
     open_dims = outcomes["hw-sym"]
     assert not open_dims.delivered, open_dims

@@ -163,3 +163,19 @@ def test_only_value_dependent_nonzero_and_nms_count_as_data_dependent() -> None:
 def test_toolkit_failures_for_models_people_bring_are_sentences(logged: str, needle: str) -> None:
     error, hint = explain_toolkit_error(logged)
     assert needle in error and hint
+
+
+def test_a_workaround_build_that_fails_verification_is_not_delivered_and_both_stories_are_told(tmp_path: Path) -> None:
+    from rknn_dropbox.convert.rulefix import Workaround
+    from rknn_dropbox.convert.target import _refuse_unproven
+    from rknn_dropbox.convert.toolkit_log import ConversionError
+    built = tmp_path / "m.rknn"
+    built.write_bytes(b"rknn")
+    workaround = Workaround(["seperate_conv_rs_split"], "rule seperate_conv_rs_split crashed with IndexError")
+    _refuse_unproven(workaround, {"status": "passed"}, built)
+    assert built.exists()
+    with pytest.raises(ConversionError) as info:
+        _refuse_unproven(workaround, {"status": "below_threshold", "min_cosine": 0.999,
+                                      "outputs": [{"name": "output0", "cosine": 0.42}]}, built)
+    assert "rule seperate_conv_rs_split crashed" in info.value.error and "cosine 0.42" in info.value.error
+    assert not built.exists()
