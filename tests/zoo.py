@@ -235,16 +235,24 @@ def write_symbolic_conv(path: Path, input_dims: list[Any], size: int = 16) -> Pa
 
 # ---- the exports (run in the child process only) --------------------------------------------------------------------
 
-def register_torchvision_ops() -> None:
-    """Define torchvision::nms / qnms so the CUDA torchvision wheel imports against a CPU torch (see above)."""
+def register_torchvision_ops() -> bool:
+    """Define torchvision::nms / qnms when torchvision's own ops library cannot load (see above); True if defined."""
+    import importlib.util
+
     import torch
-    schema = "(Tensor dets, Tensor scores, float iou_threshold) -> Tensor"
+    spec = importlib.util.find_spec("torchvision")
+    native = next(Path(list(spec.submodule_search_locations or [])[0]).glob("_C*.so"), None) if spec else None
     try:
-        torch.library.define("torchvision::nms", schema)
-    except RuntimeError:  # already there: a torchvision whose native library loads, or a second call
-        return
+        if native is not None:
+            torch.ops.load_library(str(native))
+            return False  # a torchvision built for this torch: its ops are there
+    except (OSError, RuntimeError):
+        pass
+    schema = "(Tensor dets, Tensor scores, float iou_threshold) -> Tensor"
+    torch.library.define("torchvision::nms", schema)
     torch.library.define("torchvision::qnms", schema)
     torch.library.impl("torchvision::nms", "CPU")(_nms_cpu)
+    return True
 
 
 def _torchvision_has_ops() -> bool:
@@ -345,9 +353,9 @@ def _main(argv: list[str]) -> int:
         print("usage: zoo.py build DIR [NAME...]", file=sys.stderr)
         return 2
     folder = Path(argv[1])
-    register_torchvision_ops()
-    import torchvision.extension
-    torchvision.extension._has_ops = _torchvision_has_ops  # its nms wrappers check this before calling the op
+    if register_torchvision_ops():
+        import torchvision.extension
+        torchvision.extension._has_ops = _torchvision_has_ops  # its nms wrappers check this before calling the op
     for name in argv[2:] or DEFAULT_NAMES:
         print(f"exporting {name}", flush=True)
         os.chdir(folder)  # Ultralytics writes its export next to the yaml's name in the cwd
