@@ -126,10 +126,11 @@ def box_factory(tmp_path: Path) -> Iterator[Callable[..., Box]]:
 
 
 def drop_with_fault(model: Path, inbox: Path, name: str, fault: str) -> None:
-    """Drop `model` as <name> with a test-only fault injected into its worker (the box needs env FAULTS):
-    "slow" sleeps RKNN_DROPBOX_FAULT_SLOW_SECONDS first, others segfault / exit / hang / oom / abort / raise."""
+    """Drop `model` as <name> with a sidecar, for a box whose env names the fault: {**FAULTS,
+    "RKNN_DROPBOX_FAULTS": "<name>=<fault>"} ("slow" sleeps RKNN_DROPBOX_FAULT_SLOW_SECONDS first, others
+    segfault / exit / hang / oom / abort / raise); faults are no sidecar key (convert/faults.py)."""
     sidecar = model.parent / f"{name}.fault.yaml"
-    sidecar.write_text(f"fault: {fault}\n")
+    sidecar.write_text(f"verify: true  # the fault ({fault}) comes from RKNN_DROPBOX_FAULTS\n")
     drop(sidecar, inbox / f"{name}.yaml")
     drop(model, inbox / f"{name}{model.suffix}")
 

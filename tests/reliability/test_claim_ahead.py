@@ -19,7 +19,8 @@ pytestmark = pytest.mark.slow
 
 def test_one_worker_claims_one_ahead_and_leaves_the_rest_in_inbox(box_factory, tmp_path: Path) -> None:
     box = box_factory(workers=1, settings={"claim_ahead": 1},
-                      env={**FAULTS, "RKNN_DROPBOX_FAULT_SLOW_SECONDS": "600"}).start()
+                      env={**FAULTS, "RKNN_DROPBOX_FAULTS": "slow=slow",
+                                                            "RKNN_DROPBOX_FAULT_SLOW_SECONDS": "600"}).start()
     src = tmp_path / "src"
     drop_with_fault(modelgen.write_onnx_conv(src / "slow.onnx"), box.inbox, "slow", "slow")
     slow = wait_for(lambda: next((t for t in box.tasks() if t["name"] == "slow" and t["status"] == "processing"),
