@@ -221,3 +221,14 @@ def yolov8n_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out
+
+
+@pytest.fixture(scope="session")
+def zoo_corpus(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The real-architecture corpus (tests/zoo.py): exported once, cached in the pytest cache per package versions."""
+    from zoo import build_corpus, corpus_available
+    why = corpus_available()
+    if why:
+        pytest.fail(f"the model corpus cannot be built: {why}")
+    cache = getattr(request.config, "cache", None)  # None with -p no:cacheprovider: build it for this session
+    return build_corpus(Path(cache.mkdir("zoo")) if cache is not None else tmp_path_factory.mktemp("zoo"))

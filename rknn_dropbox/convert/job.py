@@ -152,11 +152,21 @@ def _from_cache(cache: ResultCache, key: str, name: str, platforms: tuple[str, .
             entry["file"] = out_name
         result.targets.append(entry)
     result.warnings.extend(meta.get("warnings", []))
+    if meta.get("workarounds"):
+        result.extra["workarounds"] = meta["workarounds"]
     result.extra.update({"cached": True, "cache_of": meta.get("job_id"), "cache_key": key})
     if meta.get("verification") is not None:
         result.extra["verification"] = meta["verification"]
     print(f"cache hit {key[:16]}: outputs of job {meta.get('job_id')} ({meta.get('name')}) reused")
     return True
+
+
+def _record_workaround(result: ConversionResult, workaround: dict[str, Any], warning: str) -> None:
+    """result.json "workarounds" (once per distinct workaround, however many targets needed it) and its warning."""
+    applied = result.extra.setdefault("workarounds", [])
+    if workaround not in applied:
+        applied.append(workaround)
+        result.warnings.append(warning)
 
 
 def _build_targets(RKNN: Any, build: TargetBuild, name: str, result: ConversionResult,
@@ -171,9 +181,12 @@ def _build_targets(RKNN: Any, build: TargetBuild, name: str, result: ConversionR
             reason = target_error(build.spec, platform, build.quantize)
             if reason:
                 raise ConversionError(reason, "drop this platform from target_platform or change quantized_dtype")
-            target, verification = build_target(RKNN, build, platform, target_name(name, platforms, platform),
-                                                lambda stage, frac: progress(stage, base + frac * share))
+            target, verification, workaround = build_target(
+                RKNN, build, platform, target_name(name, platforms, platform),
+                lambda stage, frac: progress(stage, base + frac * share))
             result.targets.append(target)
+            if workaround is not None:
+                _record_workaround(result, workaround.to_json(), workaround.warning())
             if verification is not None:
                 verifications[platform] = verification
                 if verification.get("status") == "below_threshold":
@@ -218,6 +231,7 @@ def _convert(job: JobDir, name: str, defaults: ConvertOptions, progress: Progres
     result.extra["cached"] = False
     with _as_conversion_error():
         prepared = spec.fmt.prepare(spec, scratch)
+    result.warnings.extend(spec.fmt.warnings(spec, prepared, q.quantize))
     build = TargetBuild(spec, q.quantize, q.prequantized, prepared, job.output, job.job_id,
                         job.root / "conversion.raw", settings.lock_dir)
     try:
@@ -233,7 +247,8 @@ def _convert(job: JobDir, name: str, defaults: ConvertOptions, progress: Progres
             v.get("status") in ("below_threshold", "error") for v in verifications.values()):
         files = {t["platform"]: job.output / t["file"] for t in result.targets}
         cache.store(key, {"job_id": job.job_id, "name": name, "targets": result.targets,
-                          "warnings": result.warnings, "verification": verifications or None}, files)
+                          "warnings": result.warnings, "verification": verifications or None,
+                          "workarounds": result.extra.get("workarounds")}, files)
     progress("export", 97.0)
     return result
 

@@ -9,6 +9,7 @@ from typing import Any, Union
 
 import yaml
 
+from rknn_dropbox.convert.toolkit_keys import TOOLKIT_KEY_DEFAULTS, ToolkitKeyError, parse_toolkit_key
 from rknn_dropbox.convert.platforms import (
     NO_FP16_PLATFORMS, OPTIMIZATION_LEVELS, PLATFORMS, QUANTIZED_ALGORITHMS, QUANTIZED_DTYPES,
     QUANTIZED_METHODS, RENAMED_DTYPES, dtype_platform_error,
@@ -48,6 +49,17 @@ class ConvertOptions:
     toolkit_version: str | None = None
     runtime_version: str | None = None
     callback_url: str | None = None  # http(s) URL the daemon POSTs the final task JSON to (see callbacks.py)
+    # ---- the toolkit's own rknn.config() keys, passed through (types and checks: toolkit_keys.py) ----
+    disable_rules: list[str] | None = None                  # also added to by the retry on the toolkit's advice
+    dynamic_input: list[list[list[int]]] | None = None      # shape sets; verification runs at every one
+    op_target: dict[str, str] | None = None
+    quantized_hybrid_level: int = 0
+    float_dtype: str = "float16"
+    model_pruning: bool = False
+    remove_reshape: bool = False
+    enable_flash_attention: bool = False
+    custom_string: str | None = None                        # appended to ours ("rknn-dropbox <version> job <id>")
+    # ---- end of the toolkit's keys ----
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -162,6 +174,11 @@ def _parse_value(where: str, key: str, value: Any) -> Any:
             return None if value is None else check_version(key, value)
         except ToolkitError as exc:
             raise OptionsError(f"{where}: {exc}") from None
+    if key in TOOLKIT_KEY_DEFAULTS:  # the toolkit's own config() keys (toolkit_keys.py)
+        try:
+            return parse_toolkit_key(key, value)
+        except ToolkitKeyError as exc:
+            raise _fail(where, key, str(exc)) from None
     raise _fail(where, key, f"unknown key (allowed: {', '.join(ALLOWED_KEYS)})")  # pragma: no cover
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from rknn_dropbox.formats.graphtraits import DATA_DEPENDENT_HINT, data_dependent_error
 from rknn_dropbox.joblog import clean_log_text
 
 BAR_RE = re.compile(r"I (?P<label>[A-Za-z][A-Za-z0-9 ]*?)\s*:\s+(?P<pct>\d{1,3})%\|")
@@ -153,6 +154,15 @@ _ERROR_PATTERNS: list[tuple[re.Pattern[str], Callable[[re.Match[str]], tuple[str
                 "model?)", "trace the model instead: torch.jit.trace(model, example).save('model.pt')")),
     (re.compile(r"[Nn]ot support (?:the )?op(?:erator)?[ :]+'?(\w+)'?"),
      lambda m: (f"the toolkit does not support operator {m[1]}", "replace the operator or use a custom op")),
+    # data-dependent shapes the graph check did not see (e.g. a TFLite/TorchScript model): the toolkit's own words
+    (re.compile(r"input 0 of (\w+)\('([^']*)'\) need to be constant|It will cause the graph to be a dynamic graph"),
+     lambda m: data_dependent_error([f"{m[1]} '{m[2]}'"] if m[1] else [])),
+    (re.compile(r"Reshape[^\n]*Input shape:\{[\d,]+\}, requested shape:\{[\d,]+\}"),
+     lambda m: (data_dependent_error([])[0], DATA_DEPENDENT_HINT)),
+    (re.compile(r"MemoryError|std::bad_alloc|Cannot allocate memory|Unable to allocate \d"),
+     lambda m: ("the toolkit ran out of memory", "large inputs (e.g. 512x512 segmentation) need several GB for one "
+                "build: export at a smaller input size, run fewer workers, or give the machine (or "
+                "worker_memory_limit_mb) more memory")),
     (re.compile(r"input_size_list"),
      lambda m: ("the toolkit needs input_size_list for this model",
                 "add `input_size_list: [[1, 3, 224, 224]]` (one shape per input) to the sidecar")),

@@ -18,10 +18,13 @@ from rknn_dropbox.service.messages import (
 )
 from rknn_dropbox.service.worker import worker_main
 
+OUT_OF_MEMORY_HINT = ("one build of a large input takes several GB (a 512x512 segmentation model ~9 GB): export the "
+                      "model at a smaller input size, run fewer workers, or give the machine more memory")
 MEMORY_CHECK_SECONDS = 0.1  # how often busy workers' memory is read when worker_memory_limit_mb is set
 
 _SIGNAL_CAUSES = {
-    signal.SIGKILL: "worker killed by signal 9 (SIGKILL) — out of memory?",
+    signal.SIGKILL: "worker killed by signal 9 (SIGKILL): most likely the machine ran out of memory during the "
+                    "toolkit's build (the kernel's OOM killer ends the largest process)",
     signal.SIGSEGV: "worker crashed with signal 11 (SIGSEGV) in the toolkit's native code",
     signal.SIGABRT: "worker aborted with signal 6 (SIGABRT): the toolkit's native compiler gave up "
                     "(an unsupported quantized_dtype for this platform?)",
@@ -199,7 +202,9 @@ class WorkerPool:
                     cause = death_cause(slot.process.exitcode)
                     logger.error("worker {} (pid {}) died holding job {}: {}", slot.index, slot.process.pid,
                                  slot.job_id, cause)
-                    events.append(PoolEvent(EventKind.DIED, slot.job_id, WorkerDeath(cause, slot.process.exitcode)))
+                    events.append(PoolEvent(EventKind.DIED, slot.job_id, WorkerDeath(
+                        cause, slot.process.exitcode, OUT_OF_MEMORY_HINT if slot.process.exitcode == -signal.SIGKILL
+                        else None)))
                 elif not slot.stopping:
                     logger.warning("idle worker {} exited ({})", slot.index, death_cause(slot.process.exitcode))
                 self._replace(slot, self._after_death(slot))
