@@ -200,35 +200,3 @@ def toolkits_subset(root: Path, versions: tuple[str, ...]) -> Path:
         (root / version).symlink_to(toolkits_dir() / version, target_is_directory=True)
     return root
 
-
-YOLO_EXPORT = """
-import os, sys
-from pathlib import Path
-from ultralytics import YOLO
-out = Path(sys.argv[1])
-os.replace(YOLO("yolov8n.yaml").export(format="onnx", imgsz=320), out)
-"""
-
-
-@pytest.fixture(scope="session")
-def yolov8n_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A stock Ultralytics YOLOv8n ONNX export (random weights, 320x320): rknn-toolkit2 2.5.0 crashes in its
-    seperate_conv_rs_split rule on it, 2.3.2 builds it."""
-    folder = tmp_path_factory.mktemp("yolo")
-    out = folder / "yolov8n.onnx"
-    env = {**os.environ, "YOLO_OFFLINE": "1", "YOLO_CONFIG_DIR": str(folder / "cfg"), "YOLO_VERBOSE": "False"}
-    proc = subprocess.run([sys.executable, "-c", YOLO_EXPORT, str(out)], cwd=folder, env=env, capture_output=True,
-                          text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out
-
-
-@pytest.fixture(scope="session")
-def zoo_corpus(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """The real-architecture corpus (tests/zoo.py): exported once, cached in the pytest cache per package versions."""
-    from zoo import build_corpus, corpus_available
-    why = corpus_available()
-    if why:
-        pytest.fail(f"the model corpus cannot be built: {why}")
-    cache = getattr(request.config, "cache", None)  # None with -p no:cacheprovider: build it for this session
-    return build_corpus(Path(cache.mkdir("zoo")) if cache is not None else tmp_path_factory.mktemp("zoo"))

@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterator
 from rknn_dropbox import __version__
 from rknn_dropbox.convert.bundle import ModelSpec, inspect_bundle
 from rknn_dropbox.convert.cache import ResultCache, cache_key
-from rknn_dropbox.convert.faults import inject_fault
+from rknn_dropbox.convert.faults import inject_fault, injected_toolkit_crash
 from rknn_dropbox.convert.options import ConvertOptions, OptionsError, check_fp16_platforms, effective_quantization
 from rknn_dropbox.convert.target import TargetBuild, build_target, sha256_file, target_error, target_name
 from rknn_dropbox.convert.toolkit_log import (  # noqa: F401 (re-exported: the worker and the CLI import them here)
@@ -217,6 +217,11 @@ def _convert(job: JobDir, name: str, defaults: ConvertOptions, progress: Progres
     with _as_conversion_error():
         inject_fault(name)
         q = _decide_quantization(spec)
+    if injected_toolkit_crash(name, toolkit_version):
+        raise ConversionError("building failed: IndexError: list index out of range (injected)",
+                              crash={"error": "building failed: IndexError (injected)", "toolkit": toolkit_version,
+                                     "toolkit_version": spec.options.toolkit_version,
+                                     "runtime_version": spec.options.runtime_version})
     print(f"model: {spec.fmt.display} {spec.model.name}; quantization: {q.why}")
     result = _new_result(spec, q, job, toolkit_version)
     if settings.crashed:

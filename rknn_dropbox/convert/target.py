@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata as md
 import os
 import shutil
 from dataclasses import dataclass, replace
@@ -22,6 +21,7 @@ from rknn_dropbox.convert.toolkit_log import (
 )
 from rknn_dropbox.convert.verify import verify_target
 from rknn_dropbox.formats import FormatError
+from rknn_dropbox.toolkits import loaded_toolkit_version
 
 StageProgress = Callable[[str, float], None]
 
@@ -146,9 +146,10 @@ def _advised_build(RKNN: Any, b: TargetBuild, platform: str, call: Callable[...,
         return rknn
     try:
         return build_with_advice(attempt, LogWindow(b.raw_log), b.spec.options.disable_rules, ConversionError,
-                                 md.version("rknn-toolkit2"))
-    except RuleCrash as crash:
-        raise ConversionError(*rule_crash_error(crash.rule, crash.where, crash.exception, crash.tried)) from None
+                                 loaded_toolkit_version())
+    except RuleCrash as crash:  # no retry fixed it: another toolkit version may (the job's fallback)
+        error, hint = rule_crash_error(crash.rule, crash.where, crash.exception, crash.tried)
+        raise ConversionError(error, hint, crash={"error": error}) from None
 
 
 def _verify(rknn: Any, b: TargetBuild) -> dict[str, Any] | None:
@@ -171,7 +172,8 @@ def _refuse_unproven(workaround: Workaround | None, verification: dict[str, Any]
     if workaround is None or verification is None or verification.get("status") in ("passed", "skipped"):
         return
     final.unlink(missing_ok=True)
-    raise ConversionError(*failed_verification_story(workaround, verification))
+    error, hint = failed_verification_story(workaround, verification)
+    raise ConversionError(error, hint, crash={"error": error})  # the workaround broke it: another version may not
 
 
 def build_target(RKNN: Any, b: TargetBuild, platform: str, out_name: str, progress: StageProgress
