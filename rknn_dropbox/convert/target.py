@@ -147,8 +147,9 @@ def _advised_build(RKNN: Any, b: TargetBuild, platform: str, call: Callable[...,
     try:
         return build_with_advice(attempt, LogWindow(b.raw_log), b.spec.options.disable_rules, ConversionError,
                                  md.version("rknn-toolkit2"))
-    except RuleCrash as crash:
-        raise ConversionError(*rule_crash_error(crash.rule, crash.where, crash.exception, crash.tried)) from None
+    except RuleCrash as crash:  # no retry fixed it: another toolkit version may (the job's fallback, toolkits.py)
+        error, hint = rule_crash_error(crash.rule, crash.where, crash.exception, crash.tried)
+        raise ConversionError(error, hint, crash={"error": error}) from None
 
 
 def _verify(rknn: Any, b: TargetBuild) -> dict[str, Any] | None:
