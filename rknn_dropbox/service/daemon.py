@@ -18,7 +18,7 @@ from rknn_dropbox.intake.claims import callback_url_for, claim_bundle, claim_roo
 from rknn_dropbox.intake.hosts import touch_heartbeat
 from rknn_dropbox.intake.scanner import InboxScanner, Rejection
 from rknn_dropbox.intake.watcher import InboxWatcher
-from rknn_dropbox.intake.workarea import JobDir, mount_point, write_json_atomic
+from rknn_dropbox.intake.workarea import JobDir, write_json_atomic
 from rknn_dropbox.joblog import finish_log
 from rknn_dropbox.logsetup import setup_logging
 from rknn_dropbox.service.callbacks import CallbackSender
@@ -27,30 +27,13 @@ from rknn_dropbox.service.pool import WorkerPool
 from rknn_dropbox.service.recovery import Recovery
 from rknn_dropbox.service.reload import apply_live, changed_keys, push_live_settings
 from rknn_dropbox.service.results import Finisher
+from rknn_dropbox.service.startup import (  # noqa: F401  (StartupError, prepare_folders: re-exported)
+    StartupError, bind_status_server, open_store_path, prepare_folders, watcher_problem,
+)
 from rknn_dropbox.service.systemd import notify, watchdog_interval
 from rknn_dropbox.store import QUEUED, JobRecord, JobStore
 
 STATUS_SECONDS = 10.0  # how often STATUS= goes to systemd
-
-
-class StartupError(RuntimeError):
-    """The daemon cannot start (folders, filesystems); the message says what to fix."""
-
-
-def prepare_folders(cfg: Config) -> None:
-    """Create the folders and refuse a work area that is not on inbox's filesystem (claims are renames)."""
-    for p in (cfg.inbox, cfg.outbox, cfg.failed, cfg.state_dir, cfg.claim_dir):
-        try:
-            p.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StartupError(f"cannot create {p}: {exc.strerror}") from None
-        if not os.access(p, os.W_OK | os.X_OK):
-            raise StartupError(f"{p} is not writable by this user")
-    if os.stat(cfg.inbox).st_dev != os.stat(cfg.claim_dir).st_dev:
-        raise StartupError(
-            f"the work area {cfg.claim_dir} (mount {mount_point(cfg.claim_dir)}) is not on inbox's filesystem "
-            f"{cfg.inbox} (mount {mount_point(cfg.inbox)}): claims are atomic renames, which only work within one "
-            "filesystem; put work_dir on the same mount as inbox")
 
 
 class Daemon:
@@ -58,6 +41,8 @@ class Daemon:
 
     def __init__(self, cfg: Config, reloader: Callable[[], Config] | None = None) -> None:
         self.cfg = cfg
+        prepare_folders(cfg)
+        open_store_path(cfg)
         self.store = JobStore(cfg.store_path)
         self.scanner = InboxScanner(cfg.inbox, cfg.stable_seconds, cfg.bundle_timeout_seconds, cfg.max_file_size)
         self.pool = WorkerPool(cfg.workers, cfg.timeout_seconds, cfg.max_jobs_per_worker,
@@ -69,6 +54,8 @@ class Daemon:
         self.recovery = Recovery(self.store, self.finisher, self.queue)
         self.watcher: InboxWatcher | None = None
         self.server: Any = None
+        self.serving = False  # the status server's threads run (it may be bound and not yet serving)
+        self.started = False
         self.stopping = False
         self.reload_requested = False
         self._watchdog_every = watchdog_interval()
@@ -81,42 +68,56 @@ class Daemon:
 
     # ---- start-up and the loop --------------------------------------------------------------------------------
     def start(self) -> None:
-        """Recover, start the workers and the watcher, claim what waits, then tell systemd READY=1."""
+        """Check and bind what can fail (folders, store, port), recover, watch, start the workers, claim what
+        waits, serve status, then tell systemd READY=1. A failure here raises StartupError before any worker
+        exists, except for what `run()`'s finally tears down."""
         prepare_folders(self.cfg)
+        open_store_path(self.cfg)
+        if self.cfg.http.enabled:
+            self.server = bind_status_server(self.cfg, self.store, lambda: self.published_snapshot)
         touch_heartbeat(self.cfg.claim_dir)
         self.recovery.recover(self.cfg)
         self.recovery.take_over_stale_claims(self.cfg)
-        self.pool.start()
         self.start_watcher()
+        self.pool.start()
         self.scan_inbox()
         self.finisher.resend_pending()
         self.publish_snapshot()
         self.start_status_server()
+        self.started = True
         logger.info("rknn-dropbox {} ready: inbox {}, outbox {}, failed {}, {} workers", __version__,
                     self.cfg.inbox, self.cfg.outbox, self.cfg.failed, self.cfg.workers)
         notify("READY=1", f"STATUS={self.status_line()}")
 
     def start_watcher(self) -> None:
-        self.watcher = InboxWatcher(self.cfg.inbox, self.cfg.claim_dir.parent if self.cfg.work_dir is None
-                                    else self.cfg.claim_dir, self.cfg.poll, self.cfg.poll_interval_seconds)
-        self.pool.extra_fds = [self.watcher.read_fd]
-        self.watcher.start()
+        try:
+            watcher = InboxWatcher(self.cfg.inbox, self.cfg.claim_dir.parent if self.cfg.work_dir is None
+                                   else self.cfg.claim_dir, self.cfg.poll, self.cfg.poll_interval_seconds)
+        except OSError as exc:  # watchdog opens the inotify instance when the observer is made
+            raise StartupError(watcher_problem(exc)) from None
+        try:
+            watcher.start()
+        except OSError as exc:
+            watcher.close_pipe()
+            raise StartupError(watcher_problem(exc)) from None
+        self.watcher = watcher
+        self.pool.extra_fds = [watcher.read_fd]
 
     def start_status_server(self) -> None:
-        """The HTTP status endpoint (a thread that only reads); daemon.json says where it listens."""
-        if not self.cfg.http.enabled:
+        """Serve the bound status endpoint (a thread that only reads); daemon.json says where it listens."""
+        if self.server is None:
             return
-        from rknn_dropbox.status.server import StatusServer
-        self.server = StatusServer(self.cfg.http.host, self.cfg.http.port, self.store, lambda: self.published_snapshot)
         self.server.start()
+        self.serving = True
         write_json_atomic(self.cfg.state_dir / "daemon.json", {"pid": os.getpid(), "host": self.cfg.http.host,
                                                               "port": self.server.port})
         logger.info("status endpoint on http://{}:{}/", self.cfg.http.host, self.server.port)
 
     def run(self) -> int:
+        """Start, loop until SIGTERM/SIGINT, shut down; a failed start tears down whatever it had started."""
         self.install_signal_handlers()
-        self.start()
         try:
+            self.start()
             while not self.stopping:
                 self.step(timeout=0.5)
         finally:
@@ -326,10 +327,11 @@ class Daemon:
         """Drain running jobs for drain_seconds; what is left goes back to queued and resumes on the next start."""
         notify("STOPPING=1")
         self.publish_snapshot()  # stopping: /readyz answers 503 while running jobs drain
-        logger.info("shutting down: draining running jobs for up to {:.0f} s", self.cfg.drain_seconds)
+        if self.started:
+            logger.info("shutting down: draining running jobs for up to {:.0f} s", self.cfg.drain_seconds)
         if self.watcher:
             self.watcher.stop()
-        for job_id in self.pool.stop(self.cfg.drain_seconds, self.handle_event):
+        for job_id in self.pool.stop(self.cfg.drain_seconds if self.started else 0.0, self.handle_event):
             job = self._job_dir(job_id)
             if job:
                 shutil.rmtree(job.output, ignore_errors=True)
@@ -338,6 +340,9 @@ class Daemon:
             self.store.mark_queued(job_id)
             logger.info("job {} left queued; it resumes on the next start", job_id)
         self.callbacks.stop()
-        if self.server:
-            self.server.stop()
+        if self.server is not None:
+            if self.serving:
+                self.server.stop()
+            else:
+                self.server.listener.close()
         self.store.close()

@@ -240,7 +240,7 @@ class WorkerPool:
             except OSError:
                 pass
         for slot in self.slots:
-            if slot.job_id is not None:
+            if slot.job_id is not None or not slot.ready:  # still importing the toolkit: nothing to lose
                 slot.process.kill()
             slot.process.join(3)
             if slot.process.is_alive():
