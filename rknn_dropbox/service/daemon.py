@@ -14,8 +14,11 @@ from loguru import logger
 
 from rknn_dropbox import __version__
 from rknn_dropbox.config import Config, ConfigError, load_config
-from rknn_dropbox.intake.claims import callback_url_for, claim_bundle, claim_room
+from rknn_dropbox.intake.claims import (
+    ClaimError, callback_url_for, claim_bundle, claim_problem, claim_room, new_job_id,
+)
 from rknn_dropbox.intake.hosts import touch_heartbeat
+from rknn_dropbox.intake.parked import ParkedEntries
 from rknn_dropbox.intake.scanner import InboxScanner, Rejection
 from rknn_dropbox.intake.watcher import InboxWatcher
 from rknn_dropbox.intake.workarea import JobDir, write_json_atomic
@@ -51,7 +54,9 @@ class Daemon:
         self.queue: deque[str] = deque()
         self.callbacks = CallbackSender(self.store)
         self.finisher = Finisher(self.store, cfg.outbox, cfg.failed, self.callbacks)
-        self.recovery = Recovery(self.store, self.finisher, self.queue)
+        self.parked = ParkedEntries(cfg.inbox, cfg.state_dir)
+        self.scanner.skip = self.parked.holds
+        self.recovery = Recovery(self.store, self.finisher, self.queue, self.report_unclaimable)
         self.watcher: InboxWatcher | None = None
         self.server: Any = None
         self.serving = False  # the status server's threads run (it may be bound and not yet serving)
@@ -218,7 +223,12 @@ class Daemon:
 
     def claim(self, name: str, entries: list[str], kind: str,
               rejection: dict[str, Any] | None = None) -> JobDir | None:
-        job = claim_bundle(self.cfg.inbox, self.cfg.claim_dir, name, entries, kind, rejection=rejection)
+        try:
+            job = claim_bundle(self.cfg.inbox, self.cfg.claim_dir, name, entries, kind, rejection=rejection)
+        except ClaimError as exc:
+            self.scanner.forget(entries)
+            self.report_unclaimable(name, entries, exc)
+            return None
         self.scanner.forget(entries)
         if job is None:
             return None
@@ -227,6 +237,16 @@ class Daemon:
                                  callback_url=callback_url_for(job.input, self.cfg.convert.callback_url)))
         logger.info("claimed {} as job {} ({})", name, job.job_id, ", ".join(entries))
         return job
+
+    def report_unclaimable(self, name: str, entries: list[str], exc: ClaimError, job_id: str | None = None) -> None:
+        """A bundle that cannot be claimed is its own failure: error.json in failed/, its entries left in inbox
+        and not tried again until they change; the loop goes on."""
+        self.parked.park(entries)
+        error, hint = claim_problem(self.cfg.inbox, exc)
+        record = self.store.get(job_id) if job_id else None
+        self.finisher.report_unclaimable(record or JobRecord(id=job_id or new_job_id(), name=name,
+                                                             target=",".join(self.cfg.convert.target_platform)),
+                                         entries, error, hint)
 
     def reject(self, rejection: Rejection) -> None:
         job = self.claim(rejection.name, rejection.entries, "rejected",
@@ -281,7 +301,10 @@ class Daemon:
     def _finish_log(self, job_id: str) -> None:
         job = self._job_dir(job_id)
         if job:
-            finish_log(job)
+            try:
+                finish_log(job)
+            except OSError as exc:  # a full disk: the job still fails and delivers, with the raw log
+                logger.warning("job {}: cannot finish conversion.log: {}", job_id, exc.strerror)
 
     def apply_cancellations(self) -> None:
         """Cancel what `rknn-dropbox cancel` flagged in the store: a queued job leaves the queue, a running one

@@ -5,11 +5,12 @@ from __future__ import annotations
 import shutil
 from collections import deque
 from pathlib import Path
+from typing import Callable
 
 from loguru import logger
 
 from rknn_dropbox.config import Config
-from rknn_dropbox.intake.claims import finish_claim
+from rknn_dropbox.intake.claims import ClaimError, finish_claim
 from rknn_dropbox.intake.delivery import find_delivered, repair_interrupted_delivery
 from rknn_dropbox.intake.hosts import take_over_stale_claims
 from rknn_dropbox.intake.workarea import MANIFEST, JobDir
@@ -24,10 +25,12 @@ LOST_ERROR = ("its files were no longer in the work area (another host takes ove
 class Recovery:
     """Turns job folders found in our claim folder back into queued jobs (or finished ones)."""
 
-    def __init__(self, store: JobStore, finisher: Finisher, queue: deque[str]) -> None:
+    def __init__(self, store: JobStore, finisher: Finisher, queue: deque[str],
+                 unclaimable: Callable[..., None]) -> None:
         self.store = store
         self.finisher = finisher
         self.queue = queue
+        self.unclaimable = unclaimable  # (name, entries, ClaimError, job_id): report a claim that cannot finish
 
     def recover(self, cfg: Config) -> None:
         """Re-queue whatever a previous run left claimed; finish deliveries a crash interrupted."""
@@ -39,6 +42,9 @@ class Recovery:
             except FileNotFoundError:
                 logger.warning("job {} vanished from the work area while resuming it (taken over by another host?)",
                                job_id)
+            except OSError as exc:  # one job's trouble never stops the start (nor loops it): it stays for later
+                logger.error("job {}: cannot resume it ({}); it stays in the work area {}", job_id,
+                             exc.strerror or exc, job.root)
         for record in self.store.iter_unfinished():
             if record.id in on_disk:
                 continue
@@ -55,8 +61,9 @@ class Recovery:
         for taken in take_over_stale_claims(cfg.claim_dir, cfg.stale_claim_seconds):
             try:
                 self.resume_claim(cfg, JobDir(taken.root), f"host {taken.host}, which stopped beating")
-            except FileNotFoundError:
-                continue
+            except OSError as exc:
+                logger.warning("job {} taken over from host {}: cannot resume it yet ({})", taken.job_id, taken.host,
+                               exc.strerror or exc)
 
     def resume_claim(self, cfg: Config, job: JobDir, left_by: str) -> None:
         """Queue a job folder found in our claim folder (left by a crash, or taken over from a dead host)."""
@@ -64,7 +71,11 @@ class Recovery:
             shutil.rmtree(job.root, ignore_errors=True)  # died before the claim began
             return
         manifest = job.manifest()
-        finish_claim(cfg.inbox, job)
+        try:
+            finish_claim(cfg.inbox, job)
+        except ClaimError as exc:
+            self.unclaimable(manifest["name"], list(manifest.get("entries", [])), exc, job.job_id)
+            return
         record = self._record_for(cfg, job, manifest["name"])
         if record.status in FINAL_STATUSES:
             shutil.rmtree(job.root, ignore_errors=True)

@@ -11,7 +11,7 @@ from typing import Any
 from loguru import logger
 
 from rknn_dropbox import __version__
-from rknn_dropbox.intake.delivery import DeliveryError, deliver
+from rknn_dropbox.intake.delivery import DeliveryError, deliver, deliver_report
 from rknn_dropbox.intake.workarea import JobDir
 from rknn_dropbox.service.callbacks import PENDING, CallbackSender
 from rknn_dropbox.store import CANCELLED, COMPLETED, FAILED, FINAL_STATUSES, JobRecord, JobStore
@@ -42,6 +42,13 @@ def failure_payload(record: JobRecord, error: str, hint: str | None, stage: str 
     return {"task_id": record.id, "name": record.name, "status": FAILED, "error": error, "hint": hint,
             "stage": stage or record.stage, "format": record.format or None, "failed_at": time.time(),
             "log": "conversion.log", "rknn_dropbox_version": __version__}
+
+
+def unclaimable_payload(record: JobRecord, entries: list[str], error: str, hint: str) -> dict[str, Any]:
+    """error.json of a bundle that could not be claimed: its entries are still in inbox."""
+    return {"task_id": record.id, "name": record.name, "status": FAILED, "error": error, "hint": hint,
+            "stage": "claim", "format": None, "failed_at": time.time(), "left_in_inbox": entries,
+            "rknn_dropbox_version": __version__}
 
 
 def cancelled_payload(record: JobRecord, was: str) -> dict[str, Any]:
@@ -130,6 +137,22 @@ class Finisher:
         if not success:
             logger.warning("job {} ({}) failed: {} -> {}", job_id, record.name, payload.get("error"), folder)
         self.notify_callback(job_id)
+
+    def report_unclaimable(self, record: JobRecord, entries: list[str], error: str, hint: str) -> None:
+        """A bundle that could not be claimed: failed/<name>/error.json alone (its entries stay in inbox)."""
+        if self.store.get(record.id) is None:
+            self.store.add(record)
+        try:
+            folder = deliver_report(self.failed, record.name, record.id,
+                                    {ERROR_FILE: unclaimable_payload(record, entries, error, hint)})
+        except OSError as exc:
+            logger.error("cannot write the error report of {} to {}: {}", record.name, self.failed, exc.strerror)
+            self.store.mark_failed(record.id, error, hint, stage="claim")
+            return
+        self.store.mark_failed(record.id, error, hint, str(folder), stage="claim")
+        logger.error("could not claim {} ({}): {}; left in inbox -> {}", record.name, ", ".join(entries), error,
+                     folder)
+        self.notify_callback(record.id)
 
     def record_found_delivery(self, job_id: str, folder: Path, fname: str) -> None:
         """A crash came between delivering the job's folder and recording it: record it now, from that folder."""
