@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections import deque
 from pathlib import Path
@@ -13,11 +14,13 @@ from rknn_dropbox.config import Config
 from rknn_dropbox.intake.claims import ClaimError, finish_claim
 from rknn_dropbox.intake.delivery import find_delivered, repair_interrupted_delivery
 from rknn_dropbox.intake.hosts import take_over_stale_claims
+from rknn_dropbox.intake.scanner import split_name
 from rknn_dropbox.intake.workarea import MANIFEST, JobDir
 from rknn_dropbox.joblog import finish_log
 from rknn_dropbox.service.results import ERROR_FILE, RESULT_FILE, Finisher
 from rknn_dropbox.store import FINAL_STATUSES, PROCESSING, JobRecord, JobStore
 
+CLAIM_INTERRUPTED = "claim interrupted"
 LOST_ERROR = ("its files were no longer in the work area (another host takes over the claims of a host silent for "
               "stale_claim_seconds)")
 
@@ -68,7 +71,7 @@ class Recovery:
     def resume_claim(self, cfg: Config, job: JobDir, left_by: str) -> None:
         """Queue a job folder found in our claim folder (left by a crash, or taken over from a dead host)."""
         if not (job.root / MANIFEST).exists():
-            shutil.rmtree(job.root, ignore_errors=True)  # died before the claim began
+            self._without_manifest(cfg, job)
             return
         manifest = job.manifest()
         try:
@@ -82,6 +85,8 @@ class Recovery:
             return
         if self._finish_interrupted_delivery(cfg, job, record.name):
             return
+        if self.finisher.resume_pending(job.job_id, job.root):
+            return
         if manifest.get("rejection"):  # claimed only to be rejected: reject again rather than convert
             rejected = manifest["rejection"]
             self.finisher.fail(job.job_id, rejected["error"], rejected.get("hint"), stage="analyze")
@@ -92,6 +97,29 @@ class Recovery:
         self.store.mark_queued(job.job_id, attempts=record.attempts + 1)
         self.queue.append(job.job_id)
         logger.info("resuming job {} ({}) left by {}", job.job_id, record.name, left_by)
+
+    def _without_manifest(self, cfg: Config, job: JobDir) -> None:
+        """A job folder whose job.json is gone (a crash on NFS/SMB kept the renames, not the manifest): its inputs
+        go back to inbox, to be claimed afresh; one whose name is taken there meanwhile goes to failed/. Nothing
+        the user dropped is deleted."""
+        entries = sorted(os.listdir(job.input)) if job.input.is_dir() else []
+        for entry in entries:
+            if not os.path.lexists(cfg.inbox / entry):
+                os.rename(job.input / entry, cfg.inbox / entry)
+        left = sorted(os.listdir(job.input)) if job.input.is_dir() else []
+        record = self.store.get(job.job_id)
+        if not left:
+            if record is not None and record.status not in FINAL_STATUSES:
+                self.store.mark_failed(job.job_id, CLAIM_INTERRUPTED + ": its files went back to inbox and are "
+                                       "converted as a new job", stage="claim")
+            shutil.rmtree(job.root, ignore_errors=True)
+            if entries:
+                logger.warning("job {}: job.json was lost; {} put back into inbox", job.job_id, ", ".join(entries))
+            return
+        self._record_for(cfg, job, split_name(left[0])[0] if len(left) == 1 else job.job_id)
+        self.finisher.fail(job.job_id, CLAIM_INTERRUPTED + f": job.json was lost and {', '.join(left)} is taken "
+                           "in inbox again", "drop it again under another name if it still needs converting",
+                           stage="claim")
 
     def _record_for(self, cfg: Config, job: JobDir, name: str) -> JobRecord:
         """The job's store row, created when the store lost it (or never had it), pointing at the folder."""

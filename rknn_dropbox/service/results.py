@@ -12,12 +12,13 @@ from loguru import logger
 
 from rknn_dropbox import __version__
 from rknn_dropbox.intake.delivery import DeliveryError, deliver, deliver_report
-from rknn_dropbox.intake.workarea import JobDir
+from rknn_dropbox.intake.workarea import JobDir, write_json_atomic
 from rknn_dropbox.service.callbacks import PENDING, CallbackSender
 from rknn_dropbox.store import CANCELLED, COMPLETED, FAILED, FINAL_STATUSES, JobRecord, JobStore
 
 DELIVERY_RETRY_SECONDS = 30.0
 RESULT_FILE, ERROR_FILE = "result.json", "error.json"
+PENDING_DELIVERY = "delivery.json"  # in the job folder: the outcome of a finished job whose delivery waits
 
 
 # ---- the schema ---------------------------------------------------------------------------------------------------
@@ -123,6 +124,7 @@ class Finisher:
         except DeliveryError as exc:
             logger.error("job {}: {}; will retry in {:.0f} s", job_id, exc.strerror, DELIVERY_RETRY_SECONDS)
             self.store.mark_delivery_pending(job_id, exc.strerror)
+            self._persist_pending(record, success, payload)
             self.pending[job_id] = PendingDelivery(job_id, success, payload,
                                                    time.monotonic() + DELIVERY_RETRY_SECONDS)
             return
@@ -137,6 +139,28 @@ class Finisher:
         if not success:
             logger.warning("job {} ({}) failed: {} -> {}", job_id, record.name, payload.get("error"), folder)
         self.notify_callback(job_id)
+
+    def _persist_pending(self, record: JobRecord, success: bool, payload: dict[str, Any]) -> None:
+        """Keep the outcome with the job while its delivery waits, so a restart delivers it instead of converting
+        the job again."""
+        if (Path(record.work_path) / PENDING_DELIVERY).exists():
+            return
+        try:
+            write_json_atomic(Path(record.work_path) / PENDING_DELIVERY, {"success": success, "payload": payload})
+        except OSError as exc:
+            logger.warning("job {}: cannot keep its outcome on disk ({}); a restart would convert it again",
+                           record.id, exc.strerror)
+
+    def resume_pending(self, job_id: str, work_path: Path) -> bool:
+        """Deliver an outcome a previous run kept while its delivery waited; False when there is none."""
+        try:
+            kept = json.loads((work_path / PENDING_DELIVERY).read_text(encoding="utf-8"))
+            success, payload = bool(kept["success"]), dict(kept["payload"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+        logger.info("job {}: delivering the outcome kept from the previous run", job_id)
+        self.deliver(job_id, success, payload)
+        return True
 
     def report_unclaimable(self, record: JobRecord, entries: list[str], error: str, hint: str) -> None:
         """A bundle that could not be claimed: failed/<name>/error.json alone (its entries stay in inbox)."""
