@@ -56,6 +56,9 @@ class Config:
     host_id: str | None = None
     stale_claim_seconds: float = 600.0
     worker_memory_limit_mb: int = 0  # 0: no limit; else a worker over this resident size is killed, failing its job
+    # A job whose conversion was cut short this many times (the daemon died under it: a crash, an OOM kill of the
+    # service, a power loss) fails, listing every attempt's cause, instead of being retried without end.
+    max_attempts: int = 3
     cache: bool = True  # reuse the outputs of an earlier job with the same model bytes + config + toolkit
     cache_max_bytes: int = 2 * 1024 * 1024 * 1024  # the cache (state_dir/cache) evicts least recently used entries
     http: HttpConfig = field(default_factory=HttpConfig)
@@ -122,7 +125,7 @@ def _build_top(raw: dict[str, Any], base_dir: Path) -> dict[str, Any]:
         elif key == "cache":
             _check_type(key, value, bool)
             out[key] = value
-        elif key in ("workers", "max_jobs_per_worker", "max_file_size", "cache_max_bytes"):
+        elif key in ("workers", "max_jobs_per_worker", "max_file_size", "cache_max_bytes", "max_attempts"):
             _check_type(key, value, int)
             if value < 1:
                 raise ConfigError(f"{key}: must be at least 1, got {value}")

@@ -17,7 +17,7 @@ from rknn_dropbox.config import Config, ConfigError, load_config
 from rknn_dropbox.intake.claims import (
     ClaimError, callback_url_for, claim_bundle, claim_problem, claim_room, new_job_id,
 )
-from rknn_dropbox.intake.hosts import touch_heartbeat
+from rknn_dropbox.intake.hosts import Heartbeat
 from rknn_dropbox.intake.parked import ParkedEntries
 from rknn_dropbox.intake.scanner import InboxScanner, Rejection
 from rknn_dropbox.intake.watcher import InboxWatcher
@@ -64,7 +64,8 @@ class Daemon:
         self.stopping = False
         self.reload_requested = False
         self._watchdog_every = watchdog_interval()
-        self._last_watchdog = self._last_status = self._last_heartbeat = 0.0
+        self._last_watchdog = self._last_status = self._last_takeover = 0.0
+        self.heartbeat = Heartbeat(cfg.claim_dir, lambda: self.heartbeat_seconds)
         self._last_scan = self._last_full_scan = 0.0
         self._waiting = 0
         self._next_scan: float | None = None  # monotonic time when a waiting entry may have become stable
@@ -80,7 +81,7 @@ class Daemon:
         open_store_path(self.cfg)
         if self.cfg.http.enabled:
             self.server = bind_status_server(self.cfg, self.store, lambda: self.published_snapshot)
-        touch_heartbeat(self.cfg.claim_dir)
+        self.heartbeat.start()
         self.recovery.recover(self.cfg)
         self.recovery.take_over_stale_claims(self.cfg)
         self.start_watcher()
@@ -168,10 +169,10 @@ class Daemon:
 
     def keep_alive(self, now: float) -> None:
         """Heartbeat for the other hosts, stale-claim takeover, WATCHDOG=1 and STATUS= (each at its own pace)."""
-        if now - self._last_heartbeat >= min(30.0, self.cfg.stale_claim_seconds / 4):
-            self._last_heartbeat = now
-            touch_heartbeat(self.cfg.claim_dir)
+        if now - self._last_takeover >= self.heartbeat_seconds:  # the heartbeat itself beats from its own thread
+            self._last_takeover = now
             self.recovery.take_over_stale_claims(self.cfg)
+            self.drop_taken_claims()
         lines = []
         if self._watchdog_every is not None and now - self._last_watchdog >= self._watchdog_every:
             self._last_watchdog = now
@@ -181,6 +182,22 @@ class Daemon:
             lines.append(f"STATUS={self.status_line()}")
         if lines:
             notify(*lines)
+
+    @property
+    def heartbeat_seconds(self) -> float:
+        return min(30.0, self.cfg.stale_claim_seconds / 4)
+
+    def drop_taken_claims(self) -> None:
+        """Another host took over a job of ours (our heartbeat looked dead to it): stop converting it here and
+        deliver nothing; it is that host's job now."""
+        for job_id in [*self.pool.busy(), *self.queue]:
+            record = self.store.get(job_id)
+            if record is None or not record.work_path or Path(record.work_path).is_dir():
+                continue
+            self.pool.kill_job(job_id, "taken over")
+            if job_id in self.queue:
+                self.queue.remove(job_id)
+            self.finisher.drop_taken(job_id)
 
     def reload(self) -> None:
         """SIGHUP: re-read and validate the config; apply what can change live, keep the old one if invalid."""
@@ -354,6 +371,7 @@ class Daemon:
             logger.info("shutting down: draining running jobs for up to {:.0f} s", self.cfg.drain_seconds)
         if self.watcher:
             self.watcher.stop()
+        self.heartbeat.stop()
         for job_id in self.pool.stop(self.cfg.drain_seconds if self.started else 0.0, self.handle_event):
             job = self._job_dir(job_id)
             if job:

@@ -21,6 +21,7 @@ from rknn_dropbox.service.results import ERROR_FILE, RESULT_FILE, Finisher
 from rknn_dropbox.store import FINAL_STATUSES, PROCESSING, JobRecord, JobStore
 
 CLAIM_INTERRUPTED = "claim interrupted"
+INTERRUPTED = "the daemon stopped while converting it (a crash, an OOM kill of the service, a power loss)"
 LOST_ERROR = ("its files were no longer in the work area (another host takes over the claims of a host silent for "
               "stale_claim_seconds)")
 
@@ -92,11 +93,27 @@ class Recovery:
             self.finisher.fail(job.job_id, rejected["error"], rejected.get("hint"), stage="analyze")
             return
         shutil.rmtree(job.root / "tmp", ignore_errors=True)
-        if record.status == PROCESSING and job.output.exists():
-            finish_log(job)
-        self.store.mark_queued(job.job_id, attempts=record.attempts + 1)
+        if record.status == PROCESSING:
+            if job.output.exists():
+                finish_log(job)
+            if self._count_interrupted_attempt(cfg, record, left_by):
+                return
+        self.store.mark_queued(job.job_id)
         self.queue.append(job.job_id)
         logger.info("resuming job {} ({}) left by {}", job.job_id, record.name, left_by)
+
+    def _count_interrupted_attempt(self, cfg: Config, record: JobRecord, left_by: str) -> bool:
+        """A conversion the daemon died under counts as an attempt; at max_attempts the job fails, listing every
+        attempt's cause (a model that takes the whole service down is not retried without end). True if it failed."""
+        attempts = record.attempts + 1
+        causes = [*record.attempt_causes, f"attempt {attempts}: {INTERRUPTED} (left by {left_by})"]
+        self.store.record_interrupted_attempt(record.id, attempts, causes)
+        if attempts < cfg.max_attempts:
+            return False
+        self.finisher.fail(record.id, f"gave up after {attempts} attempts (max_attempts): " + "; ".join(causes),
+                           "converting this model seems to take the whole service down (memory?): try it alone with "
+                           "`rknn-dropbox convert` and watch its memory, or raise max_attempts")
+        return True
 
     def _without_manifest(self, cfg: Config, job: JobDir) -> None:
         """A job folder whose job.json is gone (a crash on NFS/SMB kept the renames, not the manifest): its inputs

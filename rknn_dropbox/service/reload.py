@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 # Read at every use by the loop, the scanner or the pool: safe to swap while running.
 LIVE_KEYS = ("convert", "timeout_seconds", "log_level", "stable_seconds", "bundle_timeout_seconds", "max_file_size",
              "rescan_seconds", "drain_seconds", "max_jobs_per_worker", "stale_claim_seconds",
-             "worker_memory_limit_mb", "claim_ahead")
+             "worker_memory_limit_mb", "claim_ahead", "max_attempts")
 
 
 def changed_keys(old: Config, new: Config) -> tuple[list[str], list[str]]:

@@ -18,6 +18,7 @@ from rknn_dropbox.store import CANCELLED, COMPLETED, FAILED, FINAL_STATUSES, Job
 
 DELIVERY_RETRY_SECONDS = 30.0
 RESULT_FILE, ERROR_FILE = "result.json", "error.json"
+TAKEN_OVER = "taken over by another host (this host looked dead to it)"
 PENDING_DELIVERY = "delivery.json"  # in the job folder: the outcome of a finished job whose delivery waits
 
 
@@ -40,9 +41,12 @@ def result_payload(record: JobRecord, result: dict[str, Any], finished: float) -
 
 def failure_payload(record: JobRecord, error: str, hint: str | None, stage: str | None) -> dict[str, Any]:
     """error.json of a failed (or rejected) job."""
-    return {"task_id": record.id, "name": record.name, "status": FAILED, "error": error, "hint": hint,
-            "stage": stage or record.stage, "format": record.format or None, "failed_at": time.time(),
-            "log": "conversion.log", "rknn_dropbox_version": __version__}
+    payload = {"task_id": record.id, "name": record.name, "status": FAILED, "error": error, "hint": hint,
+               "stage": stage or record.stage, "format": record.format or None, "failed_at": time.time(),
+               "log": "conversion.log", "rknn_dropbox_version": __version__}
+    if record.attempt_causes:
+        payload["attempt_causes"] = list(record.attempt_causes)  # earlier attempts the daemon died under
+    return payload
 
 
 def unclaimable_payload(record: JobRecord, entries: list[str], error: str, hint: str) -> dict[str, Any]:
@@ -118,6 +122,9 @@ class Finisher:
     def deliver(self, job_id: str, success: bool, payload: dict[str, Any]) -> None:
         """Move the job whole into outbox/ or failed/ and record it; when that fails, retry later."""
         record = self._record(job_id)
+        if not Path(record.work_path).is_dir():
+            self.drop_taken(job_id)
+            return
         try:
             folder = deliver(JobDir(Path(record.work_path)), self.outbox if success else self.failed, record.name,
                              {RESULT_FILE if success else ERROR_FILE: payload})
@@ -139,6 +146,13 @@ class Finisher:
         if not success:
             logger.warning("job {} ({}) failed: {} -> {}", job_id, record.name, payload.get("error"), folder)
         self.notify_callback(job_id)
+
+    def drop_taken(self, job_id: str) -> None:
+        """The job's folder left our work area (another host took the claim over): deliver nothing, record why."""
+        self.pending.pop(job_id, None)
+        logger.warning("job {}: its claim was taken over by another host; dropping this host's work on it", job_id)
+        self.store.mark_failed(job_id, TAKEN_OVER, "it is converted and delivered by the host that took it over; if "
+                               "this host was only busy, raise stale_claim_seconds", stage="taken over")
 
     def _persist_pending(self, record: JobRecord, success: bool, payload: dict[str, Any]) -> None:
         """Keep the outcome with the job while its delivery waits, so a restart delivers it instead of converting
