@@ -40,6 +40,7 @@ class JobRecord:
     callback_url: str | None = None  # where the final task JSON is POSTed; never shown in the task JSON
     callback_status: str | None = None  # "pending", "delivered (HTTP 200)", "failed after 4 attempts: ..."
     attempt_causes: list[str] = field(default_factory=list)  # why each earlier attempt ended without an outcome
+    peak_rss_mb: float | None = None  # the worker's peak resident memory during the job (its last attempt)
 
     @property
     def duration(self) -> float | None:
@@ -66,7 +67,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY, name TEXT NOT NULL, format TEXT, status TEXT NOT NULL, progress REAL, stage TEXT,
     target TEXT, created_at REAL, started_at REAL, finished_at REAL, error TEXT, hint TEXT, work_path TEXT,
     output_dir TEXT, outputs TEXT, warnings TEXT, attempts INTEGER, cancel_requested INTEGER, worker_pid INTEGER,
-    updated_at REAL, callback_url TEXT, callback_status TEXT, attempt_causes TEXT
+    updated_at REAL, callback_url TEXT, callback_status TEXT, attempt_causes TEXT,
+    peak_rss_mb REAL
 );
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status);
 CREATE INDEX IF NOT EXISTS jobs_created ON jobs(created_at);
@@ -107,9 +109,10 @@ class JobStore:
         with self._conn() as conn:
             conn.executescript(_SCHEMA)
             have = {row["name"] for row in conn.execute("PRAGMA table_info(jobs)")}
-            for column in ("callback_url", "callback_status", "attempt_causes"):  # stores older than these columns
+            for column, kind in (("callback_url", "TEXT"), ("callback_status", "TEXT"), ("attempt_causes", "TEXT"),
+                                 ("peak_rss_mb", "REAL")):  # stores older than these columns
                 if column not in have:
-                    conn.execute(f"ALTER TABLE jobs ADD COLUMN {column} TEXT")
+                    conn.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
 
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -159,6 +162,9 @@ class JobStore:
     def record_interrupted_attempt(self, job_id: str, attempts: int, causes: list[str]) -> None:
         """An attempt ended without an outcome (the daemon died under it): counted, with its cause."""
         self.update(job_id, attempts=attempts, attempt_causes=causes)
+
+    def record_peak_rss(self, job_id: str, peak_rss_mb: float) -> None:
+        self.update(job_id, peak_rss_mb=round(peak_rss_mb, 1))
 
     def mark_processing(self, job_id: str, worker_pid: int) -> None:
         """Handed to worker `worker_pid`."""

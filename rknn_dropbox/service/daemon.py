@@ -24,6 +24,7 @@ from rknn_dropbox.intake.watcher import InboxWatcher
 from rknn_dropbox.intake.workarea import JobDir, write_json_atomic
 from rknn_dropbox.joblog import finish_log
 from rknn_dropbox.logsetup import setup_logging
+from rknn_dropbox.service.admission import JobSize, MemoryAdmission, MemoryHistory, Running, job_size
 from rknn_dropbox.service.callbacks import CallbackSender
 from rknn_dropbox.service.messages import EventKind, JobDone, JobProgress, JobTimeout, PoolEvent, WorkerDeath, WorkOrder
 from rknn_dropbox.service.pool import WorkerPool
@@ -49,7 +50,10 @@ class Daemon:
         self.store = JobStore(cfg.store_path)
         self.scanner = InboxScanner(cfg.inbox, cfg.stable_seconds, cfg.bundle_timeout_seconds, cfg.max_file_size)
         self.pool = WorkerPool(cfg.workers, cfg.timeout_seconds, cfg.max_jobs_per_worker,
-                               memory_limit_mb=cfg.worker_memory_limit_mb)
+                               memory_limit_mb=cfg.worker_memory_limit_mb, max_rss_mb=cfg.worker_max_rss_mb)
+        self.admission = MemoryAdmission(MemoryHistory.load(cfg.state_dir), cfg.memory_reserve_mb) \
+            if cfg.memory_admission else None
+        self.sizes: dict[str, JobSize] = {}  # running jobs: what admission estimated, what they are learned under
         self.reloader = reloader or (lambda: load_config(self.cfg.source))
         self.queue: deque[str] = deque()
         self.callbacks = CallbackSender(self.store)
@@ -280,12 +284,39 @@ class Daemon:
             record = self.store.get(job_id)
             if record is None or record.status != QUEUED:
                 continue
+            if not self.admit(record):
+                self.queue.appendleft(job_id)  # first in line still; retried on the next turn
+                return
             pid = self.pool.submit(self.work_order(record))
             if pid is None:  # pragma: no cover - idle_slots said yes
                 self.queue.appendleft(job_id)
                 return
             self.store.mark_processing(job_id, pid)
             logger.info("job {} ({}) started", job_id, record.name)
+
+    def admit(self, record: JobRecord) -> bool:
+        """Memory admission (service/admission.py): start the job only if its estimated peak fits."""
+        size = job_size(JobDir(Path(record.work_path)), self.admission.history if self.admission else None)
+        if self.admission is not None:
+            running = [Running(self.sizes[j].estimate_mb if j in self.sizes else 0.0, self.pool.rss_of(j))
+                       for j in self.pool.busy()]
+            if not self.admission.admit(record.id, size.estimate_mb, running):
+                return False
+        self.sizes[record.id] = size
+        return True
+
+    def record_peak(self, job_id: str, result: dict[str, Any] | None) -> None:
+        """A job ended: its peak memory into the store, its result, and the admission's history."""
+        sampled = self.pool.take_peak(job_id)
+        size = self.sizes.pop(job_id, None)
+        extra = result.setdefault("extra", {}) if result is not None else {}
+        peak = extra.get("peak_rss_mb") or sampled  # the converter's own high-water mark when it reports one
+        if not peak:
+            return
+        extra.setdefault("peak_rss_mb", round(peak, 1))
+        self.store.record_peak_rss(job_id, peak)
+        if self.admission is not None and size is not None:
+            self.admission.history.learn(size.key, size.model_mb, peak, self.pool.idle_rss_mb())
 
     def work_order(self, record: JobRecord) -> WorkOrder:
         return WorkOrder(record.id, record.work_path, record.name, self.cfg.convert.to_json(),
@@ -298,11 +329,13 @@ class Daemon:
         if event.kind is EventKind.PROGRESS and isinstance(detail, JobProgress):
             self.store.raise_progress(event.job_id, min(99.0, detail.progress), detail.stage)
         elif event.kind is EventKind.DONE and isinstance(detail, JobDone):
+            self.record_peak(event.job_id, detail.result if detail.ok else None)
             if detail.ok and detail.result is not None:
                 self.finisher.complete(event.job_id, detail.result)
             else:
                 self.finisher.fail(event.job_id, detail.error or "the worker reported no error", detail.hint)
         elif event.kind is EventKind.DIED and isinstance(detail, WorkerDeath):
+            self.record_peak(event.job_id, None)
             self._finish_log(event.job_id)
             self.finisher.fail(event.job_id, detail.cause, detail.hint or
                                "the toolkit ended the worker process; see conversion.log for its last words")
@@ -353,7 +386,8 @@ class Daemon:
                 "in_progress": len(self.pool.busy()), "watcher_alive": bool(self.watcher and self.watcher.is_alive()),
                 "waiting_in_inbox": self._waiting, "stopping": self.stopping,
                 "unwritable_folders": [str(f) for f in folders if not os.access(f, os.W_OK | os.X_OK)],
-                "callbacks_pending": self.callbacks.pending}
+                "callbacks_pending": self.callbacks.pending,
+                "waiting_for_memory": bool(self.admission and self.admission.waiting_for_memory)}
 
     def publish_snapshot(self) -> None:
         """Hand the status server a fresh snapshot (it never touches the pool or the watcher itself)."""
