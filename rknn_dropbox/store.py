@@ -41,6 +41,8 @@ class JobRecord:
     callback_status: str | None = None  # "pending", "delivered (HTTP 200)", "failed after 4 attempts: ..."
     attempt_causes: list[str] = field(default_factory=list)  # why each earlier attempt ended without an outcome
     peak_rss_mb: float | None = None  # the worker's peak resident memory during the job (its last attempt)
+    toolkit_version: str | None = None  # the rknn-toolkit2 that built the outputs
+    rknn_files: list[dict[str, Any]] = field(default_factory=list)  # each .rknn as read back from the file itself
 
     @property
     def duration(self) -> float | None:
@@ -51,15 +53,17 @@ class JobRecord:
     def to_task(self) -> dict[str, Any]:
         """The task JSON of the older HTTP API (task_id, status, progress) plus this design's fields."""
         d = {f.name: getattr(self, f.name) for f in fields(self)}  # not asdict(): its deep copies cost 5x
-        d["outputs"], d["warnings"] = list(self.outputs), list(self.warnings)
+        d["outputs"], d["warnings"], d["rknn_files"] = list(self.outputs), list(self.warnings), list(self.rknn_files)
         d["attempt_causes"] = list(self.attempt_causes)
         d["task_id"] = d.pop("id")
         d["duration"] = self.duration
         d.pop("callback_url", None)  # may carry a token
+        d.pop("work_path", None)  # no absolute server paths: the job folder's name in outbox/ or failed/ instead
+        d["output_dir"] = Path(self.output_dir).name if self.output_dir else None
         return d
 
 
-_JSON_FIELDS = {"outputs", "warnings", "attempt_causes"}
+_JSON_FIELDS = {"outputs", "warnings", "rknn_files", "attempt_causes"}
 _BOOL_FIELDS = {"cancel_requested"}
 _COLUMNS = [f.name for f in fields(JobRecord)]
 _SCHEMA = """
@@ -67,8 +71,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY, name TEXT NOT NULL, format TEXT, status TEXT NOT NULL, progress REAL, stage TEXT,
     target TEXT, created_at REAL, started_at REAL, finished_at REAL, error TEXT, hint TEXT, work_path TEXT,
     output_dir TEXT, outputs TEXT, warnings TEXT, attempts INTEGER, cancel_requested INTEGER, worker_pid INTEGER,
-    updated_at REAL, callback_url TEXT, callback_status TEXT, attempt_causes TEXT,
-    peak_rss_mb REAL
+    updated_at REAL, callback_url TEXT, callback_status TEXT, toolkit_version TEXT, rknn_files TEXT,
+    attempt_causes TEXT, peak_rss_mb REAL
 );
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status);
 CREATE INDEX IF NOT EXISTS jobs_created ON jobs(created_at);
@@ -109,7 +113,8 @@ class JobStore:
         with self._conn() as conn:
             conn.executescript(_SCHEMA)
             have = {row["name"] for row in conn.execute("PRAGMA table_info(jobs)")}
-            for column, kind in (("callback_url", "TEXT"), ("callback_status", "TEXT"), ("attempt_causes", "TEXT"),
+            for column, kind in (("callback_url", "TEXT"), ("callback_status", "TEXT"), ("toolkit_version", "TEXT"),
+                                 ("rknn_files", "TEXT"), ("attempt_causes", "TEXT"),
                                  ("peak_rss_mb", "REAL")):  # stores older than these columns
                 if column not in have:
                     conn.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
@@ -208,9 +213,12 @@ class JobStore:
             changes["outputs"] = outputs
         self.update(job_id, **changes)
 
-    def record_conversion(self, job_id: str, fmt: str, outputs: list[str], warnings: list[str], target: str) -> None:
-        """What a worker's successful conversion produced (before its delivery)."""
-        self.update(job_id, format=fmt, outputs=outputs, warnings=warnings, target=target)
+    def record_conversion(self, job_id: str, fmt: str, outputs: list[str], warnings: list[str], target: str,
+                          toolkit_version: str | None = None, rknn_files: list[dict[str, Any]] | None = None) -> None:
+        """What a worker's successful conversion produced (before its delivery): also the toolkit that built it and
+        what each .rknn says about itself."""
+        self.update(job_id, format=fmt, outputs=outputs, warnings=warnings, target=target,
+                    toolkit_version=toolkit_version, rknn_files=rknn_files or [])
 
     def set_work_path(self, job_id: str, work_path: str) -> None:
         self.update(job_id, work_path=work_path)
@@ -230,6 +238,15 @@ class JobStore:
             sql += " WHERE status = ?"
             args.append(status)
         sql += " ORDER BY created_at DESC, id DESC"
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(int(limit))
+        return [_from_row(r) for r in self._conn().execute(sql, args)]
+
+    def list_named(self, name: str, limit: int | None = None) -> list[JobRecord]:
+        """The jobs of one drop name, newest first."""
+        sql = "SELECT * FROM jobs WHERE name = ? ORDER BY created_at DESC, id DESC"
+        args: list[Any] = [name]
         if limit is not None:
             sql += " LIMIT ?"
             args.append(int(limit))

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Creates ./.venv (once) and installs rknn-dropbox with rknn-toolkit2 and a CPU-only torch.
 # Idempotent: re-running does nothing unless requirements/ or pyproject.toml changed.
-# Usage: scripts/setup-venv.sh [--test] [--tensorflow]   (--test includes TensorFlow: CI runs the real TF tests)
+# Usage: scripts/setup-venv.sh [--test] [--tensorflow]   (--test includes TensorFlow: CI runs the real TF tests,
+#        and installs chromium with apt when missing and run as root: the status page tests use it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3.11}
@@ -19,7 +20,20 @@ for arg in "$@"; do
     *) echo "unknown option: $arg" >&2; exit 2 ;;
   esac
 done
-stamp_input="$(cat pyproject.toml requirements/*.txt; echo "$extras $TORCH_SPEC")"
+# The status page tests drive a real headless chromium (Debian's package): installed with apt when it is missing
+# and this runs as root (CI does); otherwise those tests skip and say why.
+ensure_chromium() {
+  if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then return 0; fi
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing chromium (apt) for the status page tests" >&2
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } >/dev/null 2>&1 ||
+      echo "setup: warning: apt could not install chromium; the status page tests will skip" >&2
+  else
+    echo "setup: no chromium (the status page tests will skip): run 'apt-get install chromium' as root" >&2
+  fi
+}
+if [[ "$extras" == *test* ]]; then ensure_chromium; fi
+stamp_input="$(cat pyproject.toml requirements/*.txt config.example.toml; echo "$extras $TORCH_SPEC")"
 stamp="$VENV/.rknn-dropbox-stamp"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$(printf '%s' "$stamp_input" | sha256sum)" ]; then
   exit 0
@@ -37,6 +51,8 @@ echo "setup: installing rknn-toolkit2 (--no-deps) and its dependencies" >&2
 pip install -c "$pin" -r requirements/toolkit.txt
 pip install --no-deps -r requirements/rknn-toolkit2.txt
 if [[ "$extras" == *tensorflow* ]]; then pip install --no-deps -r requirements/tensorflow.txt; fi
+# the tests' model corpus (tests/zoo.py): torchvision + ultralytics, build-only, never the daemon's runtime
+if [[ "$extras" == *test* ]]; then pip install --no-deps -c "$pin" -r requirements/test-models.txt; fi
 pip install -c "$pin" -e ".${extras:+[$extras]}"
 "$VENV/bin/python" - <<'PY'
 import importlib.metadata as md, sys
@@ -46,4 +62,17 @@ if torch.version.cuda:
     print(f"setup: warning: torch {torch.__version__} is a CUDA build; a CPU build is enough", file=sys.stderr)
 print(f"setup: rknn-toolkit2 {md.version('rknn-toolkit2')}, torch {torch.__version__}, numpy {md.version('numpy')}", file=sys.stderr)
 PY
+# Every other rknn-toolkit2 version listed in config.example.toml's [toolkits] goes (--no-deps) into
+# $VENV/toolkits/<version>/, through the same command users run: rknn-dropbox toolkits install VERSION.
+others=$("$VENV/bin/python" - <<'PY'
+import importlib.metadata as md, tomllib
+versions = tomllib.load(open("config.example.toml", "rb")).get("toolkits", {}).get("versions", [])
+print(" ".join(v for v in versions if v != md.version("rknn-toolkit2")))
+PY
+)
+if [ -n "$others" ]; then
+  echo "setup: installing rknn-toolkit2 $others beside it (.venv/toolkits/)" >&2
+  # shellcheck disable=SC2086
+  "$VENV/bin/python" -m rknn_dropbox toolkits install $others
+fi
 printf '%s' "$stamp_input" | sha256sum > "$stamp"

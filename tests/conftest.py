@@ -166,3 +166,69 @@ def daemon_factory(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
 @pytest.fixture
 def daemon(daemon_factory: Callable[..., DaemonProcess]) -> DaemonProcess:
     return daemon_factory().start()
+
+
+@pytest.fixture(scope="session")
+def shared_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
+    """One daemon for the tests that only drop models and read what it did (status pages, submit): started once."""
+    d = DaemonProcess(tmp_path_factory.mktemp("shared") / "box").start()
+    yield d
+    try:
+        d.stop(timeout=30)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+EXTRA_TOOLKITS = ("2.3.2", "2.3.0")  # beside the venv's 2.5.0: installed once per run, as users do
+
+
+@pytest.fixture(scope="session")
+def extra_toolkits() -> tuple[str, ...]:
+    """rknn-toolkit2 2.3.2 and 2.3.0 in <venv>/toolkits/, installed through `rknn-dropbox toolkits install` (a no-op
+    when they are there already; CI installs them once per run, ~230 MB from PyPI)."""
+    proc = subprocess.run([sys.executable, "-m", "rknn_dropbox", "toolkits", "install", *EXTRA_TOOLKITS],
+                          capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return EXTRA_TOOLKITS
+
+
+def toolkits_subset(root: Path, versions: tuple[str, ...]) -> Path:
+    """A toolkits folder (for RKNN_DROPBOX_TOOLKITS_DIR) holding only `versions` of the installed ones, linked."""
+    from rknn_dropbox.toolkits import toolkits_dir
+    root.mkdir(parents=True, exist_ok=True)
+    for version in versions:
+        (root / version).symlink_to(toolkits_dir() / version, target_is_directory=True)
+    return root
+
+
+YOLO_EXPORT = """
+import os, sys
+from pathlib import Path
+from ultralytics import YOLO
+out = Path(sys.argv[1])
+os.replace(YOLO("yolov8n.yaml").export(format="onnx", imgsz=320), out)
+"""
+
+
+@pytest.fixture(scope="session")
+def yolov8n_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A stock Ultralytics YOLOv8n ONNX export (random weights, 320x320): rknn-toolkit2 2.5.0 crashes in its
+    seperate_conv_rs_split rule on it, 2.3.2 builds it."""
+    folder = tmp_path_factory.mktemp("yolo")
+    out = folder / "yolov8n.onnx"
+    env = {**os.environ, "YOLO_OFFLINE": "1", "YOLO_CONFIG_DIR": str(folder / "cfg"), "YOLO_VERBOSE": "False"}
+    proc = subprocess.run([sys.executable, "-c", YOLO_EXPORT, str(out)], cwd=folder, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="session")
+def zoo_corpus(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The real-architecture corpus (tests/zoo.py): exported once, cached in the pytest cache per package versions."""
+    from zoo import build_corpus, corpus_available
+    why = corpus_available()
+    if why:
+        pytest.fail(f"the model corpus cannot be built: {why}")
+    cache = getattr(request.config, "cache", None)  # None with -p no:cacheprovider: build it for this session
+    return build_corpus(Path(cache.mkdir("zoo")) if cache is not None else tmp_path_factory.mktemp("zoo"))

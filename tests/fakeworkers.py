@@ -49,3 +49,17 @@ def by_name(conn: Connection, parent_pid: int) -> None:
             return
         conn.send(JobDone(order.job_id, True, result={"pid": os.getpid()}))
     _serve(conn, behave)
+
+
+def reports_toolkit(conn: Connection, parent_pid: int, toolkit_folder: str | None = None) -> None:
+    """Answers every job with the toolkit folder it was started with (what it would put first on sys.path)."""
+    def behave(conn, order):
+        conn.send(JobDone(order.job_id, True, result={"toolkit_folder": toolkit_folder, "pid": os.getpid()}))
+    _serve(conn, behave)
+
+
+def broken_unless_default(conn: Connection, parent_pid: int, toolkit_folder: str | None = None) -> None:
+    """A worker whose toolkit folder does not import (it exits before saying ready); the default one works."""
+    if toolkit_folder:
+        os._exit(1)
+    reports_toolkit(conn, parent_pid)

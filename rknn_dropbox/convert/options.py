@@ -9,6 +9,7 @@ from typing import Any, Union
 
 import yaml
 
+from rknn_dropbox.convert.toolkit_keys import TOOLKIT_KEY_DEFAULTS, ToolkitKeyError, parse_toolkit_key
 from rknn_dropbox.convert.platforms import (
     NO_FP16_PLATFORMS, OPTIMIZATION_LEVELS, PLATFORMS, QUANTIZED_ALGORITHMS, QUANTIZED_DTYPES,
     QUANTIZED_METHODS, RENAMED_DTYPES, dtype_platform_error,
@@ -43,16 +44,26 @@ class ConvertOptions:
     verify: bool = True
     verify_strict: bool = False           # a verification below verify_min_cosine fails the job (else: a warning)
     verify_min_cosine: float | None = None  # None: 0.98 for int8 builds, 0.999 for fp16
+    # which rknn-toolkit2 builds the job (toolkits.py): exactly toolkit_version, or the newest installed one whose
+    # models the board's librknnrt runtime_version can load; neither: the first of [toolkits] versions
+    toolkit_version: str | None = None
+    runtime_version: str | None = None
     callback_url: str | None = None  # http(s) URL the daemon POSTs the final task JSON to (see callbacks.py)
-    # A test-only hook (honoured only when RKNN_DROPBOX_FAULT_INJECTION=1): segfault / exit / hang / oom / abort /
-    # raise / slow (sleeps RKNN_DROPBOX_FAULT_SLOW_SECONDS, default 5, then converts normally).
-    fault: str | None = None
+    # ---- the toolkit's own rknn.config() keys, passed through (types and checks: toolkit_keys.py) ----
+    disable_rules: list[str] | None = None                  # also added to by the retry on the toolkit's advice
+    dynamic_input: list[list[list[int]]] | None = None      # shape sets; verification runs at every one
+    op_target: dict[str, str] | None = None
+    quantized_hybrid_level: int = 0
+    float_dtype: str = "float16"
+    model_pruning: bool = False
+    remove_reshape: bool = False
+    enable_flash_attention: bool = False
+    custom_string: str | None = None                        # appended to ours ("rknn-dropbox <version> job <id>")
+    # ---- end of the toolkit's keys ----
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["target_platform"] = list(self.target_platform)
-        if d.get("fault") is None:
-            d.pop("fault", None)
         return d
 
     def to_public_json(self) -> dict[str, Any]:
@@ -72,7 +83,7 @@ class ConvertOptions:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
-ALLOWED_KEYS = tuple(f.name for f in fields(ConvertOptions) if f.name != "fault")
+ALLOWED_KEYS = tuple(f.name for f in fields(ConvertOptions))
 
 
 def _fail(where: str, key: str, msg: str) -> OptionsError:
@@ -157,8 +168,17 @@ def _parse_value(where: str, key: str, value: Any) -> Any:
                                       and len(value) <= 2048 and not any(c.isspace() for c in value)):
             raise _fail(where, key, f"expected an http:// or https:// URL, got {value!r}")
         return value
-    if key == "fault":
-        return _choice(where, key, value, ("segfault", "exit", "hang", "oom", "abort", "raise", "slow"))
+    if key in ("toolkit_version", "runtime_version"):
+        from rknn_dropbox.toolkits import ToolkitError, check_version
+        try:
+            return None if value is None else check_version(key, value)
+        except ToolkitError as exc:
+            raise OptionsError(f"{where}: {exc}") from None
+    if key in TOOLKIT_KEY_DEFAULTS:  # the toolkit's own config() keys (toolkit_keys.py)
+        try:
+            return parse_toolkit_key(key, value)
+        except ToolkitKeyError as exc:
+            raise _fail(where, key, str(exc)) from None
     raise _fail(where, key, f"unknown key (allowed: {', '.join(ALLOWED_KEYS)})")  # pragma: no cover
 
 
@@ -168,8 +188,6 @@ def parse_convert_options(raw: Any, where: str, base: ConvertOptions | None = No
     if not isinstance(raw, dict):
         raise OptionsError(f"{where}: expected a mapping of option: value, got {type(raw).__name__}")
     allowed = set(ALLOWED_KEYS)
-    if os.environ.get("RKNN_DROPBOX_FAULT_INJECTION") == "1":
-        allowed.add("fault")
     changes: dict[str, Any] = {}
     for key, value in raw.items():
         if not isinstance(key, str) or key not in allowed:
@@ -270,7 +288,7 @@ def check_fp16_platforms(opts: ConvertOptions, quantize: bool) -> None:
 
 MODEL_CONFIG_KEYS = ("name", "platform", "model_file_path", "pt_file_path", "prototxt_file_path",
                      "caffemodel_file_path", "darknet_cfg_path", "darknet_weights_path", "quantize", "dataset",
-                     "configs", "subgraphs")
+                     "configs", "subgraphs", "toolkit_version", "runtime_version")
 MODEL_CONFIG_CONFIGS = ("quantized_dtype", "mean_values", "std_values", "channel_mean_value", "quant_img_RGB2BGR",
                         "quantized_algorithm", "quantized_method", "optimization_level", "target_platform",
                         "single_core_mode", "compress_weight")
@@ -343,6 +361,9 @@ def model_config_to_options(raw: dict[str, Any], where: str) -> tuple[dict[str, 
         native["do_quantization"] = _str_bool(where, "quantize", model["quantize"])
     if model.get("dataset"):
         native["dataset"] = model["dataset"]
+    for key in ("toolkit_version", "runtime_version"):  # no such key in rknn_convert: ours, beside quantize
+        if model.get(key) is not None:
+            native[key] = model[key]
     configs = model.get("configs") or {}
     if not isinstance(configs, dict):
         raise OptionsError(f"{where}: configs: expected a mapping")

@@ -10,22 +10,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from rknn_dropbox.formats import PAIR_EXTS, SINGLE_MODEL_EXTS, SUPPORTED_HINT, is_checkpoint_ext
+from rknn_dropbox.intake.archives import ARCHIVE_SUFFIXES as ARCHIVE_EXTS
+
+__all__ = ["PAIR_EXTS", "SINGLE_MODEL_EXTS", "ARCHIVE_EXTS", "SIDECAR_EXTS", "is_checkpoint_ext", "is_ignored",
+           "split_name", "InboxScanner"]
+
 IGNORED_PATTERNS = ("Thumbs.db", "desktop.ini", "*.part", "*.tmp", "*.crdownload", "~*", "@eaDir", "__MACOSX")
-SINGLE_MODEL_EXTS = (".onnx", ".tflite", ".pt", ".pth", ".pytorch", ".torchscript", ".pb")
-ARCHIVE_EXTS = (".tar.gz", ".tgz", ".tar", ".zip")
 SIDECAR_EXTS = (".yaml", ".yml")
-# one half of a two-file model -> (the partner's extension, what the pair is called)
-PAIR_EXTS = {
-    ".cfg": (".weights", "Darknet"),
-    ".weights": (".cfg", "Darknet"),
-    ".prototxt": (".caffemodel", "Caffe"),
-    ".caffemodel": (".prototxt", "Caffe"),
-}
-
-
-def is_checkpoint_ext(ext: str) -> bool:
-    """The parts of a TensorFlow checkpoint: .meta, .index, .data-00000-of-00001."""
-    return ext in (".meta", ".index") or ext.startswith(".data-")
 
 
 def is_ignored(name: str) -> bool:
@@ -241,11 +233,25 @@ class InboxScanner:
         else:
             result.waiting += len(entries)
 
+    def _pair(self, stem: str, members: dict[str, str], halves: list[str], sidecars: list[str], waited: float,
+              result: ScanResult) -> None:
+        """A two-file model (.cfg + .weights, .prototxt + .caffemodel): ready, still waiting, or timed out."""
+        exts = {members[h] for h in halves}
+        partner_ext, family = PAIR_EXTS[members[halves[0]]]
+        if len(halves) == 2 and partner_ext in exts:
+            result.ready.append(Bundle(stem, sorted(halves + sidecars), "file"))
+        elif waited >= self.bundle_timeout_seconds:
+            missing = f"{stem}{partner_ext}"
+            result.rejected.append(Rejection(stem, sorted(halves + sidecars),
+                                             f"incomplete {family} model: {missing} never arrived",
+                                             f"copy {halves[0]} and {missing} into the inbox together "
+                                             f"(waited {int(waited)} s, bundle_timeout_seconds)"))
+        else:
+            result.waiting += len(halves) + len(sidecars)
+
     def _group(self, stem: str, members: dict[str, str], seen: dict[str, _Seen], now: float,
                result: ScanResult) -> None:
-        by_ext: dict[str, list[str]] = {}
-        for name, ext in members.items():
-            by_ext.setdefault(ext, []).append(name)
+        """Sort one stem's entries into a ready bundle, a wait, or rejections."""
         sidecars = [n for n, e in members.items() if e in SIDECAR_EXTS]
         models = [n for n, e in members.items() if e in SINGLE_MODEL_EXTS or e in ARCHIVE_EXTS]
         halves = [n for n, e in members.items() if e in PAIR_EXTS]
@@ -259,8 +265,7 @@ class InboxScanner:
             sidecars = []
         for name in others:
             result.rejected.append(Rejection(name, [name], f"{name} is not a model file",
-                                             "rknn-dropbox converts .onnx, .tflite, .pt/.pth, .pb, .cfg+.weights, "
-                                             ".prototxt+.caffemodel, or a folder/archive holding one"))
+                                             SUPPORTED_HINT))
         if len(sidecars) > 1:
             result.rejected.append(Rejection(stem, sorted(members), f"more than one sidecar for {stem}: "
                                              f"{', '.join(sorted(sidecars))}", "keep one .yaml per model"))
@@ -275,19 +280,7 @@ class InboxScanner:
             result.ready.append(Bundle(stem, sorted(models + sidecars), "file"))
             return
         if halves:
-            exts = {members[h] for h in halves}
-            partner_ext, family = PAIR_EXTS[members[halves[0]]]
-            if len(halves) == 2 and partner_ext in exts:
-                result.ready.append(Bundle(stem, sorted(halves + sidecars), "file"))
-                return
-            if waited >= self.bundle_timeout_seconds:
-                missing = f"{stem}{partner_ext}"
-                result.rejected.append(Rejection(stem, sorted(halves + sidecars),
-                                                 f"incomplete {family} model: {missing} never arrived",
-                                                 f"copy {halves[0]} and {missing} into the inbox together "
-                                                 f"(waited {int(waited)} s, bundle_timeout_seconds)"))
-            else:
-                result.waiting += len(halves) + len(sidecars)
+            self._pair(stem, members, halves, sidecars, waited, result)
             return
         if sidecars:
             if waited >= self.bundle_timeout_seconds:

@@ -34,6 +34,7 @@ from rknn_dropbox.service.results import Finisher
 from rknn_dropbox.service.startup import (  # noqa: F401  (StartupError, prepare_folders: re-exported)
     StartupError, bind_status_server, open_store_path, prepare_folders, watcher_problem,
 )
+from rknn_dropbox.service.routing import ToolkitRouter, missing_default, toolkit_folder
 from rknn_dropbox.service.systemd import notify, watchdog_interval
 from rknn_dropbox.store import QUEUED, JobRecord, JobStore
 
@@ -49,8 +50,10 @@ class Daemon:
         open_store_path(cfg)
         self.store = JobStore(cfg.store_path)
         self.scanner = InboxScanner(cfg.inbox, cfg.stable_seconds, cfg.bundle_timeout_seconds, cfg.max_file_size)
+        self.router = ToolkitRouter(cfg.toolkits.default)
         self.pool = WorkerPool(cfg.workers, cfg.timeout_seconds, cfg.max_jobs_per_worker,
-                               memory_limit_mb=cfg.worker_memory_limit_mb, max_rss_mb=cfg.worker_max_rss_mb)
+                               memory_limit_mb=cfg.worker_memory_limit_mb, max_rss_mb=cfg.worker_max_rss_mb,
+                               default_toolkit=cfg.toolkits.default, toolkit_folder=toolkit_folder)
         self.admission = MemoryAdmission(MemoryHistory.load(cfg.state_dir), cfg.memory_reserve_mb) \
             if cfg.memory_admission else None
         self.sizes: dict[str, JobSize] = {}  # running jobs: what admission estimated, what they are learned under
@@ -83,6 +86,9 @@ class Daemon:
         exists, except for what `run()`'s finally tears down."""
         prepare_folders(self.cfg)
         open_store_path(self.cfg)
+        problem = missing_default(self.cfg.toolkits.default)
+        if problem:
+            raise StartupError(problem)
         if self.cfg.http.enabled:
             self.server = bind_status_server(self.cfg, self.store, lambda: self.published_snapshot)
         self.heartbeat.start()
@@ -278,21 +284,32 @@ class Daemon:
         self.finisher.fail(job.job_id, rejection.error, rejection.hint, stage="analyze")
 
     def dispatch(self) -> None:
-        """Hand queued jobs to idle workers."""
-        while self.queue and self.pool.idle_slots() and not self.stopping:
-            job_id = self.queue.popleft()
+        """Hand queued jobs to idle workers of the toolkit each needs; make room for versions without one."""
+        waiting: dict[str, int] = {}
+        for job_id in list(self.queue):
+            if not self.pool.idle_slots() or self.stopping:
+                break
             record = self.store.get(job_id)
             if record is None or record.status != QUEUED:
+                self.queue.remove(job_id)
+                continue
+            toolkit = self.router.toolkit_of(job_id)
+            if toolkit in self.pool.broken_toolkits:
+                self.queue.remove(job_id)
+                self.finisher.fail(job_id, self.router.broken(job_id, toolkit), "run `rknn-dropbox toolkits`")
                 continue
             if not self.admit(record):
-                self.queue.appendleft(job_id)  # first in line still; retried on the next turn
-                return
-            pid = self.pool.submit(self.work_order(record))
-            if pid is None:  # pragma: no cover - idle_slots said yes
-                self.queue.appendleft(job_id)
-                return
+                break  # memory: the queue waits, in order, until the running jobs' peaks leave room
+            pid = self.pool.submit(self.work_order(record), toolkit)
+            if pid is None:
+                self.sizes.pop(job_id, None)
+                waiting[toolkit] = waiting.get(toolkit, 0) + 1
+                continue
+            self.queue.remove(job_id)
             self.store.mark_processing(job_id, pid)
-            logger.info("job {} ({}) started", job_id, record.name)
+            logger.info("job {} ({}) started with rknn-toolkit2 {}", job_id, record.name, toolkit)
+        for toolkit, count in waiting.items():
+            self.pool.make_room(toolkit, count, set(waiting))
 
     def admit(self, record: JobRecord) -> bool:
         """Memory admission (service/admission.py): start the job only if its estimated peak fits."""
@@ -321,7 +338,7 @@ class Daemon:
     def work_order(self, record: JobRecord) -> WorkOrder:
         return WorkOrder(record.id, record.work_path, record.name, self.cfg.convert.to_json(),
                          str(self.cfg.cache_dir) if self.cfg.cache else None, self.cfg.cache_max_bytes,
-                         str(self.cfg.state_dir))
+                         str(self.cfg.state_dir), **self.router.order_fields(record.id))
 
     # ---- what workers report, and cancellation ----------------------------------------------------------------
     def handle_event(self, event: PoolEvent) -> None:
@@ -330,10 +347,16 @@ class Daemon:
             self.store.raise_progress(event.job_id, min(99.0, detail.progress), detail.stage)
         elif event.kind is EventKind.DONE and isinstance(detail, JobDone):
             self.record_peak(event.job_id, detail.result if detail.ok else None)
-            if detail.ok and detail.result is not None:
+            retry = self.router.retry(event.job_id, detail)  # another toolkit version: back to the queue's front
+            if retry is not None:
+                logger.warning("job {}: {}", event.job_id, retry.reason)
+                self.store.mark_queued(event.job_id)
+                self.queue.appendleft(event.job_id)
+            elif detail.ok and detail.result is not None:
+                self.router.forget(event.job_id)
                 self.finisher.complete(event.job_id, detail.result)
             else:
-                self.finisher.fail(event.job_id, detail.error or "the worker reported no error", detail.hint)
+                self.finisher.fail(event.job_id, self.router.final_error(event.job_id, detail), detail.hint)
         elif event.kind is EventKind.DIED and isinstance(detail, WorkerDeath):
             self.record_peak(event.job_id, None)
             self._finish_log(event.job_id)
@@ -386,7 +409,7 @@ class Daemon:
                 "in_progress": len(self.pool.busy()), "watcher_alive": bool(self.watcher and self.watcher.is_alive()),
                 "waiting_in_inbox": self._waiting, "stopping": self.stopping,
                 "unwritable_folders": [str(f) for f in folders if not os.access(f, os.W_OK | os.X_OK)],
-                "callbacks_pending": self.callbacks.pending,
+                "callbacks_pending": self.callbacks.pending, "worker_toolkits": self.pool.toolkits(),
                 "waiting_for_memory": bool(self.admission and self.admission.waiting_for_memory)}
 
     def publish_snapshot(self) -> None:

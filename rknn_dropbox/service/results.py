@@ -39,6 +39,12 @@ def result_payload(record: JobRecord, result: dict[str, Any], finished: float) -
     }
 
 
+def rknn_files(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each delivered .rknn as the converter read it back from the file (format, compiler, target, tensors)."""
+    return [{"file": t["file"], "platform": t["platform"], **t["rknn"]} for t in result["targets"]
+            if t.get("ok") and isinstance(t.get("rknn"), dict)]
+
+
 def failure_payload(record: JobRecord, error: str, hint: str | None, stage: str | None) -> dict[str, Any]:
     """error.json of a failed (or rejected) job."""
     payload = {"task_id": record.id, "name": record.name, "status": FAILED, "error": error, "hint": hint,
@@ -108,7 +114,8 @@ class Finisher:
         record = self._record(job_id)
         payload = result_payload(record, result, time.time())
         self.store.record_conversion(job_id, result["format"], [o["name"] for o in payload["outputs"]],
-                                     result["warnings"], ",".join(payload["target_platform"]))
+                                     result["warnings"], ",".join(payload["target_platform"]),
+                                     result.get("toolkit_version"), rknn_files(result))
         self.deliver(job_id, True, payload)
 
     def fail(self, job_id: str, error: str, hint: str | None, stage: str | None = None) -> None:

@@ -1,0 +1,86 @@
+"""ONNX: recognising a ModelProto, reading its graph once (shapes, outputs, QDQ nodes, traits), loading, onnxruntime."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rknn_dropbox.formats.base import Format, FormatError, ToolkitCall
+from rknn_dropbox.formats.graphtraits import GraphTraits, data_dependent_error, graph_traits, yolo_warnings
+from rknn_dropbox.formats.onnx_shapes import ShapeError, ShapePlan, plan_input_shapes
+
+_QDQ_OPS = ("QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul")
+
+
+@dataclass
+class OnnxFacts:
+    """What the converter needs to know of an ONNX graph, read once when the file is checked."""
+    input_shapes: list[list[int]]     # graph inputs that are not initializers
+    output_names: list[str]
+    prequantized: bool                # QuantizeLinear/DequantizeLinear/QLinear* nodes
+    traits: GraphTraits | None = None  # symbolic input dims, data-dependent shapes, a YOLO head
+
+
+class Onnx(Format):
+    name, display, family = "onnx", "ONNX", "onnx"
+    extensions = (".onnx",)
+    toolkit_ext = ".onnx"
+    reference_name = "onnxruntime"
+
+    def sniff(self, head: bytes, text: str, path: Path) -> bool:
+        return head[:1] == b"\x08" and b"\x12" in head[:64]  # ModelProto: field 1 (ir_version) varint first
+
+    def check(self, model: Path, weights: Path | None) -> OnnxFacts:
+        import onnx  # the worker has onnx (a toolkit dependency); the daemon never calls this
+        hint = "the file may be truncated or not ONNX at all: export or copy it again"
+        try:
+            m = onnx.load(str(model), load_external_data=False)
+        except Exception as exc:  # noqa: BLE001 - any decode failure means "not a valid ONNX file"
+            raise FormatError(f"{model.name} is not a valid ONNX model ({type(exc).__name__}: "
+                              f"{str(exc)[:200] or 'cannot parse'})", hint) from None
+        if not m.graph.node:
+            raise FormatError(f"{model.name} is not a valid ONNX model: its graph has no nodes", hint)
+        initializers = {i.name for i in m.graph.initializer}
+        return OnnxFacts(
+            input_shapes=[[d.dim_value for d in i.type.tensor_type.shape.dim] for i in m.graph.input
+                          if i.name not in initializers],
+            output_names=[o.name for o in m.graph.output],
+            prequantized=any(n.op_type in _QDQ_OPS for n in m.graph.node), traits=graph_traits(m))
+
+    def is_prequantized(self, spec: Any) -> bool:
+        return spec.facts is not None and spec.facts.prequantized
+
+    def prepare(self, spec: Any, scratch: Path) -> ShapePlan:
+        """Refuse a graph whose output shapes depend on its data; decide the input shapes (a symbolic batch: 1)."""
+        o, traits = spec.options, spec.facts.traits
+        if traits.data_dependent and not o.outputs:  # `outputs:` may cut the graph before them
+            raise FormatError(*data_dependent_error(traits.data_dependent))
+        if o.inputs:  # the user names the inputs (a cut graph): their shapes as given
+            return ShapePlan(o.input_size_list, o.inputs, o.dynamic_input,
+                             list(o.dynamic_input or ([o.input_size_list] if o.input_size_list else [])))
+        try:
+            return plan_input_shapes(traits.inputs, o.input_size_list, o.dynamic_input)
+        except ShapeError as exc:
+            raise FormatError(exc.error, exc.hint) from None
+
+    def warnings(self, spec: Any, prepared: Any, quantize: bool) -> list[str]:
+        yolo = spec.facts.traits.yolo
+        return list(prepared.warnings) + (yolo_warnings(yolo, quantize) if yolo else [])
+
+    def load(self, rknn: Any, spec: Any, call: ToolkitCall, model: str, prepared: ShapePlan) -> None:
+        call("loading", rknn.load_onnx, model=model, inputs=prepared.inputs, outputs=spec.options.outputs,
+             input_size_list=prepared.input_size_list)
+
+    def verify_io(self, spec: Any, prepared: ShapePlan) -> tuple[list[list[int]], list[str] | None]:
+        shapes = prepared.verify_shapes[0] if prepared.verify_shapes else spec.facts.input_shapes
+        return shapes, spec.facts.output_names
+
+    def reference(self, spec: Any, prepared: Any, inputs: list[Any]) -> list[Any]:
+        import onnxruntime as ort
+        sess = ort.InferenceSession(str(spec.model), providers=["CPUExecutionProvider"])
+        names = [i.name for i in sess.get_inputs()]
+        return sess.run(None, dict(zip(names, inputs)))
+
+
+FORMAT = Onnx()
