@@ -55,7 +55,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return Daemon(cfg, reloader=lambda: _load(args)).run()
     except StartupError as exc:
         logger.error("cannot start: {}", exc)
-        return 2
+        return 1
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
@@ -156,12 +156,21 @@ def _partners(src: Path) -> list[Path]:
 
 def check_environment(cfg: Config) -> list[str]:
     """Problems that would stop the daemon from working, as sentences; empty when all is well."""
-    from rknn_dropbox.service.daemon import StartupError, prepare_folders
+    from rknn_dropbox.service.startup import (
+        StartupError, check_inotify, check_port, open_store_path, prepare_folders,
+    )
     problems: list[str] = []
     try:
         prepare_folders(cfg)
+        open_store_path(cfg)
     except StartupError as exc:
         problems.append(str(exc))
+    if cfg.http.enabled:
+        busy = check_port(cfg.http.host, cfg.http.port)
+        if busy:
+            problems.append(busy)
+    if cfg.poll is not True and (inotify := check_inotify()):
+        problems.append(inotify)
     problems += check_toolkits(cfg)
     try:
         watches = int(Path("/proc/sys/fs/inotify/max_user_watches").read_text())

@@ -66,6 +66,16 @@ class Config:
     host_id: str | None = None
     stale_claim_seconds: float = 600.0
     worker_memory_limit_mb: int = 0  # 0: no limit; else a worker over this resident size is killed, failing its job
+    # A job whose conversion was cut short this many times (the daemon died under it: a crash, an OOM kill of the
+    # service, a power loss) fails, listing every attempt's cause, instead of being retried without end.
+    max_attempts: int = 3
+    # Memory admission: a queued job starts only when the estimated peaks of the running jobs plus its own fit in
+    # MemAvailable minus memory_reserve_mb (estimates learned per format in state_dir/memory.json). workers stays
+    # the upper bound. A worker whose resident memory after a job stays above worker_max_rss_mb (0: never) is
+    # replaced by a fresh one.
+    memory_admission: bool = True
+    memory_reserve_mb: int = 1024
+    worker_max_rss_mb: int = 0
     cache: bool = True  # reuse the outputs of an earlier job with the same model bytes + config + toolkit
     cache_max_bytes: int = 2 * 1024 * 1024 * 1024  # the cache (state_dir/cache) evicts least recently used entries
     http: HttpConfig = field(default_factory=HttpConfig)
@@ -121,7 +131,7 @@ def _build_top(raw: dict[str, Any], base_dir: Path) -> dict[str, Any]:
             if not value or value in (".", "..") or "/" in value or "\0" in value or value.startswith("."):
                 raise ConfigError(f"host_id: must be a plain folder name, got {value!r}")
             out[key] = value
-        elif key == "worker_memory_limit_mb":
+        elif key in ("worker_memory_limit_mb", "memory_reserve_mb", "worker_max_rss_mb"):
             _check_type(key, value, int)
             if value < 0:
                 raise ConfigError(f"{key}: must be 0 (no limit) or a size in MB, got {value}")
@@ -131,10 +141,10 @@ def _build_top(raw: dict[str, Any], base_dir: Path) -> dict[str, Any]:
             if value < 0:
                 raise ConfigError(f"claim_ahead: must be 0 or more, got {value}")
             out[key] = value
-        elif key == "cache":
+        elif key in ("cache", "memory_admission"):
             _check_type(key, value, bool)
             out[key] = value
-        elif key in ("workers", "max_jobs_per_worker", "max_file_size", "cache_max_bytes"):
+        elif key in ("workers", "max_jobs_per_worker", "max_file_size", "cache_max_bytes", "max_attempts"):
             _check_type(key, value, int)
             if value < 1:
                 raise ConfigError(f"{key}: must be at least 1, got {value}")

@@ -10,6 +10,9 @@ from multiprocessing.connection import Connection
 from rknn_dropbox.service.messages import JobDone, JobProgress, WorkerReady
 
 
+_held: list[bytes] = []
+
+
 def _serve(conn: Connection, behave) -> None:
     conn.send(WorkerReady(os.getpid()))
     while True:
@@ -37,8 +40,13 @@ def by_name(conn: Connection, parent_pid: int) -> None:
             ctypes.string_at(0)
         elif name == "exit":
             os._exit(1)
-        elif name == "hang":
+        elif name.startswith("hang"):
             time.sleep(3600)
+        elif name.startswith("hog"):  # holds 300 MB past the job, like a leaky toolkit build, then fails it
+            _held.append(b"\1" * (300 << 20))
+            time.sleep(1.2)
+            conn.send(JobDone(order.job_id, False, error="hogged", hint=None))
+            return
         conn.send(JobDone(order.job_id, True, result={"pid": os.getpid()}))
     _serve(conn, behave)
 

@@ -142,15 +142,22 @@ def _from_cache(cache: ResultCache, key: str, name: str, platforms: tuple[str, .
     if hit is None:
         return False
     meta = hit.meta
+    targets, copied = [], []
     for target in meta["targets"]:
         entry = dict(target)
         if entry.get("ok"):
             out_name = target_name(name, platforms, entry["platform"])
             tmp = job.output / f".{out_name}.part"
-            shutil.copyfile(hit.folder / meta["files"][entry["platform"]], tmp)
+            if not cache.copy_out(hit, entry["platform"], tmp, entry.get("sha256")):
+                for done in copied:  # evicted meanwhile, or damaged (a power loss): a miss, converted afresh
+                    done.unlink(missing_ok=True)
+                print(f"cache entry {key[:16]} unusable (evicted or damaged): converting afresh")
+                return False
             os.replace(tmp, job.output / out_name)
+            copied.append(job.output / out_name)
             entry["file"] = out_name
-        result.targets.append(entry)
+        targets.append(entry)
+    result.targets.extend(targets)
     result.warnings.extend(meta.get("warnings", []))
     if meta.get("workarounds"):
         result.extra["workarounds"] = meta["workarounds"]

@@ -21,6 +21,7 @@ from rknn_dropbox.service.worker import worker_main
 OUT_OF_MEMORY_HINT = ("one build of a large input takes several GB (a 512x512 segmentation model ~9 GB): export the "
                       "model at a smaller input size, run fewer workers, or give the machine more memory")
 MEMORY_CHECK_SECONDS = 0.1  # how often busy workers' memory is read when worker_memory_limit_mb is set
+PEAK_SAMPLE_SECONDS = 0.5  # how often busy workers' memory is sampled for each job's peak
 
 _SIGNAL_CAUSES = {
     signal.SIGKILL: "worker killed by signal 9 (SIGKILL): most likely the machine ran out of memory during the "
@@ -58,6 +59,7 @@ class WorkerSlot:
     started_at: float = 0.0
     jobs_done: int = 0
     stopping: bool = False  # killed on purpose (timeout/cancel/stop): the cause is already known
+    peak_mb: float = 0.0  # the highest resident memory sampled during the current job
     toolkit: str = ""  # the rknn-toolkit2 version this worker imported ("": the venv's, in pools without versions)
 
 
@@ -70,11 +72,14 @@ class WorkerPool:
     def __init__(self, size: int, timeout_seconds: float, max_jobs_per_worker: int,
                  target: Callable[..., None] = worker_main, clock: Callable[[], float] = time.monotonic,
                  memory_limit_mb: int = 0, default_toolkit: str = "",
-                 toolkit_folder: Callable[[str], str | None] = lambda version: None) -> None:
+                 toolkit_folder: Callable[[str], str | None] = lambda version: None, max_rss_mb: int = 0) -> None:
         self.size = size
         self.default_toolkit = default_toolkit
         self.toolkit_folder = toolkit_folder  # version -> the folder to put first on the worker's sys.path
         self.broken_toolkits: set[str] = set()  # versions whose worker died before it was ready
+        self.max_rss_mb = max_rss_mb  # 0: never; else a worker above it after a job is replaced (recycled)
+        self.peaks: dict[str, float] = {}  # job id -> peak resident MB sampled, for jobs that ended
+        self._last_sample = 0.0
         self.memory_limit_mb = memory_limit_mb  # 0: none; else a busy worker over it is killed
         self.timeout_seconds = timeout_seconds
         self.max_jobs_per_worker = max_jobs_per_worker
@@ -186,6 +191,9 @@ class WorkerPool:
             return events
         if self.memory_limit_mb and self.busy():
             deadline_wait = min(deadline_wait, MEMORY_CHECK_SECONDS)
+        if self.busy():
+            self._sample_peaks(now)
+            deadline_wait = min(deadline_wait, PEAK_SAMPLE_SECONDS)
         waitables: list[Any] = [s.conn for s in self.slots] + [s.process.sentinel for s in self.slots]
         waitables += self.extra_fds
         ready = wait(waitables, timeout=max(0.0, deadline_wait))
@@ -199,6 +207,7 @@ class WorkerPool:
                 events.extend(self._drain(slot))
                 slot.process.join(1)
                 if slot.job_id is not None:
+                    self._end_peak(slot)
                     cause = death_cause(slot.process.exitcode)
                     logger.error("worker {} (pid {}) died holding job {}: {}", slot.index, slot.process.pid,
                                  slot.job_id, cause)
@@ -255,15 +264,56 @@ class WorkerPool:
             elif isinstance(message, JobProgress) and message.job_id == slot.job_id:
                 events.append(PoolEvent(EventKind.PROGRESS, message.job_id, message))
             elif isinstance(message, JobDone) and message.job_id == slot.job_id:
+                self._end_peak(slot)
                 events.append(PoolEvent(EventKind.DONE, message.job_id, message))
                 slot.job_id = None
                 slot.jobs_done += 1
                 if slot.jobs_done >= self.max_jobs_per_worker:
                     self._recycle(slot)
+                elif self._over_max_rss(slot):
+                    self._recycle(slot, "its resident memory stayed above worker_max_rss_mb after the job")
         return events
 
-    def _recycle(self, slot: WorkerSlot) -> None:
-        logger.info("recycling worker {} after {} jobs", slot.index, slot.jobs_done)
+    def _sample_peaks(self, now: float) -> None:
+        """Each busy worker's highest resident memory during its job (sampled; the converter's own high-water
+        mark, when it reports one, is exact)."""
+        if now - self._last_sample < PEAK_SAMPLE_SECONDS:
+            return
+        self._last_sample = now
+        for slot in self.slots:
+            if slot.job_id is not None:
+                slot.peak_mb = max(slot.peak_mb, tree_rss_mb(slot.process.pid))
+
+    def _end_peak(self, slot: WorkerSlot) -> None:
+        if slot.job_id is not None:
+            self.peaks[slot.job_id] = max(slot.peak_mb, tree_rss_mb(slot.process.pid))
+        slot.peak_mb = 0.0
+
+    def take_peak(self, job_id: str) -> float | None:
+        return self.peaks.pop(job_id, None) or None
+
+    def _over_max_rss(self, slot: WorkerSlot) -> bool:
+        if not self.max_rss_mb:
+            return False
+        used = tree_rss_mb(slot.process.pid)
+        if used > self.max_rss_mb:
+            logger.info("worker {} holds {:.0f} MB after its job, over worker_max_rss_mb ({} MB)", slot.index, used,
+                        self.max_rss_mb)
+            return True
+        return False
+
+    def rss_of(self, job_id: str) -> float:
+        """What the worker holding job_id uses now (0 when none holds it)."""
+        slot = self.busy().get(job_id)
+        return tree_rss_mb(slot.process.pid) if slot else 0.0
+
+    def idle_rss_mb(self) -> float | None:
+        """The largest idle ready worker (the toolkit imported, no model): the base a job's memory adds to."""
+        idle = [tree_rss_mb(s.process.pid) for s in self.idle_slots()]
+        return max(idle) if idle else None
+
+    def _recycle(self, slot: WorkerSlot, why: str = "") -> None:
+        logger.info("recycling worker {} after {} jobs{}", slot.index, slot.jobs_done, f": {why}" if why else "")
         self._stop_idle(slot)
         self._replace(slot)
 
@@ -297,7 +347,7 @@ class WorkerPool:
             except OSError:
                 pass
         for slot in self.slots:
-            if slot.job_id is not None:
+            if slot.job_id is not None or not slot.ready:  # still importing the toolkit: nothing to lose
                 slot.process.kill()
             slot.process.join(3)
             if slot.process.is_alive():
