@@ -6,7 +6,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Protocol
 
 from loguru import logger
 
@@ -139,3 +139,52 @@ def job_size(job: JobDir, history: MemoryHistory | None) -> JobSize:
         entries = []
     key, model_mb = format_key(entries), input_mb(job.input)
     return JobSize(key, model_mb, history.estimate_mb(key, model_mb) if history else 0.0)
+
+
+class PoolMemory(Protocol):
+    """What the gate reads of the worker pool."""
+    def busy(self) -> dict[str, Any]: ...
+    def rss_of(self, job_id: str) -> float: ...
+    def take_peak(self, job_id: str) -> float | None: ...
+    def idle_rss_mb(self) -> float | None: ...
+
+
+class MemoryGate:
+    """The daemon's side of admission: what each running job was estimated at, and learning from its peak."""
+
+    def __init__(self, admission: MemoryAdmission | None, pool: PoolMemory) -> None:
+        self.admission = admission
+        self.pool = pool
+        self.sizes: dict[str, JobSize] = {}  # running jobs: what admission estimated, what they are learned under
+
+    @property
+    def waiting_for_memory(self) -> bool:
+        return bool(self.admission and self.admission.waiting_for_memory)
+
+    def admit(self, job_id: str, job: JobDir) -> bool:
+        """Start the job only if its estimated peak fits beside the running jobs' (always, without admission)."""
+        size = job_size(job, self.admission.history if self.admission else None)
+        if self.admission is not None:
+            running = [Running(self.sizes[j].estimate_mb if j in self.sizes else 0.0, self.pool.rss_of(j))
+                       for j in self.pool.busy()]
+            if not self.admission.admit(job_id, size.estimate_mb, running):
+                return False
+        self.sizes[job_id] = size
+        return True
+
+    def not_started(self, job_id: str) -> None:
+        self.sizes.pop(job_id, None)
+
+    def job_peak(self, job_id: str, result: dict[str, Any] | None) -> float | None:
+        """A job ended: its peak RSS (the converter's own high-water mark, else the pool's samples), put into its
+        result's extra fields and learned for its format."""
+        sampled = self.pool.take_peak(job_id)
+        size = self.sizes.pop(job_id, None)
+        extra = result.setdefault("extra", {}) if result is not None else {}
+        peak = extra.get("peak_rss_mb") or sampled
+        if not peak:
+            return None
+        extra.setdefault("peak_rss_mb", round(peak, 1))
+        if self.admission is not None and size is not None:
+            self.admission.history.learn(size.key, size.model_mb, peak, self.pool.idle_rss_mb())
+        return peak

@@ -14,18 +14,16 @@ from loguru import logger
 
 from rknn_dropbox import __version__
 from rknn_dropbox.config import Config, ConfigError, load_config
-from rknn_dropbox.intake.claims import (
-    ClaimError, callback_url_for, claim_bundle, claim_problem, claim_room, new_job_id,
-)
 from rknn_dropbox.intake.hosts import Heartbeat
 from rknn_dropbox.intake.parked import ParkedEntries
-from rknn_dropbox.intake.scanner import InboxScanner, Rejection
+from rknn_dropbox.intake.scanner import InboxScanner
 from rknn_dropbox.intake.watcher import InboxWatcher
 from rknn_dropbox.intake.workarea import JobDir, write_json_atomic
 from rknn_dropbox.joblog import finish_log
 from rknn_dropbox.logsetup import setup_logging
-from rknn_dropbox.service.admission import JobSize, MemoryAdmission, MemoryHistory, Running, job_size
+from rknn_dropbox.service.admission import MemoryAdmission, MemoryGate, MemoryHistory
 from rknn_dropbox.service.callbacks import CallbackSender
+from rknn_dropbox.service.intake_loop import InboxIntake
 from rknn_dropbox.service.messages import EventKind, JobDone, JobProgress, JobTimeout, PoolEvent, WorkerDeath, WorkOrder
 from rknn_dropbox.service.pool import WorkerPool
 from rknn_dropbox.service.recovery import Recovery
@@ -54,16 +52,15 @@ class Daemon:
         self.pool = WorkerPool(cfg.workers, cfg.timeout_seconds, cfg.max_jobs_per_worker,
                                memory_limit_mb=cfg.worker_memory_limit_mb, max_rss_mb=cfg.worker_max_rss_mb,
                                default_toolkit=cfg.toolkits.default, toolkit_folder=toolkit_folder)
-        self.admission = MemoryAdmission(MemoryHistory.load(cfg.state_dir), cfg.memory_reserve_mb) \
-            if cfg.memory_admission else None
-        self.sizes: dict[str, JobSize] = {}  # running jobs: what admission estimated, what they are learned under
+        self.memory = MemoryGate(MemoryAdmission(MemoryHistory.load(cfg.state_dir), cfg.memory_reserve_mb)
+                                 if cfg.memory_admission else None, self.pool)
         self.reloader = reloader or (lambda: load_config(self.cfg.source))
         self.queue: deque[str] = deque()
         self.callbacks = CallbackSender(self.store)
         self.finisher = Finisher(self.store, cfg.outbox, cfg.failed, self.callbacks)
-        self.parked = ParkedEntries(cfg.inbox, cfg.state_dir)
-        self.scanner.skip = self.parked.holds
-        self.recovery = Recovery(self.store, self.finisher, self.queue, self.report_unclaimable)
+        self.intake = InboxIntake(self.scanner, ParkedEntries(cfg.inbox, cfg.state_dir), self.store, self.finisher,
+                                  self.queue, lambda: self.cfg, lambda: len(self.pool.busy()))
+        self.recovery = Recovery(self.store, self.finisher, self.queue, self.intake.report_unclaimable)
         self.watcher: InboxWatcher | None = None
         self.server: Any = None
         self.serving = False  # the status server's threads run (it may be bound and not yet serving)
@@ -73,10 +70,6 @@ class Daemon:
         self._watchdog_every = watchdog_interval()
         self._last_watchdog = self._last_status = self._last_takeover = 0.0
         self.heartbeat = Heartbeat(cfg.claim_dir, lambda: self.heartbeat_seconds)
-        self._last_scan = self._last_full_scan = 0.0
-        self._waiting = 0
-        self._next_scan: float | None = None  # monotonic time when a waiting entry may have become stable
-        self._unclaimed = 0  # complete bundles left in inbox because the workers were busy (claim_ahead)
         self.published_snapshot: dict[str, Any] = {}  # what the status server reads; replaced whole each step
 
     # ---- start-up and the loop --------------------------------------------------------------------------------
@@ -96,7 +89,7 @@ class Daemon:
         self.recovery.take_over_stale_claims(self.cfg)
         self.start_watcher()
         self.pool.start()
-        self.scan_inbox()
+        self.intake.scan_inbox()
         self.finisher.resend_pending()
         self.publish_snapshot()
         self.start_status_server()
@@ -154,12 +147,11 @@ class Daemon:
 
     def step(self, timeout: float) -> None:
         """One turn: worker events, inbox changes, reload, deliveries, cancellations, dispatch, keep-alive."""
-        if self._next_scan is not None:
-            timeout = max(0.0, min(timeout, self._next_scan - time.monotonic()))
+        timeout = self.intake.wait_at_most(timeout)
         for event in self.pool.wait_events(timeout):
             self.handle_event(event)
-        if self.inbox_needs_scan(self.watcher.drain() if self.watcher else False):
-            self.scan_inbox()
+        if self.intake.needs_scan(self.watcher.drain() if self.watcher else False):
+            self.intake.scan_inbox()
         if self.reload_requested:
             self.reload_requested = False
             self.reload()
@@ -168,14 +160,6 @@ class Daemon:
         self.dispatch()
         self.keep_alive(time.monotonic())
         self.publish_snapshot()
-
-    def inbox_needs_scan(self, woke: bool) -> bool:
-        """The watcher saw a change, an entry may have become stable, room for an unclaimed bundle, or rescan time."""
-        now = time.monotonic()
-        return woke or (self._next_scan is not None and now >= self._next_scan) or \
-            (self._waiting > 0 and now - self._last_scan >= 0.5) or \
-            (self._unclaimed > 0 and self.claim_room() > 0) or \
-            now - self._last_full_scan >= self.cfg.rescan_seconds
 
     def keep_alive(self, now: float) -> None:
         """Heartbeat for the other hosts, stale-claim takeover, WATCHDOG=1 and STATUS= (each at its own pace)."""
@@ -226,63 +210,7 @@ class Daemon:
                     f"; needs a restart to take effect: {', '.join(restart)}" if restart else "")
         self.finisher.retry_all_soon()
 
-    # ---- claiming and dispatch --------------------------------------------------------------------------------
-    def scan_inbox(self) -> None:
-        """Claim the complete bundles there is room for, leave the rest in inbox, reject what cannot convert."""
-        now = time.monotonic()
-        self._last_scan = self._last_full_scan = now
-        result = self.scanner.scan()
-        self._next_scan = now + result.next_check + 0.01 if result.next_check is not None else None
-        self._unclaimed = 0
-        for bundle in result.ready:
-            if self.claim_room() <= 0:
-                self._unclaimed += 1  # stays in inbox, complete; claimed when a worker frees up
-                continue
-            job = self.claim(bundle.name, bundle.entries, bundle.kind)
-            if job is not None:
-                self.queue.append(job.job_id)
-        self._waiting = result.waiting + self._unclaimed
-        for rejection in result.rejected:
-            self.reject(rejection)
-
-    def claim_room(self) -> int:
-        return claim_room(self.cfg.workers, self.cfg.claim_ahead, len(self.queue), len(self.pool.busy()))
-
-    def claim(self, name: str, entries: list[str], kind: str,
-              rejection: dict[str, Any] | None = None) -> JobDir | None:
-        try:
-            job = claim_bundle(self.cfg.inbox, self.cfg.claim_dir, name, entries, kind, rejection=rejection)
-        except ClaimError as exc:
-            self.scanner.forget(entries)
-            self.report_unclaimable(name, entries, exc)
-            return None
-        self.scanner.forget(entries)
-        if job is None:
-            return None
-        self.store.add(JobRecord(id=job.job_id, name=name, work_path=str(job.root),
-                                 target=",".join(self.cfg.convert.target_platform),
-                                 callback_url=callback_url_for(job.input, self.cfg.convert.callback_url)))
-        logger.info("claimed {} as job {} ({})", name, job.job_id, ", ".join(entries))
-        return job
-
-    def report_unclaimable(self, name: str, entries: list[str], exc: ClaimError, job_id: str | None = None) -> None:
-        """A bundle that cannot be claimed is its own failure: error.json in failed/, its entries left in inbox
-        and not tried again until they change; the loop goes on."""
-        self.parked.park(entries)
-        error, hint = claim_problem(self.cfg.inbox, exc)
-        record = self.store.get(job_id) if job_id else None
-        self.finisher.report_unclaimable(record or JobRecord(id=job_id or new_job_id(), name=name,
-                                                             target=",".join(self.cfg.convert.target_platform)),
-                                         entries, error, hint)
-
-    def reject(self, rejection: Rejection) -> None:
-        job = self.claim(rejection.name, rejection.entries, "rejected",
-                         {"error": rejection.error, "hint": rejection.hint})
-        if job is None:
-            return
-        logger.warning("rejecting {}: {}", ", ".join(rejection.entries), rejection.error)
-        self.finisher.fail(job.job_id, rejection.error, rejection.hint, stage="analyze")
-
+    # ---- dispatch ---------------------------------------------------------------------------------------------
     def dispatch(self) -> None:
         """Hand queued jobs to idle workers of the toolkit each needs; make room for versions without one."""
         waiting: dict[str, int] = {}
@@ -298,11 +226,11 @@ class Daemon:
                 self.queue.remove(job_id)
                 self.finisher.fail(job_id, self.router.broken(job_id, toolkit), "run `rknn-dropbox toolkits`")
                 continue
-            if not self.admit(record):
+            if not self.memory.admit(job_id, JobDir(Path(record.work_path))):
                 break  # memory: the queue waits, in order, until the running jobs' peaks leave room
             pid = self.pool.submit(self.work_order(record), toolkit)
             if pid is None:
-                self.sizes.pop(job_id, None)
+                self.memory.not_started(job_id)
                 waiting[toolkit] = waiting.get(toolkit, 0) + 1
                 continue
             self.queue.remove(job_id)
@@ -311,29 +239,11 @@ class Daemon:
         for toolkit, count in waiting.items():
             self.pool.make_room(toolkit, count, set(waiting))
 
-    def admit(self, record: JobRecord) -> bool:
-        """Memory admission (service/admission.py): start the job only if its estimated peak fits."""
-        size = job_size(JobDir(Path(record.work_path)), self.admission.history if self.admission else None)
-        if self.admission is not None:
-            running = [Running(self.sizes[j].estimate_mb if j in self.sizes else 0.0, self.pool.rss_of(j))
-                       for j in self.pool.busy()]
-            if not self.admission.admit(record.id, size.estimate_mb, running):
-                return False
-        self.sizes[record.id] = size
-        return True
-
     def record_peak(self, job_id: str, result: dict[str, Any] | None) -> None:
-        """A job ended: its peak memory into the store, its result, and the admission's history."""
-        sampled = self.pool.take_peak(job_id)
-        size = self.sizes.pop(job_id, None)
-        extra = result.setdefault("extra", {}) if result is not None else {}
-        peak = extra.get("peak_rss_mb") or sampled  # the converter's own high-water mark when it reports one
-        if not peak:
-            return
-        extra.setdefault("peak_rss_mb", round(peak, 1))
-        self.store.record_peak_rss(job_id, peak)
-        if self.admission is not None and size is not None:
-            self.admission.history.learn(size.key, size.model_mb, peak, self.pool.idle_rss_mb())
+        """A job ended: its peak memory into the store and its result, and the admission's history."""
+        peak = self.memory.job_peak(job_id, result)
+        if peak:
+            self.store.record_peak_rss(job_id, peak)
 
     def work_order(self, record: JobRecord) -> WorkOrder:
         return WorkOrder(record.id, record.work_path, record.name, self.cfg.convert.to_json(),
@@ -407,10 +317,10 @@ class Daemon:
         folders = (self.cfg.inbox, self.cfg.outbox, self.cfg.failed, self.cfg.state_dir)
         return {"queue_depth": len(self.queue), "workers_alive": self.pool.alive, "workers": self.cfg.workers,
                 "in_progress": len(self.pool.busy()), "watcher_alive": bool(self.watcher and self.watcher.is_alive()),
-                "waiting_in_inbox": self._waiting, "stopping": self.stopping,
+                "waiting_in_inbox": self.intake.waiting, "stopping": self.stopping,
                 "unwritable_folders": [str(f) for f in folders if not os.access(f, os.W_OK | os.X_OK)],
                 "callbacks_pending": self.callbacks.pending, "worker_toolkits": self.pool.toolkits(),
-                "waiting_for_memory": bool(self.admission and self.admission.waiting_for_memory)}
+                "waiting_for_memory": self.memory.waiting_for_memory}
 
     def publish_snapshot(self) -> None:
         """Hand the status server a fresh snapshot (it never touches the pool or the watcher itself)."""

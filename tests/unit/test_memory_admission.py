@@ -43,7 +43,7 @@ def test_a_job_waits_until_its_estimated_peak_fits(tmp_path: Path, started: list
     d = Daemon(cfg)
     d.pool.target = fakeworkers.by_name
     available = [5000.0]  # MB: room for one such job beside the 1000 MB reserve, not two
-    d.admission.available = lambda: available[0]
+    d.memory.admission.available = lambda: available[0]
     started.append(d)
     for name in ("hang", "hang2"):
         (cfg.inbox / f"{name}.onnx").write_bytes(b"model")
@@ -64,7 +64,7 @@ def test_a_job_bigger_than_the_box_runs_alone(tmp_path: Path, started: list[Daem
     (cfg.state_dir / "memory.json").write_text(json.dumps({"base_mb": 50000, "ratios": {}}))
     d = Daemon(cfg)
     d.pool.target = fakeworkers.by_name
-    d.admission.available = lambda: 5000.0
+    d.memory.admission.available = lambda: 5000.0
     started.append(d)
     (cfg.inbox / "hang.onnx").write_bytes(b"model")
     d.start()
