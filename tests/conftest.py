@@ -200,3 +200,12 @@ def toolkits_subset(root: Path, versions: tuple[str, ...]) -> Path:
         (root / version).symlink_to(toolkits_dir() / version, target_is_directory=True)
     return root
 
+
+
+@pytest.fixture
+def started() -> Iterator[list[Any]]:
+    """The in-process daemons (service.daemon.Daemon) a test started, appended by the test; each is shut down after."""
+    daemons: list[Any] = []
+    yield daemons
+    for d in daemons:
+        d.shutdown()

@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Iterator
 
 import fakeworkers
-import pytest
 
 from conftest import wait_for
 from rknn_dropbox.config import Config, config_from_mapping
@@ -23,14 +21,6 @@ def _config(tmp_path: Path, **extra) -> Config:
                                "memory_reserve_mb": 1000, "drain_seconds": 0, **extra}, tmp_path)
     prepare_folders(cfg)
     return cfg
-
-
-@pytest.fixture
-def started() -> Iterator[list[Daemon]]:
-    daemons: list[Daemon] = []
-    yield daemons
-    for d in daemons:
-        d.shutdown()
 
 
 def _statuses(d: Daemon) -> dict[str, str]:

@@ -8,7 +8,6 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Iterator
 
 import fakeworkers
 import pytest
@@ -27,14 +26,6 @@ def _config(tmp_path: Path, **extra) -> Config:
                                "workers": 1, "host_id": "here", "http": {"enabled": False}, **extra}, tmp_path)
     prepare_folders(cfg)
     return cfg
-
-
-@pytest.fixture
-def started() -> Iterator[list[Daemon]]:
-    daemons: list[Daemon] = []
-    yield daemons
-    for d in daemons:
-        d.shutdown()
 
 
 def test_a_job_the_daemon_keeps_dying_under_fails_at_max_attempts(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import fakeworkers
 import pytest
@@ -27,14 +27,6 @@ def _config(tmp_path: Path) -> Config:
                                "workers": 1, "http": {"host": "127.0.0.1", "port": 0}}, tmp_path)
     prepare_folders(cfg)
     return cfg
-
-
-@pytest.fixture
-def started() -> Iterator[list[Daemon]]:
-    daemons: list[Daemon] = []
-    yield daemons
-    for d in daemons:
-        d.shutdown()
 
 
 def _start(cfg: Config, started: list[Daemon]) -> Daemon:
