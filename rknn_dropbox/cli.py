@@ -61,7 +61,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     """Convert once, in this process, with the same converter code the workers use."""
     from rknn_dropbox.convert.job import ConversionError, convert_job
     from rknn_dropbox.convert.options import parse_convert_options
-    from rknn_dropbox.intake.workarea import claim_bundle
+    from rknn_dropbox.intake.claims import claim_bundle
     cfg = _load(args)
     setup_logging(cfg.log_level)
     defaults = cfg.convert

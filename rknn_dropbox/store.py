@@ -148,6 +148,64 @@ class JobStore:
             values.append(v)
         self._conn().execute(f"UPDATE jobs SET {', '.join(sets)} WHERE id = ?", (*values, job_id))
 
+    # ---- named state changes: every status a job goes through is set by one of these ----------------------
+    def mark_queued(self, job_id: str, attempts: int | None = None) -> None:
+        """Waiting for a worker (claimed, resumed after a restart, or left unfinished by a shutdown)."""
+        extra = {} if attempts is None else {"attempts": attempts}
+        self.update(job_id, status=QUEUED, stage="queued", progress=0.0, **extra)
+
+    def mark_processing(self, job_id: str, worker_pid: int) -> None:
+        """Handed to worker `worker_pid`."""
+        self.update(job_id, status=PROCESSING, stage="starting", started_at=time.time(), progress=1.0,
+                    worker_pid=worker_pid)
+
+    def mark_completed(self, job_id: str, output_dir: str, outputs: list[str] | None = None,
+                       stage: str | None = "done") -> None:
+        """Delivered to outbox/."""
+        self._finish(job_id, COMPLETED, output_dir=output_dir, progress=100.0, error=None, hint=None,
+                     stage=stage, outputs=outputs)
+
+    def mark_failed(self, job_id: str, error: str | None, hint: str | None = None, output_dir: str | None = None,
+                    stage: str | None = "done", progress: float | None = None,
+                    outputs: list[str] | None = None) -> None:
+        """Delivered to failed/ (or lost: output_dir None); progress None keeps how far it got."""
+        self._finish(job_id, FAILED, output_dir=output_dir, progress=progress, error=error, hint=hint, stage=stage,
+                     outputs=outputs)
+
+    def mark_cancelled(self, job_id: str, error: str | None, hint: str | None, output_dir: str,
+                       stage: str | None = "done", progress: float | None = None,
+                       outputs: list[str] | None = None) -> None:
+        """Cancelled with `rknn-dropbox cancel` and delivered to failed/."""
+        self._finish(job_id, CANCELLED, output_dir=output_dir, progress=progress, error=error, hint=hint,
+                     stage=stage, outputs=outputs)
+
+    def mark_delivery_pending(self, job_id: str, problem: str) -> None:
+        """Finished, but outbox/ or failed/ could not take it yet (full disk, say): retried by the daemon."""
+        self.update(job_id, stage="delivery", error=f"{problem} (will retry)")
+
+    def _finish(self, job_id: str, status: str, *, output_dir: str | None, progress: float | None,
+                error: str | None, hint: str | None, stage: str | None, outputs: list[str] | None = None) -> None:
+        changes: dict[str, Any] = {"status": status, "finished_at": time.time(), "error": error, "hint": hint}
+        if output_dir is not None:
+            changes["output_dir"] = output_dir
+        if progress is not None:
+            changes["progress"] = progress
+        if stage is not None:
+            changes["stage"] = stage
+        if outputs is not None:
+            changes["outputs"] = outputs
+        self.update(job_id, **changes)
+
+    def record_conversion(self, job_id: str, fmt: str, outputs: list[str], warnings: list[str], target: str) -> None:
+        """What a worker's successful conversion produced (before its delivery)."""
+        self.update(job_id, format=fmt, outputs=outputs, warnings=warnings, target=target)
+
+    def set_work_path(self, job_id: str, work_path: str) -> None:
+        self.update(job_id, work_path=work_path)
+
+    def set_callback_status(self, job_id: str, callback_status: str) -> None:
+        self.update(job_id, callback_status=callback_status)
+
     def raise_progress(self, job_id: str, progress: float, stage: str) -> None:
         """Progress only goes up."""
         self._conn().execute(

@@ -7,9 +7,11 @@ import os
 import time
 from multiprocessing.connection import Connection
 
+from rknn_dropbox.service.messages import JobDone, JobProgress, WorkerReady
+
 
 def _serve(conn: Connection, behave) -> None:
-    conn.send(("ready", os.getpid(), None))
+    conn.send(WorkerReady(os.getpid()))
     while True:
         try:
             order = conn.recv()
@@ -22,20 +24,20 @@ def _serve(conn: Connection, behave) -> None:
 
 def well_behaved(conn: Connection, parent_pid: int) -> None:
     def behave(conn, order):
-        conn.send(("progress", order["job_id"], {"stage": "build", "progress": 50.0}))
-        conn.send(("done", order["job_id"], {"ok": True, "result": {"pid": os.getpid()}}))
+        conn.send(JobProgress(order.job_id, "build", 50.0))
+        conn.send(JobDone(order.job_id, True, result={"pid": os.getpid()}))
     _serve(conn, behave)
 
 
 def by_name(conn: Connection, parent_pid: int) -> None:
     """Does what the job's name says: segfault, exit, hang, or succeed."""
     def behave(conn, order):
-        name = order["name"]
+        name = order.name
         if name == "segfault":
             ctypes.string_at(0)
         elif name == "exit":
             os._exit(1)
         elif name == "hang":
             time.sleep(3600)
-        conn.send(("done", order["job_id"], {"ok": True, "result": {"pid": os.getpid()}}))
+        conn.send(JobDone(order.job_id, True, result={"pid": os.getpid()}))
     _serve(conn, behave)

@@ -100,13 +100,18 @@ def test_broken_files_fail_and_the_daemon_keeps_converting(daemon: DaemonProcess
 def test_slow_copy_is_not_claimed_before_it_is_complete(daemon: DaemonProcess, tmp_path: Path) -> None:
     data = modelgen.write_onnx_conv(tmp_path / "slow.onnx").read_bytes()
     target = daemon.inbox / "slow.onnx"
-    chunk = len(data) // 6 + 1
+    stable = 1.0  # the daemon fixture's stable_seconds
+    chunks = 30
+    chunk = len(data) // chunks + 1
+    started = time.monotonic()
     with open(target, "wb") as fh:
         for i in range(0, len(data), chunk):
             fh.write(data[i:i + chunk])
             fh.flush()
-            time.sleep(0.6)  # pauses shorter than stable_seconds (1 s) but 3.6 s in all
+            time.sleep(stable / 10)  # the copy's pace: it never pauses anywhere near stable_seconds
             assert target.exists(), "claimed while still being written"
+            assert not [t for t in daemon.get("/api/tasks")["tasks"] if t["name"] == "slow"], "claimed mid-copy"
+    assert time.monotonic() - started > 2 * stable  # the copy outlasted the stability window
     result = daemon.wait_completed("slow")
     assert result["inputs"][0]["size"] == len(data)
     assert (daemon.outbox / "slow" / "input" / "slow.onnx").read_bytes() == data

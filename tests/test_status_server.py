@@ -17,7 +17,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import wait_for
-from rknn_dropbox.service.callbacks import CallbackPolicy, CallbackSender, callback_url_for
+from rknn_dropbox.intake.claims import callback_url_for
+from rknn_dropbox.service.callbacks import CallbackPolicy, CallbackSender
 from rknn_dropbox.status.gate import GateLimits
 from rknn_dropbox.status.server import StatusServer, content_disposition
 from rknn_dropbox.store import JobRecord, JobStore

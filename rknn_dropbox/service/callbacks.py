@@ -9,13 +9,11 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from loguru import logger
 
 from rknn_dropbox import __version__
-from rknn_dropbox.convert.options import OptionsError, read_yaml_mapping
 from rknn_dropbox.store import JobStore
 
 PENDING = "pending"
@@ -38,38 +36,6 @@ class CallbackDelivery:
     url: str = field(compare=False)
     body: bytes = field(compare=False)
     attempt: int = field(default=0, compare=False)
-
-
-def valid_callback_url(value: Any) -> bool:
-    return isinstance(value, str) and value.startswith(("http://", "https://")) and len(value) <= 2048 \
-        and not any(c.isspace() for c in value)
-
-
-def callback_url_for(job_input: Path, default: str | None) -> str | None:
-    """callback_url from the bundle's sidecar (own sidecar > folder config.yaml), else the TOML's [convert] one.
-
-    Read by the daemon at claim time so that jobs which fail or are cancelled before a worker parses the
-    sidecar still report; an unreadable sidecar is left for the worker to reject with a proper error."""
-    folder_configs: list[Path] = []
-    own: list[Path] = []
-    try:
-        entries = sorted(job_input.iterdir())
-    except OSError:
-        return default
-    for entry in entries:
-        candidates = sorted(entry.iterdir()) if entry.is_dir() and not entry.is_symlink() else [entry]
-        for path in candidates:
-            if path.suffix.lower() in (".yaml", ".yml") and path.is_file() and not path.is_symlink():
-                (folder_configs if path.stem.lower() == "config" else own).append(path)
-    url = default
-    for path in folder_configs[:1] + own[:1]:
-        try:
-            value = read_yaml_mapping(path).get("callback_url")
-        except OptionsError:
-            continue
-        if valid_callback_url(value):
-            url = value
-    return url
 
 
 class CallbackSender:
@@ -112,11 +78,11 @@ class CallbackSender:
         with self._cond:
             if len(self._heap) >= self.policy.max_pending:
                 logger.error("job {}: {} callbacks already waiting; dropping this one", job_id, len(self._heap))
-                self.store.update(job_id, callback_status="dropped: too many callbacks waiting")
+                self.store.set_callback_status(job_id, "dropped: too many callbacks waiting")
                 return
             heapq.heappush(self._heap, CallbackDelivery(time.monotonic(), job_id, url, body))
             self._cond.notify()
-        self.store.update(job_id, callback_status=PENDING)
+        self.store.set_callback_status(job_id, PENDING)
 
     def _next(self) -> CallbackDelivery | None:
         with self._cond:
@@ -147,7 +113,7 @@ class CallbackSender:
             with urllib.request.urlopen(request, timeout=self.policy.timeout_seconds) as resp:  # noqa: S310
                 code = resp.status
             logger.info("job {}: callback delivered to {} (HTTP {})", d.job_id, d.url, code)
-            self.store.update(d.job_id, callback_status=f"delivered (HTTP {code})")
+            self.store.set_callback_status(d.job_id, f"delivered (HTTP {code})")
             return
         except urllib.error.HTTPError as exc:
             problem = f"HTTP {exc.code}"
@@ -160,11 +126,11 @@ class CallbackSender:
             wait = self.policy.backoff_seconds * 2 ** d.attempt
             logger.warning("job {}: callback to {} failed ({}); retry {} of {} in {:.0f} s", d.job_id, d.url,
                            problem, attempts, self.policy.retries, wait)
-            self.store.update(d.job_id, callback_status=f"{PENDING}: attempt {attempts} failed: {problem}")
+            self.store.set_callback_status(d.job_id, f"{PENDING}: attempt {attempts} failed: {problem}")
             with self._cond:
                 heapq.heappush(self._heap, CallbackDelivery(time.monotonic() + wait, d.job_id, d.url, d.body,
                                                             attempts))
                 self._cond.notify()
             return
         logger.error("job {}: callback to {} failed after {} attempt(s): {}", d.job_id, d.url, attempts, problem)
-        self.store.update(d.job_id, callback_status=f"failed after {attempts} attempt(s): {problem}")
+        self.store.set_callback_status(d.job_id, f"failed after {attempts} attempt(s): {problem}")

@@ -1,37 +1,35 @@
-"""The daemon: one loop that moves bundles watcher → analyzer → store → pool and delivers to outbox/ or failed/."""
+"""The daemon: one loop moving bundles watcher → scanner → claims → store → pool, finished by results."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
 import time
 from collections import deque
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from loguru import logger
 
 from rknn_dropbox import __version__
-from rknn_dropbox.intake.scanner import InboxScanner, Rejection
-from rknn_dropbox.service.callbacks import PENDING, CallbackSender, callback_url_for
-from rknn_dropbox.intake.hosts import take_over_stale_claims, touch_heartbeat
 from rknn_dropbox.config import Config, ConfigError, load_config
-from rknn_dropbox.service.reload import apply_live, changed_keys
+from rknn_dropbox.intake.claims import callback_url_for, claim_bundle, claim_room
+from rknn_dropbox.intake.hosts import touch_heartbeat
+from rknn_dropbox.intake.scanner import InboxScanner, Rejection
+from rknn_dropbox.intake.watcher import InboxWatcher
+from rknn_dropbox.intake.workarea import JobDir, mount_point, write_json_atomic
 from rknn_dropbox.joblog import finish_log
 from rknn_dropbox.logsetup import setup_logging
-from rknn_dropbox.service.pool import PoolEvent, WorkerPool
-from rknn_dropbox.store import CANCELLED, COMPLETED, FAILED, FINAL_STATUSES, PROCESSING, QUEUED, JobRecord, JobStore
+from rknn_dropbox.service.callbacks import CallbackSender
+from rknn_dropbox.service.messages import EventKind, JobDone, JobProgress, JobTimeout, PoolEvent, WorkerDeath, WorkOrder
+from rknn_dropbox.service.pool import WorkerPool
+from rknn_dropbox.service.recovery import Recovery
+from rknn_dropbox.service.reload import apply_live, changed_keys, push_live_settings
+from rknn_dropbox.service.results import Finisher
 from rknn_dropbox.service.systemd import notify, watchdog_interval
-from rknn_dropbox.intake.watcher import InboxWatcher
-from rknn_dropbox.intake.workarea import (
-    DeliveryError, JobDir, claim_bundle, deliver, find_delivered, finish_claim, mount_point,
-    repair_interrupted_delivery, write_json_atomic,
-)
+from rknn_dropbox.store import QUEUED, JobRecord, JobStore
 
-DELIVERY_RETRY_SECONDS = 30.0
 STATUS_SECONDS = 10.0  # how often STATUS= goes to systemd
 
 
@@ -55,16 +53,8 @@ def prepare_folders(cfg: Config) -> None:
             "filesystem; put work_dir on the same mount as inbox")
 
 
-@dataclass
-class PendingDelivery:
-    job_id: str
-    success: bool
-    payload: dict[str, Any]
-    next_try: float
-
-
 class Daemon:
-    """Owns the loop; the status server (if any) only reads the store."""
+    """Owns the loop; the status server (if any) only reads the store and the published snapshot."""
 
     def __init__(self, cfg: Config, reloader: Callable[[], Config] | None = None) -> None:
         self.cfg = cfg
@@ -73,131 +63,56 @@ class Daemon:
         self.pool = WorkerPool(cfg.workers, cfg.timeout_seconds, cfg.max_jobs_per_worker,
                                memory_limit_mb=cfg.worker_memory_limit_mb)
         self.reloader = reloader or (lambda: load_config(self.cfg.source))
-        self._watchdog_every = watchdog_interval()
-        self._last_watchdog = self._last_status = self._last_heartbeat = 0.0
-        self.watcher: InboxWatcher | None = None
         self.queue: deque[str] = deque()
-        self.deliveries: dict[str, PendingDelivery] = {}
+        self.callbacks = CallbackSender(self.store)
+        self.finisher = Finisher(self.store, cfg.outbox, cfg.failed, self.callbacks)
+        self.recovery = Recovery(self.store, self.finisher, self.queue)
+        self.watcher: InboxWatcher | None = None
+        self.server: Any = None
         self.stopping = False
         self.reload_requested = False
-        self._last_scan = 0.0
-        self._last_full_scan = 0.0
+        self._watchdog_every = watchdog_interval()
+        self._last_watchdog = self._last_status = self._last_heartbeat = 0.0
+        self._last_scan = self._last_full_scan = 0.0
         self._waiting = 0
         self._next_scan: float | None = None  # monotonic time when a waiting entry may have become stable
         self._unclaimed = 0  # complete bundles left in inbox because the workers were busy (claim_ahead)
-        self.server: Any = None
-        self.callbacks = CallbackSender(self.store)
-        self._callbacks_running = False
         self.published_snapshot: dict[str, Any] = {}  # what the status server reads; replaced whole each step
 
-    # ---- start-up -------------------------------------------------------------------------------------------
-    def recover(self) -> None:
-        """Re-queue whatever a previous run left claimed; finish deliveries a crash interrupted."""
-        dests = [self.cfg.outbox, self.cfg.failed]
-        on_disk = {p.name: JobDir(p) for p in self.cfg.claim_dir.iterdir() if p.is_dir()} \
-            if self.cfg.claim_dir.exists() else {}
-        for job_id, job in sorted(on_disk.items()):
-            try:
-                self._resume_claim(job, "the previous run")
-            except FileNotFoundError:
-                logger.warning("job {} vanished from the work area while resuming it (taken over by another host?)",
-                               job_id)
-        for record in self.store.iter_unfinished():
-            if record.id in on_disk:
-                continue
-            delivered = find_delivered(dests, record.id)
-            if delivered:
-                self._mark_delivered(record.id, delivered)
-            else:
-                self.store.update(record.id, status=FAILED, finished_at=time.time(),
-                                  error="its files were no longer in the work area (another host takes over "
-                                        "the claims of a host silent for stale_claim_seconds)")
-
-    def _resume_claim(self, job: JobDir, left_by: str) -> None:
-        """Queue a job folder found in our claim folder (left by a crash, or taken over from a dead host)."""
-        job_id = job.job_id
-        dests = [self.cfg.outbox, self.cfg.failed]
-        if not (job.root / "job.json").exists():
-            shutil.rmtree(job.root, ignore_errors=True)  # died before the claim began
-            return
-        record = self.store.get(job_id)
-        manifest = job.manifest()
-        finish_claim(self.cfg.inbox, job)
-        if record is None:
-            record = JobRecord(id=job_id, name=manifest["name"], work_path=str(job.root),
-                               target=",".join(self.cfg.convert.target_platform))
-            self.store.add(record)
-        elif record.work_path != str(job.root):
-            self.store.update(job_id, work_path=str(job.root))
-        if record.status in FINAL_STATUSES:
-            shutil.rmtree(job.root, ignore_errors=True)
-            return
-        finished = repair_interrupted_delivery(job, dests, record.name)
-        delivered = find_delivered(dests, job_id)
-        if finished or delivered:
-            self._mark_delivered(job_id, delivered or (finished, "result.json" if finished.parent ==
-                                                        self.cfg.outbox else "error.json"))
-            shutil.rmtree(job.root, ignore_errors=True)
-            return
-        if manifest.get("rejection"):  # claimed only to be rejected: reject again rather than convert
-            rejected = manifest["rejection"]
-            self.fail_job(job_id, rejected["error"], rejected.get("hint"), stage="analyze")
-            return
-        shutil.rmtree(job.root / "tmp", ignore_errors=True)
-        if record.status == PROCESSING and job.output.exists():
-            finish_log(job)
-        self.store.update(job_id, status=QUEUED, stage="queued", progress=0.0, attempts=record.attempts + 1)
-        self.queue.append(job_id)
-        logger.info("resuming job {} ({}) left by {}", job_id, record.name, left_by)
-
-    def _mark_delivered(self, job_id: str, delivered: tuple[Path, str]) -> None:
-        """A crash came between delivering the job's folder and recording it: record it now, from that folder."""
-        folder, fname = delivered
-        try:
-            payload = json.loads((folder / fname).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            payload = {}
-        status = payload.get("status") if payload.get("status") in FINAL_STATUSES else \
-            (COMPLETED if fname == "result.json" else FAILED)
-        self.store.update(job_id, status=status, output_dir=str(folder), finished_at=time.time(),
-                          progress=100.0 if status == COMPLETED else 0.0,
-                          outputs=[o["name"] for o in payload.get("outputs", []) if isinstance(o, dict)],
-                          error=payload.get("error"), hint=payload.get("hint"))
-        record = self.store.get(job_id)
-        if record is not None and record.callback_url:
-            if self._callbacks_running:
-                self.notify_callback(job_id)
-            else:
-                self.store.update(job_id, callback_status=PENDING)  # sent by resend_pending_callbacks at start
-
+    # ---- start-up and the loop --------------------------------------------------------------------------------
     def start(self) -> None:
+        """Recover, start the workers and the watcher, claim what waits, then tell systemd READY=1."""
         prepare_folders(self.cfg)
         touch_heartbeat(self.cfg.claim_dir)
-        self.recover()
-        self.take_over_stale_claims()
+        self.recovery.recover(self.cfg)
+        self.recovery.take_over_stale_claims(self.cfg)
         self.pool.start()
-        self.watcher = InboxWatcher(self.cfg.inbox, self.cfg.claim_dir.parent if self.cfg.work_dir is None
-                                    else self.cfg.claim_dir, self.cfg.poll, self.cfg.poll_interval_seconds)
-        self.pool.extra_fds = [self.watcher.read_fd]
-        self.watcher.start()
+        self.start_watcher()
         self.scan_inbox()
-        self.callbacks.start()
-        self._callbacks_running = True
-        self.resend_pending_callbacks()
+        self.finisher.resend_pending()
         self.publish_snapshot()
-        if self.cfg.http.enabled:
-            from rknn_dropbox.status.server import StatusServer
-            self.server = StatusServer(self.cfg.http.host, self.cfg.http.port, self.store,
-                                       lambda: self.published_snapshot)
-            self.server.start()
-            write_json_atomic(self.cfg.state_dir / "daemon.json", {"pid": os.getpid(), "host": self.cfg.http.host,
-                                                                  "port": self.server.port})
-            logger.info("status endpoint on http://{}:{}/", self.cfg.http.host, self.server.port)
+        self.start_status_server()
         logger.info("rknn-dropbox {} ready: inbox {}, outbox {}, failed {}, {} workers", __version__,
                     self.cfg.inbox, self.cfg.outbox, self.cfg.failed, self.cfg.workers)
         notify("READY=1", f"STATUS={self.status_line()}")
 
-    # ---- the loop ---------------------------------------------------------------------------------------------
+    def start_watcher(self) -> None:
+        self.watcher = InboxWatcher(self.cfg.inbox, self.cfg.claim_dir.parent if self.cfg.work_dir is None
+                                    else self.cfg.claim_dir, self.cfg.poll, self.cfg.poll_interval_seconds)
+        self.pool.extra_fds = [self.watcher.read_fd]
+        self.watcher.start()
+
+    def start_status_server(self) -> None:
+        """The HTTP status endpoint (a thread that only reads); daemon.json says where it listens."""
+        if not self.cfg.http.enabled:
+            return
+        from rknn_dropbox.status.server import StatusServer
+        self.server = StatusServer(self.cfg.http.host, self.cfg.http.port, self.store, lambda: self.published_snapshot)
+        self.server.start()
+        write_json_atomic(self.cfg.state_dir / "daemon.json", {"pid": os.getpid(), "host": self.cfg.http.host,
+                                                              "port": self.server.port})
+        logger.info("status endpoint on http://{}:{}/", self.cfg.http.host, self.server.port)
+
     def run(self) -> int:
         self.install_signal_handlers()
         self.start()
@@ -221,34 +136,36 @@ class Daemon:
         signal.signal(signal.SIGHUP, reload)
 
     def step(self, timeout: float) -> None:
-        """One turn: worker events, inbox changes, deliveries, dispatch."""
+        """One turn: worker events, inbox changes, reload, deliveries, cancellations, dispatch, keep-alive."""
         if self._next_scan is not None:
             timeout = max(0.0, min(timeout, self._next_scan - time.monotonic()))
         for event in self.pool.wait_events(timeout):
             self.handle_event(event)
-        woke = self.watcher.drain() if self.watcher else False
-        now = time.monotonic()
-        if woke or (self._next_scan is not None and now >= self._next_scan) or \
-                (self._waiting and now - self._last_scan >= 0.5) or \
-                (self._unclaimed and self.claim_room() > 0) or \
-                now - self._last_full_scan >= self.cfg.rescan_seconds:
+        if self.inbox_needs_scan(self.watcher.drain() if self.watcher else False):
             self.scan_inbox()
         if self.reload_requested:
             self.reload_requested = False
             self.reload()
-        self.retry_deliveries()
+        self.finisher.retry_due(time.monotonic())
         self.apply_cancellations()
         self.dispatch()
         self.keep_alive(time.monotonic())
         self.publish_snapshot()
 
+    def inbox_needs_scan(self, woke: bool) -> bool:
+        """The watcher saw a change, an entry may have become stable, room for an unclaimed bundle, or rescan time."""
+        now = time.monotonic()
+        return woke or (self._next_scan is not None and now >= self._next_scan) or \
+            (self._waiting > 0 and now - self._last_scan >= 0.5) or \
+            (self._unclaimed > 0 and self.claim_room() > 0) or \
+            now - self._last_full_scan >= self.cfg.rescan_seconds
+
     def keep_alive(self, now: float) -> None:
         """Heartbeat for the other hosts, stale-claim takeover, WATCHDOG=1 and STATUS= (each at its own pace)."""
-        beat_every = min(30.0, self.cfg.stale_claim_seconds / 4)
-        if now - self._last_heartbeat >= beat_every:
+        if now - self._last_heartbeat >= min(30.0, self.cfg.stale_claim_seconds / 4):
             self._last_heartbeat = now
             touch_heartbeat(self.cfg.claim_dir)
-            self.take_over_stale_claims()
+            self.recovery.take_over_stale_claims(self.cfg)
         lines = []
         if self._watchdog_every is not None and now - self._last_watchdog >= self._watchdog_every:
             self._last_watchdog = now
@@ -259,15 +176,6 @@ class Daemon:
         if lines:
             notify(*lines)
 
-    def take_over_stale_claims(self) -> None:
-        if self.cfg.work_dir is not None:
-            return  # a private work area is not shared with other hosts
-        for taken in take_over_stale_claims(self.cfg.claim_dir, self.cfg.stale_claim_seconds):
-            try:
-                self._resume_claim(JobDir(taken.root), f"host {taken.host}, which stopped beating")
-            except FileNotFoundError:
-                continue
-
     def reload(self) -> None:
         """SIGHUP: re-read and validate the config; apply what can change live, keep the old one if invalid."""
         try:
@@ -277,24 +185,19 @@ class Daemon:
             return
         live, restart = changed_keys(self.cfg, new)
         self.cfg = apply_live(self.cfg, new, live)
-        self.scanner.stable_seconds = self.cfg.stable_seconds
-        self.scanner.bundle_timeout_seconds = self.cfg.bundle_timeout_seconds
-        self.scanner.max_file_size = self.cfg.max_file_size
-        self.pool.timeout_seconds = self.cfg.timeout_seconds
-        self.pool.max_jobs_per_worker = self.cfg.max_jobs_per_worker
-        self.pool.memory_limit_mb = self.cfg.worker_memory_limit_mb
+        push_live_settings(self.cfg, self.scanner, self.pool)
         if "log_level" in live:
             setup_logging(self.cfg.log_level)
         logger.info("config reloaded from {}: {}{}", self.cfg.source or "defaults",
                     f"applied {', '.join(live)}" if live else "nothing changed that applies live",
                     f"; needs a restart to take effect: {', '.join(restart)}" if restart else "")
-        for pending in self.deliveries.values():
-            pending.next_try = 0.0  # a reload (after freeing space, say) retries deliveries now
+        self.finisher.retry_all_soon()
 
+    # ---- claiming and dispatch --------------------------------------------------------------------------------
     def scan_inbox(self) -> None:
+        """Claim the complete bundles there is room for, leave the rest in inbox, reject what cannot convert."""
         now = time.monotonic()
-        self._last_scan = now
-        self._last_full_scan = now
+        self._last_scan = self._last_full_scan = now
         result = self.scanner.scan()
         self._next_scan = now + result.next_check + 0.01 if result.next_check is not None else None
         self._unclaimed = 0
@@ -310,8 +213,7 @@ class Daemon:
             self.reject(rejection)
 
     def claim_room(self) -> int:
-        """How many more bundles this host should claim now: free workers plus claim_ahead."""
-        return self.cfg.workers + self.cfg.claim_ahead - len(self.queue) - len(self.pool.busy())
+        return claim_room(self.cfg.workers, self.cfg.claim_ahead, len(self.queue), len(self.pool.busy()))
 
     def claim(self, name: str, entries: list[str], kind: str,
               rejection: dict[str, Any] | None = None) -> JobDir | None:
@@ -331,153 +233,77 @@ class Daemon:
         if job is None:
             return
         logger.warning("rejecting {}: {}", ", ".join(rejection.entries), rejection.error)
-        self.fail_job(job.job_id, rejection.error, rejection.hint, stage="analyze")
+        self.finisher.fail(job.job_id, rejection.error, rejection.hint, stage="analyze")
 
     def dispatch(self) -> None:
+        """Hand queued jobs to idle workers."""
         while self.queue and self.pool.idle_slots() and not self.stopping:
             job_id = self.queue.popleft()
             record = self.store.get(job_id)
             if record is None or record.status != QUEUED:
                 continue
-            order = {"job_id": job_id, "root": record.work_path, "name": record.name,
-                     "defaults": self.cfg.convert.to_json(),
-                     "cache_dir": str(self.cfg.cache_dir) if self.cfg.cache else None,
-                     "cache_max_bytes": self.cfg.cache_max_bytes, "lock_dir": str(self.cfg.state_dir)}
-            pid = self.pool.submit(order)
-            if pid is not None:
-                self.store.update(job_id, status=PROCESSING, stage="starting", started_at=time.time(),
-                                  progress=1.0, worker_pid=pid)
-                logger.info("job {} ({}) started", job_id, record.name)
-            else:  # pragma: no cover - idle_slots said yes
+            pid = self.pool.submit(self.work_order(record))
+            if pid is None:  # pragma: no cover - idle_slots said yes
                 self.queue.appendleft(job_id)
                 return
+            self.store.mark_processing(job_id, pid)
+            logger.info("job {} ({}) started", job_id, record.name)
 
-    # ---- results ----------------------------------------------------------------------------------------------
+    def work_order(self, record: JobRecord) -> WorkOrder:
+        return WorkOrder(record.id, record.work_path, record.name, self.cfg.convert.to_json(),
+                         str(self.cfg.cache_dir) if self.cfg.cache else None, self.cfg.cache_max_bytes,
+                         str(self.cfg.state_dir))
+
+    # ---- what workers report, and cancellation ----------------------------------------------------------------
     def handle_event(self, event: PoolEvent) -> None:
-        if event.kind == "progress":
-            self.store.raise_progress(event.job_id, min(99.0, event.data["progress"]), event.data["stage"])
-        elif event.kind == "done":
-            if event.data.get("ok"):
-                self.complete_job(event.job_id, event.data["result"])
+        detail = event.detail
+        if event.kind is EventKind.PROGRESS and isinstance(detail, JobProgress):
+            self.store.raise_progress(event.job_id, min(99.0, detail.progress), detail.stage)
+        elif event.kind is EventKind.DONE and isinstance(detail, JobDone):
+            if detail.ok and detail.result is not None:
+                self.finisher.complete(event.job_id, detail.result)
             else:
-                self.fail_job(event.job_id, event.data["error"], event.data.get("hint"))
-        elif event.kind == "died":
-            job = self._job_dir(event.job_id)
-            if job:
-                finish_log(job)
-            self.fail_job(event.job_id, event.data["cause"], event.data.get("hint") or
-                          "the toolkit ended the worker process; see conversion.log for its last words")
-        elif event.kind == "timeout":
-            job = self._job_dir(event.job_id)
-            if job:
-                finish_log(job)
-            self.fail_job(event.job_id, f"timed out after {event.data['seconds']:.0f} s (timeout_seconds)",
-                          "raise timeout_seconds for very large models")
+                self.finisher.fail(event.job_id, detail.error or "the worker reported no error", detail.hint)
+        elif event.kind is EventKind.DIED and isinstance(detail, WorkerDeath):
+            self._finish_log(event.job_id)
+            self.finisher.fail(event.job_id, detail.cause, detail.hint or
+                               "the toolkit ended the worker process; see conversion.log for its last words")
+        elif event.kind is EventKind.TIMEOUT and isinstance(detail, JobTimeout):
+            self._finish_log(event.job_id)
+            self.finisher.fail(event.job_id, f"timed out after {detail.seconds:.0f} s (timeout_seconds)",
+                               "raise timeout_seconds for very large models")
 
     def _job_dir(self, job_id: str) -> JobDir | None:
         record = self.store.get(job_id)
         return JobDir(Path(record.work_path)) if record and record.work_path else None
 
-    def complete_job(self, job_id: str, result: dict[str, Any]) -> None:
-        record = self.store.get(job_id)
-        assert record is not None
-        finished = time.time()
-        outputs = [t["file"] for t in result["targets"] if t.get("ok")]
-        payload = {
-            "task_id": job_id, "name": record.name, "status": COMPLETED, "format": result["format"],
-            "inputs": result["inputs"], "target_platform": [t["platform"] for t in result["targets"]],
-            "targets": result["targets"], "quantization": result["quantization"],
-            "quantized": result["quantization"].get("quantized"), "toolkit_version": result["toolkit_version"],
-            "rknn_dropbox_version": __version__, "started_at": record.started_at, "finished_at": finished,
-            "duration": round(finished - (record.started_at or finished), 3),
-            "outputs": [{"name": t["file"], "size": t["size"], "sha256": t["sha256"]}
-                        for t in result["targets"] if t.get("ok")],
-            "warnings": result["warnings"], "config": result["options"],
-            **result.get("extra", {}),  # cached / cache_of / verification (converter)
-        }
-        self.store.update(job_id, format=result["format"], outputs=outputs, warnings=result["warnings"],
-                          target=",".join(payload["target_platform"]))
-        self._deliver(job_id, True, payload)
+    def _finish_log(self, job_id: str) -> None:
+        job = self._job_dir(job_id)
+        if job:
+            finish_log(job)
 
-    def fail_job(self, job_id: str, error: str, hint: str | None, stage: str | None = None) -> None:
-        record = self.store.get(job_id)
-        assert record is not None
-        payload = {"task_id": job_id, "name": record.name, "status": FAILED, "error": error, "hint": hint,
-                   "stage": stage or record.stage, "format": record.format or None, "failed_at": time.time(),
-                   "log": "conversion.log", "rknn_dropbox_version": __version__}
-        self._deliver(job_id, False, payload)
-
-    def _deliver(self, job_id: str, success: bool, payload: dict[str, Any]) -> None:
-        record = self.store.get(job_id)
-        assert record is not None
-        job = JobDir(Path(record.work_path))
-        dest = self.cfg.outbox if success else self.cfg.failed
-        status = COMPLETED if success else (payload.get("status") if payload.get("status") == CANCELLED
-                                             else FAILED)
-        try:
-            folder = deliver(job, dest, record.name, {"result.json" if success else "error.json": payload})
-        except DeliveryError as exc:
-            logger.error("job {}: {}; will retry in {:.0f} s", job_id, exc.strerror, DELIVERY_RETRY_SECONDS)
-            self.store.update(job_id, stage="delivery", error=f"{exc.strerror} (will retry)")
-            self.deliveries[job_id] = PendingDelivery(job_id, success, payload,
-                                                      time.monotonic() + DELIVERY_RETRY_SECONDS)
-            return
-        self.deliveries.pop(job_id, None)
-        self.store.update(job_id, status=status, output_dir=str(folder), finished_at=time.time(),
-                          progress=100.0 if success else record.progress, stage="done",
-                          error=None if success else payload.get("error"),
-                          hint=None if success else payload.get("hint"))
-        self.notify_callback(job_id)
-        if success:
-            logger.success("job {} ({}) completed: {}", job_id, record.name, folder)
-        else:
-            logger.warning("job {} ({}) failed: {} -> {}", job_id, record.name, payload.get("error"), folder)
-
-    def retry_deliveries(self) -> None:
-        now = time.monotonic()
-        for pending in list(self.deliveries.values()):
-            if pending.next_try <= now:
-                self._deliver(pending.job_id, pending.success, pending.payload)
-
-    # ---- cancellation and callbacks ---------------------------------------------------------------------------
     def apply_cancellations(self) -> None:
         """Cancel what `rknn-dropbox cancel` flagged in the store: a queued job leaves the queue, a running one
         loses its worker; either way its inputs go to failed/ and the task reads "cancelled"."""
         for job_id in self.store.cancel_requested_ids():
-            if job_id in self.deliveries:
+            if job_id in self.finisher.pending:
                 continue  # it finished already; only its delivery is pending
             if job_id in self.queue:
                 self.queue.remove(job_id)
-                was = "queued"
+                self.finisher.cancel(job_id, "queued")
             elif self.pool.kill_job(job_id, "cancel"):
-                was = "running"
-                job = self._job_dir(job_id)
-                if job:
-                    finish_log(job)
-                    for part in job.output.glob(".*.part"):
-                        part.unlink(missing_ok=True)
-                    shutil.rmtree(job.root / "tmp", ignore_errors=True)
-            else:
-                continue  # not held by this daemon
-            record = self.store.get(job_id)
-            assert record is not None
-            logger.warning("job {} ({}) cancelled while {}", job_id, record.name, was)
-            self._deliver(job_id, False, {
-                "task_id": job_id, "name": record.name, "status": CANCELLED, "error": "cancelled",
-                "hint": f"cancelled with `rknn-dropbox cancel` while {was}", "stage": record.stage,
-                "format": record.format or None, "cancelled_at": time.time(), "log": "conversion.log",
-                "rknn_dropbox_version": __version__})
+                self._discard_partial_work(job_id)
+                self.finisher.cancel(job_id, "running")
+            # else: not held by this daemon
 
-    def notify_callback(self, job_id: str) -> None:
-        """Queue the POST of a finished job's task JSON to its callback_url (background threads; never blocks)."""
-        record = self.store.get(job_id)
-        if record is not None and record.callback_url and record.status in FINAL_STATUSES:
-            self.callbacks.submit(job_id, record.callback_url, record.to_task())
-
-    def resend_pending_callbacks(self) -> None:
-        for record in self.store.pending_callbacks():
-            if record.callback_url:
-                self.callbacks.submit(record.id, record.callback_url, record.to_task())
+    def _discard_partial_work(self, job_id: str) -> None:
+        """A killed conversion's half-written outputs and scratch files; its log is kept."""
+        job = self._job_dir(job_id)
+        if job:
+            finish_log(job)
+            for part in job.output.glob(".*.part"):
+                part.unlink(missing_ok=True)
+            shutil.rmtree(job.root / "tmp", ignore_errors=True)
 
     # ---- status and shutdown ----------------------------------------------------------------------------------
     def status_snapshot(self) -> dict[str, Any]:
@@ -497,19 +323,19 @@ class Daemon:
         return f"{s['in_progress']} converting, {s['queue_depth']} queued, {s['workers_alive']} workers"
 
     def shutdown(self) -> None:
+        """Drain running jobs for drain_seconds; what is left goes back to queued and resumes on the next start."""
         notify("STOPPING=1")
         self.publish_snapshot()  # stopping: /readyz answers 503 while running jobs drain
         logger.info("shutting down: draining running jobs for up to {:.0f} s", self.cfg.drain_seconds)
         if self.watcher:
             self.watcher.stop()
-        unfinished = self.pool.stop(self.cfg.drain_seconds, self.handle_event)
-        for job_id in unfinished:
+        for job_id in self.pool.stop(self.cfg.drain_seconds, self.handle_event):
             job = self._job_dir(job_id)
             if job:
                 shutil.rmtree(job.output, ignore_errors=True)
                 shutil.rmtree(job.root / "tmp", ignore_errors=True)
                 (job.root / "conversion.raw").unlink(missing_ok=True)
-            self.store.update(job_id, status=QUEUED, stage="queued", progress=0.0)
+            self.store.mark_queued(job_id)
             logger.info("job {} left queued; it resumes on the next start", job_id)
         self.callbacks.stop()
         if self.server:

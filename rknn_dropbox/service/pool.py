@@ -6,13 +6,16 @@ import multiprocessing as mp
 import os
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any, Callable
 
 from loguru import logger
 
 from rknn_dropbox.service.memory import tree_rss_mb
+from rknn_dropbox.service.messages import (
+    EventKind, JobDone, JobProgress, JobTimeout, PoolEvent, WorkerDeath, WorkerReady, WorkOrder,
+)
 from rknn_dropbox.service.worker import worker_main
 
 MEMORY_CHECK_SECONDS = 0.1  # how often busy workers' memory is read when worker_memory_limit_mb is set
@@ -40,13 +43,6 @@ def death_cause(exitcode: int | None) -> str:
         return known or f"worker killed by signal {sig}"
     return (f"worker exited with code {exitcode}: the toolkit ended the process "
             "(its native compiler calls exit() on inputs it cannot build)")
-
-
-@dataclass
-class PoolEvent:
-    kind: str  # "progress" | "done" | "died" | "timeout" | "cancelled"
-    job_id: str
-    data: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -100,14 +96,14 @@ class WorkerPool:
     def busy(self) -> dict[str, WorkerSlot]:
         return {s.job_id: s for s in self.slots if s.job_id is not None}
 
-    def submit(self, order: dict[str, Any]) -> int | None:
+    def submit(self, order: WorkOrder) -> int | None:
         """Hand the order to an idle worker; its pid, or None when all are busy."""
         idle = self.idle_slots()
         if not idle:
             return None
         slot = idle[0]
         slot.conn.send(order)
-        slot.job_id = order["job_id"]
+        slot.job_id = order.job_id
         slot.started_at = self.clock()
         return slot.process.pid
 
@@ -142,7 +138,7 @@ class WorkerPool:
                     logger.warning("job {} timed out after {:.0f} s; killing worker {}", job_id,
                                    self.timeout_seconds, slot.process.pid)
                     self.kill_job(job_id, "timeout")
-                    events.append(PoolEvent("timeout", job_id, {"seconds": self.timeout_seconds}))
+                    events.append(PoolEvent(EventKind.TIMEOUT, job_id, JobTimeout(self.timeout_seconds)))
                 else:
                     deadline_wait = min(deadline_wait, left)
         events.extend(self._enforce_memory_limit())
@@ -166,8 +162,7 @@ class WorkerPool:
                     cause = death_cause(slot.process.exitcode)
                     logger.error("worker {} (pid {}) died holding job {}: {}", slot.index, slot.process.pid,
                                  slot.job_id, cause)
-                    events.append(PoolEvent("died", slot.job_id, {"cause": cause,
-                                                                   "exitcode": slot.process.exitcode}))
+                    events.append(PoolEvent(EventKind.DIED, slot.job_id, WorkerDeath(cause, slot.process.exitcode)))
                 elif not slot.stopping:
                     logger.warning("idle worker {} exited ({})", slot.index, death_cause(slot.process.exitcode))
                 self._replace(slot)
@@ -189,9 +184,9 @@ class WorkerPool:
                      "killed")
             logger.error("job {}: {} (pid {})", job_id, cause, slot.process.pid)
             self.kill_job(job_id, "memory")
-            events.append(PoolEvent("died", job_id, {"cause": cause, "exitcode": -signal.SIGKILL, "hint":
-                                                     "raise worker_memory_limit_mb if this model really needs "
-                                                     "that much, or run fewer workers"}))
+            events.append(PoolEvent(EventKind.DIED, job_id, WorkerDeath(
+                cause, -signal.SIGKILL, "raise worker_memory_limit_mb if this model really needs that much, "
+                                        "or run fewer workers")))
         return events
 
     def _drain(self, slot: WorkerSlot) -> list[PoolEvent]:
@@ -200,15 +195,15 @@ class WorkerPool:
             try:
                 if not slot.conn.poll():
                     break
-                kind, job_id, data = slot.conn.recv()
+                message = slot.conn.recv()
             except (EOFError, OSError):
                 break
-            if kind == "ready":
+            if isinstance(message, WorkerReady):
                 slot.ready = True
-            elif kind == "progress" and job_id == slot.job_id:
-                events.append(PoolEvent("progress", job_id, data))
-            elif kind == "done" and job_id == slot.job_id:
-                events.append(PoolEvent("done", job_id, data))
+            elif isinstance(message, JobProgress) and message.job_id == slot.job_id:
+                events.append(PoolEvent(EventKind.PROGRESS, message.job_id, message))
+            elif isinstance(message, JobDone) and message.job_id == slot.job_id:
+                events.append(PoolEvent(EventKind.DONE, message.job_id, message))
                 slot.job_id = None
                 slot.jobs_done += 1
                 if slot.jobs_done >= self.max_jobs_per_worker:

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import fields, replace
+from typing import TYPE_CHECKING
 
 from rknn_dropbox.config import Config
+
+if TYPE_CHECKING:
+    from rknn_dropbox.intake.scanner import InboxScanner
+    from rknn_dropbox.service.pool import WorkerPool
 
 # Read at every use by the loop, the scanner or the pool: safe to swap while running.
 LIVE_KEYS = ("convert", "timeout_seconds", "log_level", "stable_seconds", "bundle_timeout_seconds", "max_file_size",
@@ -25,3 +30,13 @@ def changed_keys(old: Config, new: Config) -> tuple[list[str], list[str]]:
 def apply_live(old: Config, new: Config, live: list[str]) -> Config:
     """The running config with the live keys taken from `new`; the others keep their running values."""
     return replace(old, **{k: getattr(new, k) for k in live})
+
+
+def push_live_settings(cfg: Config, scanner: "InboxScanner", pool: "WorkerPool") -> None:
+    """Hand the reloaded live keys to the scanner and the pool, which keep their own copies."""
+    scanner.stable_seconds = cfg.stable_seconds
+    scanner.bundle_timeout_seconds = cfg.bundle_timeout_seconds
+    scanner.max_file_size = cfg.max_file_size
+    pool.timeout_seconds = cfg.timeout_seconds
+    pool.max_jobs_per_worker = cfg.max_jobs_per_worker
+    pool.memory_limit_mb = cfg.worker_memory_limit_mb

@@ -1,4 +1,4 @@
-"""A worker process: imports the toolkit once, then converts the jobs its supervisor sends over a pipe."""
+"""A worker process: imports the toolkit and convert/ once (the only service module that may), then converts jobs."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ import time
 from dataclasses import asdict
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+
+from rknn_dropbox.intake.workarea import JobDir
+from rknn_dropbox.service.messages import JobDone, JobProgress, WorkerReady, WorkOrder
 
 PR_SET_PDEATHSIG = 1
 
@@ -35,7 +37,7 @@ def die_with_parent(parent_pid: int) -> None:
 
 
 def worker_main(conn: Connection, parent_pid: int, preload: bool = True) -> None:
-    """The worker loop: ("convert", order) in, ("progress"|"done", ...) out; EOF or None ends it."""
+    """The worker loop: a WorkOrder in, JobProgress... then JobDone out; EOF or None ends it."""
     die_with_parent(parent_pid)
     try:
         os.nice(10)  # conversions are batch work: the daemon's loop and status server come first on a busy CPU
@@ -45,34 +47,36 @@ def worker_main(conn: Connection, parent_pid: int, preload: bool = True) -> None
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if preload:
         import rknn.api  # noqa: F401  (warm: every job after this skips the multi-second import)
-    from rknn_dropbox.convert.job import ConversionError, JobSettings, convert_job, describe_exception
-    from rknn_dropbox.convert.options import ConvertOptions
-    from rknn_dropbox.intake.workarea import JobDir
-
-    conn.send(("ready", os.getpid(), None))
+    import rknn_dropbox.convert.job  # noqa: F401  (the converter too, before saying ready, as always)
+    conn.send(WorkerReady(os.getpid()))
     while True:
         try:
-            order: dict[str, Any] | None = conn.recv()
+            order: WorkOrder | None = conn.recv()
         except (EOFError, OSError):
             return
         if order is None:
             return
-        job_id = order["job_id"]
-
-        def progress(stage: str, pct: float, job_id: str = job_id) -> None:
-            conn.send(("progress", job_id, {"stage": stage, "progress": round(pct, 1)}))
-
+        done = run_order(order, conn)
         try:
-            result = convert_job(JobDir(Path(order["root"])), order["name"],
-                                 ConvertOptions.from_json(order["defaults"]), progress,
-                                 JobSettings.from_order(order))
-            payload: dict[str, Any] = {"ok": True, "result": asdict(result)}
-        except ConversionError as exc:
-            payload = {"ok": False, "error": exc.error, "hint": exc.hint}
-        except Exception as exc:  # noqa: BLE001 - the worker must answer for every job
-            payload = {"ok": False, "error": f"internal error: {describe_exception(exc)}",
-                       "hint": "see conversion.log; this is a bug in rknn-dropbox or the toolkit"}
-        try:
-            conn.send(("done", job_id, payload))
+            conn.send(done)
         except (BrokenPipeError, OSError):
             return
+
+
+def run_order(order: WorkOrder, conn: Connection) -> JobDone:
+    """Convert one job; every outcome, even a bug, becomes a JobDone (the worker must answer for every job)."""
+    from rknn_dropbox.convert.job import ConversionError, JobSettings, convert_job, describe_exception
+    from rknn_dropbox.convert.options import ConvertOptions
+
+    def progress(stage: str, pct: float) -> None:
+        conn.send(JobProgress(order.job_id, stage, round(pct, 1)))
+
+    try:
+        result = convert_job(JobDir(Path(order.root)), order.name, ConvertOptions.from_json(order.defaults),
+                             progress, JobSettings.from_order(order.settings()))
+        return JobDone(order.job_id, True, result=asdict(result))
+    except ConversionError as exc:
+        return JobDone(order.job_id, False, error=exc.error, hint=exc.hint)
+    except Exception as exc:  # noqa: BLE001 - the worker must answer for every job
+        return JobDone(order.job_id, False, error=f"internal error: {describe_exception(exc)}",
+                       hint="see conversion.log; this is a bug in rknn-dropbox or the toolkit")

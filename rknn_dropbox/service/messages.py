@@ -1,0 +1,79 @@
+"""What the daemon and its workers say to each other: the work order, the worker's replies, and the pool's events."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Union
+
+
+@dataclass(frozen=True)
+class WorkOrder:
+    """Daemon -> worker: convert the claimed job in `root` (a JobDir) with these defaults and settings."""
+    job_id: str
+    root: str
+    name: str
+    defaults: dict[str, Any] = field(default_factory=dict)  # the [convert] options as JSON (ConvertOptions.to_json)
+    cache_dir: str | None = None  # None: the conversion cache is off
+    cache_max_bytes: int = 0
+    lock_dir: str | None = None  # where the cross-worker TensorFlow lock lives (the state dir)
+
+    def settings(self) -> dict[str, Any]:
+        """The per-daemon settings part of the order, as convert's JobSettings.from_order reads them."""
+        return {"cache_dir": self.cache_dir, "cache_max_bytes": self.cache_max_bytes, "lock_dir": self.lock_dir}
+
+
+@dataclass(frozen=True)
+class WorkerReady:
+    """Worker -> daemon: the toolkit is imported, send work."""
+    pid: int
+
+
+@dataclass(frozen=True)
+class JobProgress:
+    """Worker -> daemon: how far the job has got."""
+    job_id: str
+    stage: str
+    progress: float
+
+
+@dataclass(frozen=True)
+class JobDone:
+    """Worker -> daemon: the job ended; `result` (ConversionResult as a dict) when ok, else error and hint."""
+    job_id: str
+    ok: bool
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    hint: str | None = None
+
+
+WorkerMessage = Union[WorkerReady, JobProgress, JobDone]
+
+
+@dataclass(frozen=True)
+class WorkerDeath:
+    """The worker holding a job died (a signal, exit(), or killed over the memory limit)."""
+    cause: str
+    exitcode: int | None
+    hint: str | None = None
+
+
+@dataclass(frozen=True)
+class JobTimeout:
+    """The job ran past timeout_seconds; its worker was killed."""
+    seconds: float
+
+
+class EventKind(Enum):
+    PROGRESS = "progress"
+    DONE = "done"
+    DIED = "died"
+    TIMEOUT = "timeout"
+
+
+@dataclass(frozen=True)
+class PoolEvent:
+    """Pool -> daemon loop: something happened to a job a worker held."""
+    kind: EventKind
+    job_id: str
+    detail: JobProgress | JobDone | WorkerDeath | JobTimeout

@@ -1,0 +1,179 @@
+"""Finishing a job: the result.json/error.json schema (built only here), delivery and its retries, final state."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from loguru import logger
+
+from rknn_dropbox import __version__
+from rknn_dropbox.intake.delivery import DeliveryError, deliver
+from rknn_dropbox.intake.workarea import JobDir
+from rknn_dropbox.service.callbacks import PENDING, CallbackSender
+from rknn_dropbox.store import CANCELLED, COMPLETED, FAILED, FINAL_STATUSES, JobRecord, JobStore
+
+DELIVERY_RETRY_SECONDS = 30.0
+RESULT_FILE, ERROR_FILE = "result.json", "error.json"
+
+
+# ---- the schema ---------------------------------------------------------------------------------------------------
+def result_payload(record: JobRecord, result: dict[str, Any], finished: float) -> dict[str, Any]:
+    """result.json of a completed job, from the worker's ConversionResult (as a dict)."""
+    ok_targets = [t for t in result["targets"] if t.get("ok")]
+    return {
+        "task_id": record.id, "name": record.name, "status": COMPLETED, "format": result["format"],
+        "inputs": result["inputs"], "target_platform": [t["platform"] for t in result["targets"]],
+        "targets": result["targets"], "quantization": result["quantization"],
+        "quantized": result["quantization"].get("quantized"), "toolkit_version": result["toolkit_version"],
+        "rknn_dropbox_version": __version__, "started_at": record.started_at, "finished_at": finished,
+        "duration": round(finished - (record.started_at or finished), 3),
+        "outputs": [{"name": t["file"], "size": t["size"], "sha256": t["sha256"]} for t in ok_targets],
+        "warnings": result["warnings"], "config": result["options"],
+        **result.get("extra", {}),  # cached / cache_of / verification (converter)
+    }
+
+
+def failure_payload(record: JobRecord, error: str, hint: str | None, stage: str | None) -> dict[str, Any]:
+    """error.json of a failed (or rejected) job."""
+    return {"task_id": record.id, "name": record.name, "status": FAILED, "error": error, "hint": hint,
+            "stage": stage or record.stage, "format": record.format or None, "failed_at": time.time(),
+            "log": "conversion.log", "rknn_dropbox_version": __version__}
+
+
+def cancelled_payload(record: JobRecord, was: str) -> dict[str, Any]:
+    """error.json of a job cancelled with `rknn-dropbox cancel` while `was` ("queued" or "running")."""
+    return {"task_id": record.id, "name": record.name, "status": CANCELLED, "error": "cancelled",
+            "hint": f"cancelled with `rknn-dropbox cancel` while {was}", "stage": record.stage,
+            "format": record.format or None, "cancelled_at": time.time(), "log": "conversion.log",
+            "rknn_dropbox_version": __version__}
+
+
+@dataclass(frozen=True)
+class DeliveredOutcome:
+    """What a delivered folder's result.json / error.json says (read back by recovery)."""
+    status: str
+    outputs: list[str]
+    error: str | None
+    hint: str | None
+
+
+def read_delivered(folder: Path, fname: str) -> DeliveredOutcome:
+    """Read a delivered job's outcome back; an unreadable file still says completed (result) or failed (error)."""
+    try:
+        payload = json.loads((folder / fname).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        payload = {}
+    status = payload.get("status") if payload.get("status") in FINAL_STATUSES else \
+        (COMPLETED if fname == RESULT_FILE else FAILED)
+    return DeliveredOutcome(status, [o["name"] for o in payload.get("outputs", []) if isinstance(o, dict)],
+                            payload.get("error"), payload.get("hint"))
+
+
+# ---- delivering and recording -----------------------------------------------------------------------------------
+@dataclass
+class PendingDelivery:
+    job_id: str
+    success: bool
+    payload: dict[str, Any]
+    next_try: float
+
+
+class Finisher:
+    """Ends jobs: writes their result/error.json, delivers them, records the final status, sends the callback."""
+
+    def __init__(self, store: JobStore, outbox: Path, failed: Path, callbacks: CallbackSender) -> None:
+        self.store = store
+        self.outbox, self.failed = outbox, failed
+        self.callbacks = callbacks
+        self.callbacks_running = False  # before start-up ends, callbacks are marked pending and sent at its end
+        self.pending: dict[str, PendingDelivery] = {}
+
+    def complete(self, job_id: str, result: dict[str, Any]) -> None:
+        record = self._record(job_id)
+        payload = result_payload(record, result, time.time())
+        self.store.record_conversion(job_id, result["format"], [o["name"] for o in payload["outputs"]],
+                                     result["warnings"], ",".join(payload["target_platform"]))
+        self.deliver(job_id, True, payload)
+
+    def fail(self, job_id: str, error: str, hint: str | None, stage: str | None = None) -> None:
+        self.deliver(job_id, False, failure_payload(self._record(job_id), error, hint, stage))
+
+    def cancel(self, job_id: str, was: str) -> None:
+        record = self._record(job_id)
+        logger.warning("job {} ({}) cancelled while {}", job_id, record.name, was)
+        self.deliver(job_id, False, cancelled_payload(record, was))
+
+    def deliver(self, job_id: str, success: bool, payload: dict[str, Any]) -> None:
+        """Move the job whole into outbox/ or failed/ and record it; when that fails, retry later."""
+        record = self._record(job_id)
+        try:
+            folder = deliver(JobDir(Path(record.work_path)), self.outbox if success else self.failed, record.name,
+                             {RESULT_FILE if success else ERROR_FILE: payload})
+        except DeliveryError as exc:
+            logger.error("job {}: {}; will retry in {:.0f} s", job_id, exc.strerror, DELIVERY_RETRY_SECONDS)
+            self.store.mark_delivery_pending(job_id, exc.strerror)
+            self.pending[job_id] = PendingDelivery(job_id, success, payload,
+                                                   time.monotonic() + DELIVERY_RETRY_SECONDS)
+            return
+        self.pending.pop(job_id, None)
+        if success:
+            self.store.mark_completed(job_id, str(folder))
+            logger.success("job {} ({}) completed: {}", job_id, record.name, folder)
+        elif payload.get("status") == CANCELLED:
+            self.store.mark_cancelled(job_id, payload.get("error"), payload.get("hint"), str(folder))
+        else:
+            self.store.mark_failed(job_id, payload.get("error"), payload.get("hint"), str(folder))
+        if not success:
+            logger.warning("job {} ({}) failed: {} -> {}", job_id, record.name, payload.get("error"), folder)
+        self.notify_callback(job_id)
+
+    def record_found_delivery(self, job_id: str, folder: Path, fname: str) -> None:
+        """A crash came between delivering the job's folder and recording it: record it now, from that folder."""
+        found = read_delivered(folder, fname)
+        if found.status == COMPLETED:
+            self.store.mark_completed(job_id, str(folder), outputs=found.outputs, stage=None)
+        elif found.status == CANCELLED:
+            self.store.mark_cancelled(job_id, found.error, found.hint, str(folder), stage=None, progress=0.0,
+                                     outputs=found.outputs)
+        else:
+            self.store.mark_failed(job_id, found.error, found.hint, str(folder), stage=None, progress=0.0,
+                                  outputs=found.outputs)
+        self.notify_callback(job_id)
+
+    def retry_due(self, now: float) -> None:
+        for pending in list(self.pending.values()):
+            if pending.next_try <= now:
+                self.deliver(pending.job_id, pending.success, pending.payload)
+
+    def retry_all_soon(self) -> None:
+        """A reload (after freeing space, say) retries deliveries now."""
+        for pending in self.pending.values():
+            pending.next_try = 0.0
+
+    def notify_callback(self, job_id: str) -> None:
+        """Queue the POST of a finished job's task JSON to its callback_url (background threads; never blocks).
+        Before the sender runs (start-up recovery), mark it pending: resend_pending sends it when start-up ends."""
+        record = self.store.get(job_id)
+        if record is None or not record.callback_url or record.status not in FINAL_STATUSES:
+            return
+        if self.callbacks_running:
+            self.callbacks.submit(job_id, record.callback_url, record.to_task())
+        else:
+            self.store.set_callback_status(job_id, PENDING)
+
+    def resend_pending(self) -> None:
+        """Start the sender and send what a previous run (or start-up recovery) left pending."""
+        self.callbacks.start()
+        self.callbacks_running = True
+        for record in self.store.pending_callbacks():
+            if record.callback_url:
+                self.callbacks.submit(record.id, record.callback_url, record.to_task())
+
+    def _record(self, job_id: str) -> JobRecord:
+        record = self.store.get(job_id)
+        assert record is not None, f"job {job_id} is not in the store"
+        return record
