@@ -17,6 +17,7 @@ from typing import Any
 from loguru import logger
 
 from rknn_dropbox import __version__
+from rknn_dropbox.formats import PAIR_EXTS
 from rknn_dropbox.intake.scanner import split_name
 from rknn_dropbox.config import Config, ConfigError, load_config
 from rknn_dropbox.logsetup import setup_logging
@@ -112,8 +113,7 @@ def _partners(src: Path) -> list[Path]:
     if src.is_dir():
         return []
     stem, ext = split_name(src.name)
-    wanted = [".yaml", ".yml"] + {".cfg": [".weights"], ".weights": [".cfg"], ".prototxt": [".caffemodel"],
-                                  ".caffemodel": [".prototxt"]}.get(ext, [])
+    wanted = [".yaml", ".yml"] + ([PAIR_EXTS[ext][0]] if ext in PAIR_EXTS else [])
     return [src.parent / (stem + e) for e in wanted if (src.parent / (stem + e)).is_file()]
 
 

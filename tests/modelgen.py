@@ -25,7 +25,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from rknn_dropbox.formats.integrity import (  # noqa: F401  (re-exported for the tests)
+from rknn_dropbox.formats.darknet import (  # noqa: F401  (re-exported for the tests)
     darknet_expected_weights_bytes, darknet_header_bytes, parse_darknet_cfg,
 )
 

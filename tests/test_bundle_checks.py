@@ -15,7 +15,9 @@ import modelgen
 from rknn_dropbox.intake.scanner import InboxScanner
 from rknn_dropbox.intake.archives import ArchiveError, ArchiveLimits, unpack_archive
 from rknn_dropbox.convert.cache import ResultCache, cache_key
-from rknn_dropbox.formats.integrity import IntegrityError, check_caffe, check_darknet, darknet_expected_weights_bytes
+from rknn_dropbox.formats.base import IntegrityError
+from rknn_dropbox.formats.caffe import check_caffe
+from rknn_dropbox.formats.darknet import check_darknet, darknet_expected_weights_bytes
 from rknn_dropbox.convert.options import (
     OptionsError, is_model_config, model_config_to_options, parse_convert_options,
 )

@@ -118,9 +118,10 @@ def test_slow_copy_is_not_claimed_before_it_is_complete(daemon: DaemonProcess, t
 
 
 def test_kill_9_during_conversion_then_restart_completes(daemon_factory, tmp_path: Path) -> None:
-    d = daemon_factory(env={**FAULTS, "RKNN_DROPBOX_FAULT_SLOW_SECONDS": "4"}).start()
+    d = daemon_factory(env={**FAULTS, "RKNN_DROPBOX_FAULTS": "killme=slow",
+                                 "RKNN_DROPBOX_FAULT_SLOW_SECONDS": "4"}).start()
     shutil.copy(modelgen.write_onnx_conv(tmp_path / "k.onnx"), d.inbox / "killme.onnx")
-    (d.inbox / "killme.yaml").write_text("fault: slow\n")
+    (d.inbox / "killme.yaml").write_text("verify: true\n")
     wait_for(lambda: any(t["status"] == "processing" for t in d.get("/api/tasks")["tasks"]), 30,
              what="job processing")
     d.kill9()
@@ -136,9 +137,10 @@ def test_kill_9_during_conversion_then_restart_completes(daemon_factory, tmp_pat
 
 
 def test_worker_killed_fails_only_its_job(daemon_factory, tmp_path: Path) -> None:
-    d = daemon_factory(env={**FAULTS, "RKNN_DROPBOX_FAULT_SLOW_SECONDS": "30"}).start()
+    d = daemon_factory(env={**FAULTS, "RKNN_DROPBOX_FAULTS": "victim=slow",
+                                 "RKNN_DROPBOX_FAULT_SLOW_SECONDS": "30"}).start()
     shutil.copy(modelgen.write_onnx_conv(tmp_path / "v.onnx"), d.inbox / "victim.onnx")
-    (d.inbox / "victim.yaml").write_text("fault: slow\n")
+    (d.inbox / "victim.yaml").write_text("verify: true\n")
     task = wait_for(lambda: next((t for t in d.get("/api/tasks")["tasks"]
                                   if t["status"] == "processing" and t["worker_pid"]), None), 30, what="processing")
     shutil.copy(modelgen.write_onnx_conv(tmp_path / "b.onnx", seed=1), d.inbox / "bystander.onnx")

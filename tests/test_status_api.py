@@ -113,10 +113,11 @@ def test_stalled_clients_do_not_block_a_normal_request(daemon: DaemonProcess) ->
 
 def test_cancel_a_queued_and_a_running_job(daemon_factory, tmp_path: Path) -> None:
     hook = Hook([200])
-    d = daemon_factory(workers=1, env={**FAULTS, "RKNN_DROPBOX_FAULT_SLOW_SECONDS": "60"}).start()
+    d = daemon_factory(workers=1, env={**FAULTS, "RKNN_DROPBOX_FAULTS": "runner=slow",
+                                            "RKNN_DROPBOX_FAULT_SLOW_SECONDS": "60"}).start()
     try:
         shutil.copy(modelgen.write_onnx_conv(tmp_path / "r.onnx"), d.inbox / "runner.onnx")
-        (d.inbox / "runner.yaml").write_text(f"fault: slow\ncallback_url: {hook.url}\n")
+        (d.inbox / "runner.yaml").write_text(f"callback_url: {hook.url}\n")
         running = wait_for(lambda: (t := task_named(d, "runner")) and t["status"] == "processing" and t, 30,
                            what="runner processing")
         shutil.copy(modelgen.write_onnx_conv(tmp_path / "w.onnx", seed=1), d.inbox / "waiter.onnx")

@@ -22,7 +22,7 @@ from rknn_dropbox.service.callbacks import CallbackPolicy, CallbackSender
 from rknn_dropbox.status.gate import GateLimits
 from rknn_dropbox.status.server import StatusServer, content_disposition
 from rknn_dropbox.store import JobRecord, JobStore
-from rknn_dropbox.convert.toolprogress import BUILD_PHASES_INT8, toolkit_progress
+from rknn_dropbox.convert.toolkit_log import BUILD_PHASES_INT8, toolkit_progress
 
 TASK = "20240101-120000-abcdef"
 

@@ -49,15 +49,10 @@ class ConvertOptions:
     repair_budget_seconds: float | None = None  # None: 3x the first build, at least 60 s
     accuracy_fallback: str = "none"       # fp16: deliver the fp16 build when no int8 candidate passes
     callback_url: str | None = None  # http(s) URL the daemon POSTs the final task JSON to (see callbacks.py)
-    # A test-only hook (honoured only when RKNN_DROPBOX_FAULT_INJECTION=1): segfault / exit / hang / oom / abort /
-    # raise / slow (sleeps RKNN_DROPBOX_FAULT_SLOW_SECONDS, default 5, then converts normally).
-    fault: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["target_platform"] = list(self.target_platform)
-        if d.get("fault") is None:
-            d.pop("fault", None)
         return d
 
     def to_public_json(self) -> dict[str, Any]:
@@ -77,7 +72,7 @@ class ConvertOptions:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
-ALLOWED_KEYS = tuple(f.name for f in fields(ConvertOptions) if f.name != "fault")
+ALLOWED_KEYS = tuple(f.name for f in fields(ConvertOptions))
 
 
 def _fail(where: str, key: str, msg: str) -> OptionsError:
@@ -178,8 +173,6 @@ def _parse_value(where: str, key: str, value: Any) -> Any:
                                       and len(value) <= 2048 and not any(c.isspace() for c in value)):
             raise _fail(where, key, f"expected an http:// or https:// URL, got {value!r}")
         return value
-    if key == "fault":
-        return _choice(where, key, value, ("segfault", "exit", "hang", "oom", "abort", "raise", "slow"))
     raise _fail(where, key, f"unknown key (allowed: {', '.join(ALLOWED_KEYS)})")  # pragma: no cover
 
 
@@ -189,8 +182,6 @@ def parse_convert_options(raw: Any, where: str, base: ConvertOptions | None = No
     if not isinstance(raw, dict):
         raise OptionsError(f"{where}: expected a mapping of option: value, got {type(raw).__name__}")
     allowed = set(ALLOWED_KEYS)
-    if os.environ.get("RKNN_DROPBOX_FAULT_INJECTION") == "1":
-        allowed.add("fault")
     changes: dict[str, Any] = {}
     for key, value in raw.items():
         if not isinstance(key, str) or key not in allowed:

@@ -100,79 +100,6 @@ def make_inputs(shapes: list[list[int]], mean: list[list[float]] | None, std: li
     return raw, norm, source
 
 
-def reference_onnx(model: Path, inputs: list[np.ndarray]) -> list[np.ndarray]:
-    import onnxruntime as ort
-    sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
-    names = [i.name for i in sess.get_inputs()]
-    return sess.run(None, dict(zip(names, inputs)))
-
-
-def reference_torch(model: Path, inputs: list[np.ndarray]) -> list[np.ndarray]:
-    import torch
-    m = torch.jit.load(str(model), map_location="cpu").eval()
-    with torch.no_grad():
-        out = m(*[torch.from_numpy(x) for x in inputs])
-    outs = out if isinstance(out, (list, tuple)) else [out]
-    return [o.detach().numpy() for o in outs]
-
-
-def _tflite_quantize(detail: dict[str, Any], x: np.ndarray) -> np.ndarray:
-    if detail["dtype"] in (np.int8, np.uint8):
-        scale, zero = detail["quantization"]
-        info = np.iinfo(detail["dtype"])
-        return np.clip(np.round(x / scale + zero), info.min, info.max).astype(detail["dtype"])
-    return x.astype(detail["dtype"])
-
-
-def _tflite_dequantize(detail: dict[str, Any], y: np.ndarray) -> np.ndarray:
-    y = np.asarray(y)
-    if detail["dtype"] in (np.int8, np.uint8) and np.issubdtype(y.dtype, np.integer):
-        scale, zero = detail["quantization"]
-        return (y.astype(np.float32) - zero) * scale
-    return y
-
-
-def reference_tflite(model: Path, inputs: list[np.ndarray]) -> list[np.ndarray]:
-    import tensorflow as tf
-    interp = tf.lite.Interpreter(model_path=str(model))
-    interp.allocate_tensors()
-    for detail, x in zip(interp.get_input_details(), inputs):
-        interp.set_tensor(detail["index"], _tflite_quantize(detail, x))
-    interp.invoke()
-    return [_tflite_dequantize(d, interp.get_tensor(d["index"])) for d in interp.get_output_details()]
-
-
-def tflite_simulator_io(model: Path, raw: list[np.ndarray], norm: list[np.ndarray]
-                        ) -> tuple[list[np.ndarray], Any]:
-    """For a TFLite model with int8/uint8 inputs/outputs (full-integer, pre-quantized) the .rknn keeps those
-    dtypes: the simulator wants the quantized integers (the model's own input scale/zero point, not floats)
-    and hands back raw integers.  Returns the simulator inputs and a function dequantizing its outputs."""
-    import tensorflow as tf
-    interp = tf.lite.Interpreter(model_path=str(model))
-    ins, outs = interp.get_input_details(), interp.get_output_details()
-    sim = [_tflite_quantize(d, n) if d["dtype"] in (np.int8, np.uint8) else r
-           for d, r, n in zip(ins, raw, norm)] + list(raw[len(ins):])
-
-    def dequantize(got: list[np.ndarray]) -> list[np.ndarray]:
-        return [_tflite_dequantize(outs[i], y) if i < len(outs) else y for i, y in enumerate(got)]
-    return sim, dequantize
-
-
-def reference_tf_graph(pb: Path, input_names: list[str], output_names: list[str],
-                       inputs: list[np.ndarray]) -> list[np.ndarray]:
-    import tensorflow as tf
-    gd = tf.compat.v1.GraphDef()
-    gd.ParseFromString(pb.read_bytes())
-    graph = tf.Graph()
-    with graph.as_default():
-        tf.compat.v1.import_graph_def(gd, name="")
-    def tensor(n: str) -> str:
-        return n if ":" in n else f"{n}:0"
-    with tf.compat.v1.Session(graph=graph) as sess:
-        return sess.run([tensor(n) for n in output_names],
-                        {tensor(n): x for n, x in zip(input_names, inputs)})
-
-
 def compare(rknn_outputs: list[np.ndarray], ref_outputs: list[np.ndarray], names: list[str] | None,
             min_cos: float) -> tuple[list[dict[str, Any]], bool]:
     rows = []
@@ -196,3 +123,38 @@ def compare(rknn_outputs: list[np.ndarray], ref_outputs: list[np.ndarray], names
     if len(rknn_outputs) != len(ref_outputs):
         ok = False
     return rows, ok
+
+
+def _error_reason(exc: Exception) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[-1][:200] if text else ''}"
+
+
+def verify_target(rknn: Any, spec: Any, prepared: Any, quantize: bool, prequantized: bool) -> dict[str, Any] | None:
+    """Run the simulator on one input and compare with the format's reference runtime; None when verify is off."""
+    o, fmt = spec.options, spec.fmt
+    if not o.verify:
+        return None
+    min_cos = threshold(o.verify_min_cosine, quantize or (prequantized and fmt.int8_threshold_when_prequantized))
+    skipped = fmt.skip_verification()
+    if skipped:
+        return Verification("skipped", reason=skipped).to_json()
+    try:
+        shapes, names = fmt.verify_io(spec, prepared)
+        if not shapes or any(not d or any(x <= 0 for x in d) for d in shapes):
+            return Verification("skipped", reason="the input shapes are not fixed").to_json()
+        raw, norm, source = make_inputs(shapes, o.mean_values, o.std_values, fmt.channels_last,
+                                        spec.dataset if quantize else None)
+        ref_name = fmt.reference_name
+        if rknn.init_runtime() != 0:
+            return Verification("error", ref_name, reason="init_runtime() of the simulator failed").to_json()
+        sim_inputs, convert_outputs = fmt.simulator_io(spec, raw, norm)
+        got = rknn.inference(inputs=sim_inputs, data_format="nhwc" if fmt.channels_last else "nchw")
+        if got is None:
+            return Verification("error", ref_name, reason="the simulator returned no outputs").to_json()
+        if convert_outputs is not None:
+            got = convert_outputs(got)
+        rows, ok = compare(got, fmt.reference(spec, prepared, norm), names, min_cos)
+        return Verification("passed" if ok else "below_threshold", ref_name, source, min_cos, rows).to_json()
+    except Exception as exc:  # noqa: BLE001 - a verification problem must not lose a good .rknn
+        return Verification("error", reason=_error_reason(exc)).to_json()

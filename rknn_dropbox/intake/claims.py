@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from rknn_dropbox.convert.options import OptionsError, read_yaml_mapping
+from rknn_dropbox.intake.sidecars import bundle_files, find_sidecars
 from rknn_dropbox.intake.workarea import MANIFEST, JobDir, fsync_dir, write_json_atomic
 
 
@@ -69,19 +70,11 @@ def callback_url_for(job_input: Path, default: str | None) -> str | None:
 
     Read by the daemon at claim time so that jobs which fail or are cancelled before a worker parses the
     sidecar still report; an unreadable sidecar is left for the worker to reject with a proper error."""
-    folder_configs: list[Path] = []
-    own: list[Path] = []
-    try:
-        entries = sorted(job_input.iterdir())
-    except OSError:
+    if not job_input.is_dir():
         return default
-    for entry in entries:
-        candidates = sorted(entry.iterdir()) if entry.is_dir() and not entry.is_symlink() else [entry]
-        for path in candidates:
-            if path.suffix.lower() in (".yaml", ".yml") and path.is_file() and not path.is_symlink():
-                (folder_configs if path.stem.lower() == "config" else own).append(path)
+    found = find_sidecars([f for f in bundle_files(job_input) if not f.is_symlink()])
     url = default
-    for path in folder_configs[:1] + own[:1]:
+    for path in (p for p in (found.folder, found.own) if p is not None):
         try:
             value = read_yaml_mapping(path).get("callback_url")
         except OptionsError:

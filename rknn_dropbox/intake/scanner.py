@@ -10,22 +10,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from rknn_dropbox.formats import PAIR_EXTS, SINGLE_MODEL_EXTS, SUPPORTED_HINT, is_checkpoint_ext
+from rknn_dropbox.intake.archives import ARCHIVE_SUFFIXES as ARCHIVE_EXTS
+
+__all__ = ["PAIR_EXTS", "SINGLE_MODEL_EXTS", "ARCHIVE_EXTS", "SIDECAR_EXTS", "is_checkpoint_ext", "is_ignored",
+           "split_name", "InboxScanner"]
+
 IGNORED_PATTERNS = ("Thumbs.db", "desktop.ini", "*.part", "*.tmp", "*.crdownload", "~*", "@eaDir", "__MACOSX")
-SINGLE_MODEL_EXTS = (".onnx", ".tflite", ".pt", ".pth", ".pytorch", ".torchscript", ".pb")
-ARCHIVE_EXTS = (".tar.gz", ".tgz", ".tar", ".zip")
 SIDECAR_EXTS = (".yaml", ".yml")
-# one half of a two-file model -> (the partner's extension, what the pair is called)
-PAIR_EXTS = {
-    ".cfg": (".weights", "Darknet"),
-    ".weights": (".cfg", "Darknet"),
-    ".prototxt": (".caffemodel", "Caffe"),
-    ".caffemodel": (".prototxt", "Caffe"),
-}
-
-
-def is_checkpoint_ext(ext: str) -> bool:
-    """The parts of a TensorFlow checkpoint: .meta, .index, .data-00000-of-00001."""
-    return ext in (".meta", ".index") or ext.startswith(".data-")
 
 
 def is_ignored(name: str) -> bool:
@@ -258,8 +250,7 @@ class InboxScanner:
             sidecars = []
         for name in others:
             result.rejected.append(Rejection(name, [name], f"{name} is not a model file",
-                                             "rknn-dropbox converts .onnx, .tflite, .pt/.pth, .pb, .cfg+.weights, "
-                                             ".prototxt+.caffemodel, or a folder/archive holding one"))
+                                             SUPPORTED_HINT))
         if len(sidecars) > 1:
             result.rejected.append(Rejection(stem, sorted(members), f"more than one sidecar for {stem}: "
                                              f"{', '.join(sorted(sidecars))}", "keep one .yaml per model"))

@@ -88,7 +88,7 @@ def build(inbox: Path, src: Path, outside: Path) -> dict[str, tuple[str, list[st
         "sidecar billion laughs": ("laughs", LAUGHS, "aliases"),
         "sidecar YAML syntax error": ("syntax", "target_platform: [rk3588\n", "not valid YAML"),
         "sidecar binary garbage": ("binyaml", b"\xff\xfe" + noise, "UTF-8"),
-        "sidecar fault key without the test flag": ("faulty", "fault: segfault\n", "fault"),
+        "sidecar fault key (not an option: faults are test-only, by environment)": ("faulty", "fault: segfault\n", "fault"),
         "sidecar unknown platform": ("plat", "target_platform: rk9999\n", "rk9999"),
     }
     for kind, (stem, text, expect) in sidecars.items():

@@ -53,11 +53,12 @@ def test_two_daemons_one_inbox_twenty_bundles_each_converted_once(box_factory, t
 
 def test_claims_of_a_dead_host_are_taken_over(box_factory, tmp_path: Path) -> None:
     share = tmp_path / "share"
-    a = box_factory("host-a", workers=1, shared=share, env={**FAULTS, "RKNN_DROPBOX_FAULT_SLOW_SECONDS": "60"},
+    a = box_factory("host-a", workers=1, shared=share, env={**FAULTS, "RKNN_DROPBOX_FAULTS": "orphan=slow",
+                                                               "RKNN_DROPBOX_FAULT_SLOW_SECONDS": "60"},
                     settings={"host_id": "a", "stale_claim_seconds": 3}).start()
     src = tmp_path / "src"
     (src).mkdir()
-    (src / "orphan.yaml").write_text("fault: slow\n")
+    (src / "orphan.yaml").write_text("verify: true\n")
     drop(src / "orphan.yaml", share / "inbox" / "orphan.yaml")
     drop(modelgen.write_onnx_conv(src / "orphan.onnx"), share / "inbox" / "orphan.onnx")
     drop(modelgen.write_onnx_conv(src / "queued.onnx", seed=1), share / "inbox" / "queued.onnx")
@@ -66,7 +67,8 @@ def test_claims_of_a_dead_host_are_taken_over(box_factory, tmp_path: Path) -> No
     a.kill9()  # host a dies holding one job in conversion and one queued
     claims_a = share / "inbox" / ".rknn-dropbox" / "a"
     assert len([p for p in claims_a.iterdir() if p.is_dir()]) == 2
-    b = box_factory("host-b", workers=1, shared=share, env={**FAULTS, "RKNN_DROPBOX_FAULT_SLOW_SECONDS": "0.1"},
+    b = box_factory("host-b", workers=1, shared=share, env={**FAULTS, "RKNN_DROPBOX_FAULTS": "orphan=slow",
+                                                               "RKNN_DROPBOX_FAULT_SLOW_SECONDS": "0.1"},
                     settings={"host_id": "b", "stale_claim_seconds": 3}).start()
     b.wait_completed("orphan", timeout=60)
     b.wait_completed("queued", timeout=60)

@@ -27,8 +27,9 @@ def _sigterm(box, timeout: float) -> tuple[int, float]:
 def test_sigterm_drains_then_leaves_the_rest_queued_and_resumes(box_factory, tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.mkdir()
-    (src / "slow.yaml").write_text("fault: slow\n")
-    box = box_factory(workers=1, env={**FAULTS, "RKNN_DROPBOX_FAULT_SLOW_SECONDS": "2"},
+    (src / "slow.yaml").write_text("verify: true\n")
+    box = box_factory(workers=1, env={**FAULTS, "RKNN_DROPBOX_FAULT_SLOW_SECONDS": "2",
+                                            "RKNN_DROPBOX_FAULTS": "quick=slow,long=slow"},
                       settings={"drain_seconds": 20}).start()
     # 1. a job that finishes within drain_seconds is delivered before the exit
     drop(src / "slow.yaml", box.inbox / "quick.yaml")

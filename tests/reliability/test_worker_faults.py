@@ -17,13 +17,14 @@ pytestmark = pytest.mark.slow
 
 
 def test_each_worker_death_fails_only_its_job_with_a_named_cause(box_factory, tmp_path: Path) -> None:
-    box = box_factory(workers=2, env={**FAULTS, "RKNN_DROPBOX_FAULT_SLOW_SECONDS": "60"},
+    box = box_factory(workers=2, env={**FAULTS, "RKNN_DROPBOX_FAULT_SLOW_SECONDS": "60",
+                                            "RKNN_DROPBOX_FAULTS": "victim=slow,segv=segfault,hang=hang,hog=oom"},
                       settings={"timeout_seconds": 8, "worker_memory_limit_mb": 1000}).start()
     src = tmp_path / "src"
     model = modelgen.write_onnx_conv(src / "m.onnx")
 
     def faulty(name: str, fault: str) -> None:
-        (src / f"{name}.yaml").write_text(f"fault: {fault}\n")
+        (src / f"{name}.yaml").write_text("verify: true\n")  # the fault: RKNN_DROPBOX_FAULTS
         drop(src / f"{name}.yaml", box.inbox / f"{name}.yaml")
         drop(model, box.inbox / f"{name}.onnx")
 

@@ -1,13 +1,10 @@
-"""TensorFlow graphs in the worker: freezing SavedModels and checkpoints to a .pb, and finding a graph's inputs/outputs."""
+"""TensorFlow graphs in the worker: freezing SavedModels and checkpoints to a .pb, finding a graph's inputs/outputs."""
 
 from __future__ import annotations
 
-import fcntl
-import contextlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 _NON_OUTPUT_OPS = {"NoOp", "Const", "Placeholder", "PlaceholderWithDefault", "VariableV2", "VarHandleOp", "Assign",
                    "AssignVariableOp", "SaveV2", "RestoreV2", "MergeV2Checkpoints", "ShardedFilename",
@@ -173,22 +170,3 @@ def freeze_checkpoint(meta: Path, out_pb: Path, inputs: list[str] | None, output
                 sess, gd, [o.split(":")[0] for o in outs])
     out_pb.write_bytes(frozen.SerializeToString())
     return TFGraph(out_pb, ins, outs, shapes, "checkpoint restored and frozen; " + found)
-
-
-@contextlib.contextmanager
-def toolkit_tf_lock(lock_dir: Path | None) -> Iterator[None]:
-    """Serialize the toolkit's TensorFlow loaders across workers: load_tensorflow writes the fixed
-    /tmp/optimized_tf.pb whatever TMPDIR says, so two at once would read each other's graph."""
-    if lock_dir is None:
-        yield
-        return
-    lock_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock_dir / "toolkit-tensorflow.lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)

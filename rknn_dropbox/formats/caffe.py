@@ -1,181 +1,14 @@
-"""Weight-file integrity checks the toolkit skips: Darknet .weights size and Caffe blob shapes against the net text."""
+"""Caffe (.prototxt + .caffemodel): recognising the pair, the blob-shape check the toolkit skips, loading."""
 
 from __future__ import annotations
 
 import re
-import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from rknn_dropbox.formats.base import Format, IntegrityError, ToolkitCall
 
-class IntegrityError(ValueError):
-    """A weights file that does not match its network description; the message names the layer and byte counts."""
-
-
-# ------------------------------------------------------------------------------------------------------ Darknet
-
-def darknet_header_bytes(major: int = 0, minor: int = 2) -> int:
-    """Header size as darknet's load_weights reads it: 3 x int32 + `seen` (int64 from version 0.2 on, else int32)."""
-    if (major * 10 + minor) >= 2 and major < 1000 and minor < 1000:
-        return 12 + 8
-    return 12 + 4
-
-
-def parse_darknet_cfg(cfg_text: str) -> list[tuple[str, dict[str, str]]]:
-    """The [section] / key=value list of a Darknet .cfg; ValueError on a malformed line."""
-    sections: list[tuple[str, dict[str, str]]] = []
-    for raw in cfg_text.splitlines():
-        line = raw.split("#", 1)[0].split(";", 1)[0].strip()
-        if not line:
-            continue
-        if line.startswith("["):
-            if not line.endswith("]"):
-                raise ValueError(f"bad section header: {raw!r}")
-            sections.append((line[1:-1].strip().lower(), {}))
-            continue
-        if "=" not in line:
-            raise ValueError(f"bad cfg line: {raw!r}")
-        if not sections:
-            raise ValueError("option before first section")
-        k, v = line.split("=", 1)
-        sections[-1][1][k.strip()] = v.strip()
-    return sections
-
-
-def _int(opts: dict[str, str], key: str, default: int | None = None) -> int:
-    if key in opts:
-        return int(opts[key])
-    if default is None:
-        raise ValueError(f"missing required option {key!r}")
-    return default
-
-
-# layers with no weights that keep (h, w, c) of the previous layer
-_DARKNET_PASSTHROUGH = {
-    "yolo", "region", "detection", "gaussian_yolo", "dropout", "softmax", "cost",
-    "shortcut", "scale_channels", "sam", "activation", "logistic", "l2norm",
-    "contrastive",
-}
-
-
-@dataclass(frozen=True)
-class DarknetLayerWeights:
-    index: int       # layer index as darknet counts it (0 = first section after [net])
-    kind: str        # convolutional / connected
-    floats: int      # float32 values this layer reads from the .weights file
-
-
-def darknet_weight_layout(cfg_text: str) -> list[DarknetLayerWeights]:
-    """The float32 count each weighted layer of `cfg_text` reads, in file order (pure; ValueError if malformed).
-
-    Follows darknet's load_weights: [convolutional] biases, [scales, rolling mean, rolling var if batch_normalize],
-    filters*(c/groups)*size*size weights; [connected] biases, inputs*outputs weights, [bn triple]. Tracks h/w/c
-    through maxpool, avgpool, upsample, route (incl. groups), reorg and weightless pass-through layers.
-    """
-    sections = parse_darknet_cfg(cfg_text)
-    if not sections or sections[0][0] not in ("net", "network"):
-        raise ValueError("cfg must start with [net]")
-    net = sections[0][1]
-    h, w, c = _int(net, "height", 0), _int(net, "width", 0), _int(net, "channels", 3)
-    if c <= 0:
-        raise ValueError("net channels must be > 0")
-    shapes: list[tuple[int, int, int]] = []
-    layout: list[DarknetLayerWeights] = []
-    for idx, (kind, o) in enumerate(sections[1:]):
-        if kind in ("convolutional", "conv"):
-            filters, size = _int(o, "filters", 1), _int(o, "size", 1)
-            stride = _int(o, "stride", 1)
-            groups = _int(o, "groups", 1)
-            if filters <= 0 or size <= 0 or stride <= 0 or groups <= 0 or c % groups:
-                raise ValueError(f"layer {idx}: bad convolutional params")
-            padding = size // 2 if _int(o, "pad", 0) else _int(o, "padding", 0)
-            n = filters + (3 * filters if _int(o, "batch_normalize", 0) else 0) + filters * (c // groups) * size * size
-            layout.append(DarknetLayerWeights(idx, "convolutional", n))
-            h = (h + 2 * padding - size) // stride + 1
-            w = (w + 2 * padding - size) // stride + 1
-            c = filters
-        elif kind in ("connected", "fc"):
-            outputs = _int(o, "output", 1)
-            n = outputs + h * w * c * outputs + (3 * outputs if _int(o, "batch_normalize", 0) else 0)
-            layout.append(DarknetLayerWeights(idx, "connected", n))
-            h, w, c = 1, 1, outputs
-        elif kind in ("maxpool", "max"):
-            stride = _int(o, "stride", 1)
-            size = _int(o, "size", stride)
-            padding = _int(o, "padding", size - 1)
-            h = (h + padding - size) // stride + 1
-            w = (w + padding - size) // stride + 1
-        elif kind in ("avgpool", "avg"):
-            h, w = 1, 1
-        elif kind == "upsample":
-            stride = _int(o, "stride", 2)
-            if stride > 0:
-                h, w = h * stride, w * stride
-            elif stride < 0:
-                h, w = h // -stride, w // -stride
-        elif kind == "reorg":
-            stride = _int(o, "stride", 1)
-            if _int(o, "reverse", 0):
-                h, w, c = h * stride, w * stride, c // (stride * stride)
-            else:
-                h, w, c = h // stride, w // stride, c * stride * stride
-        elif kind == "route":
-            if "layers" not in o:
-                raise ValueError(f"layer {idx}: route without layers")
-            refs = []
-            for tok in o["layers"].split(","):
-                j = int(tok)
-                j = idx + j if j < 0 else j
-                if not 0 <= j < idx:
-                    raise ValueError(f"layer {idx}: route to invalid layer {tok.strip()}")
-                refs.append(shapes[j])
-            h, w = refs[0][0], refs[0][1]
-            c = sum(r[2] for r in refs) // _int(o, "groups", 1)
-        elif kind in _DARKNET_PASSTHROUGH:
-            pass
-        else:
-            raise ValueError(f"layer {idx}: unsupported darknet layer type [{kind}]")
-        shapes.append((h, w, c))
-    return layout
-
-
-def darknet_expected_weights_bytes(cfg_text: str, major: int = 0, minor: int = 2) -> int:
-    """Exact byte size of the .weights file implied by `cfg_text` (header included); pure function."""
-    return darknet_header_bytes(major, minor) + 4 * sum(layer.floats for layer in darknet_weight_layout(cfg_text))
-
-
-def check_darknet(cfg: Path, weights: Path) -> None:
-    """IntegrityError unless `weights` holds exactly the bytes `cfg` implies (naming the first layer that is short)."""
-    try:
-        layout = darknet_weight_layout(cfg.read_text(encoding="utf-8", errors="replace"))
-    except ValueError as exc:
-        raise IntegrityError(f"{cfg.name} is not a Darknet network description the checker understands: {exc}") \
-            from None
-    size = weights.stat().st_size
-    with open(weights, "rb") as fh:
-        head = fh.read(8)
-    if len(head) < 8:
-        raise IntegrityError(f"{weights.name} has {size} bytes, too short even for a Darknet header")
-    major, minor = struct.unpack("<ii", head)
-    offset = darknet_header_bytes(major, minor)
-    expected = offset + 4 * sum(layer.floats for layer in layout)
-    if size == expected:
-        return
-    if size < expected:
-        for layer in layout:
-            end = offset + 4 * layer.floats
-            if end > size:
-                raise IntegrityError(
-                    f"{weights.name} is truncated: {size} bytes, but {cfg.name} implies {expected} bytes; layer "
-                    f"{layer.index} [{layer.kind}] needs bytes {offset}-{end} ({expected - size} bytes missing)")
-            offset = end
-    last = f"layer {layout[-1].index} [{layout[-1].kind}]" if layout else "the header"
-    raise IntegrityError(
-        f"{weights.name} has {size - expected} bytes more than {cfg.name} implies ({size} bytes instead of "
-        f"{expected}; the last weighted layer is {last}): the weights belong to a different network")
-
-
-# -------------------------------------------------------------------------------------------------------- Caffe
 
 class _Truncated(Exception):
     pass
@@ -485,3 +318,27 @@ def check_caffe(prototxt: Path, caffemodel: Path) -> None:
                     raise IntegrityError(f"layer {name!r} blob {i}: {caffemodel.name} has shape {list(shape)}, "
                                          f"{prototxt.name} implies {shown}")
         _track_channels(layer, channels, out_c)
+
+
+class Caffe(Format):
+    name, display, family = "caffe", "Caffe", "caffe"
+    pair = (".prototxt", ".caffemodel")
+    sniff_skips_exts = (".txt", ".yaml", ".yml")
+
+    def sniff(self, head: bytes, text: str, path: Path) -> bool:
+        return (("layer" in text or "input" in text) and "{" in text and b"\0" not in head[:256]
+                and text.startswith(("name:", "layer", "input", "layers")))
+
+    def check(self, model: Path, weights: Path | None) -> Any:
+        if weights is not None:
+            check_caffe(model, weights)
+        return None
+
+    def load(self, rknn: Any, spec: Any, call: ToolkitCall, model: str, prepared: Any) -> None:
+        call("loading", rknn.load_caffe, model=model, blobs=str(spec.weights))
+
+    def skip_verification(self) -> str | None:
+        return "no Caffe runtime here; the weights were checked against the network description instead"
+
+
+FORMAT = Caffe()

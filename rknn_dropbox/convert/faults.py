@@ -1,0 +1,45 @@
+"""Test-only fault injection: make a worker die the ways the toolkit's native code does, for named bundles.
+
+Not an option a user can set: it needs RKNN_DROPBOX_FAULT_INJECTION=1 in the daemon's environment, and
+RKNN_DROPBOX_FAULTS names the bundles and their faults ("victim=slow,segv=segfault").  Faults: segfault, abort,
+exit, hang, oom, raise, slow (sleeps RKNN_DROPBOX_FAULT_SLOW_SECONDS, default 5, then converts normally)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+FAULTS = ("segfault", "exit", "hang", "oom", "abort", "raise", "slow")
+
+
+def fault_for(bundle_name: str) -> str | None:
+    """The fault the test environment assigns to this bundle, or None (always None outside tests)."""
+    if os.environ.get("RKNN_DROPBOX_FAULT_INJECTION") != "1":
+        return None
+    for item in os.environ.get("RKNN_DROPBOX_FAULTS", "").split(","):
+        name, _, fault = item.strip().partition("=")
+        if name == bundle_name and fault in FAULTS:
+            return fault
+    return None
+
+
+def inject_fault(bundle_name: str) -> None:
+    """Die (or stall) as the test environment says for this bundle; nothing outside tests."""
+    fault = fault_for(bundle_name)
+    if fault == "segfault":
+        import ctypes
+        ctypes.string_at(0)
+    elif fault == "abort":
+        os.abort()
+    elif fault == "exit":
+        os._exit(1)
+    elif fault == "hang":
+        time.sleep(10**6)
+    elif fault == "oom":
+        hog = []
+        while True:
+            hog.append(bytearray(64 * 1024 * 1024))
+    elif fault == "raise":
+        raise RuntimeError("injected fault")
+    elif fault == "slow":
+        time.sleep(float(os.environ.get("RKNN_DROPBOX_FAULT_SLOW_SECONDS", "5")))
