@@ -185,4 +185,6 @@ def collect_samples(layout: InputLayout, verify_dataset: Path | None, calibratio
                 skipped.append(str(exc))
         if samples:
             return SampleSet(samples, source, skipped)
+        if source == "verify_dataset":  # held-out samples were asked for: none fitting is an error, not a fallback
+            raise ValueError(f"none of the {len(lines)} verify_dataset lines fits the model: {'; '.join(skipped[:3])}")
     return SampleSet(random_samples(layout, min(count, 2)), "seeded random", skipped)

@@ -57,10 +57,13 @@ class Onnx(Format):
         return spec.options.input_size_list or spec.facts.input_shapes, spec.facts.output_names
 
     def reference(self, spec: Any, prepared: Any, inputs: list[Any]) -> list[Any]:
+        return self.references(spec, prepared, [inputs])[0]
+
+    def references(self, spec: Any, prepared: Any, samples: list[list[Any]]) -> list[list[Any]]:
         import onnxruntime as ort
         sess = ort.InferenceSession(str(spec.model), providers=["CPUExecutionProvider"])
         names = [i.name for i in sess.get_inputs()]
-        return sess.run(None, dict(zip(names, inputs)))
+        return [list(sess.run(None, dict(zip(names, inputs)))) for inputs in samples]
 
 
 FORMAT = Onnx()

@@ -7,6 +7,7 @@ import shutil
 import signal
 import time
 from collections import deque
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -312,7 +313,8 @@ class Daemon:
                 "in_progress": len(self.pool.busy()), "watcher_alive": bool(self.watcher and self.watcher.is_alive()),
                 "waiting_in_inbox": self._waiting, "stopping": self.stopping,
                 "unwritable_folders": [str(f) for f in folders if not os.access(f, os.W_OK | os.X_OK)],
-                "callbacks_pending": self.callbacks.pending}
+                "callbacks_pending": self.callbacks.pending,
+                "job_costs": {k: replace(h, counts=list(h.counts)) for k, h in self.finisher.job_costs.items()}}
 
     def publish_snapshot(self) -> None:
         """Hand the status server a fresh snapshot (it never touches the pool or the watcher itself)."""
