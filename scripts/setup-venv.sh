@@ -37,6 +37,8 @@ echo "setup: installing rknn-toolkit2 (--no-deps) and its dependencies" >&2
 pip install -c "$pin" -r requirements/toolkit.txt
 pip install --no-deps -r requirements/rknn-toolkit2.txt
 if [[ "$extras" == *tensorflow* ]]; then pip install --no-deps -r requirements/tensorflow.txt; fi
+# the tests' model corpus (tests/zoo.py): torchvision + ultralytics, build-only, never the daemon's runtime
+if [[ "$extras" == *test* ]]; then pip install --no-deps -c "$pin" -r requirements/test-models.txt; fi
 pip install -c "$pin" -e ".${extras:+[$extras]}"
 "$VENV/bin/python" - <<'PY'
 import importlib.metadata as md, sys

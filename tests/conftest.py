@@ -166,3 +166,13 @@ def daemon_factory(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
 @pytest.fixture
 def daemon(daemon_factory: Callable[..., DaemonProcess]) -> DaemonProcess:
     return daemon_factory().start()
+
+
+@pytest.fixture(scope="session")
+def zoo_corpus(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """The real-architecture corpus (tests/zoo.py): exported once, cached in the pytest cache per package versions."""
+    from zoo import build_corpus, corpus_available
+    why = corpus_available()
+    if why:
+        pytest.fail(f"the model corpus cannot be built: {why}")
+    return build_corpus(Path(request.config.cache.mkdir("zoo")))

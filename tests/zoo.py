@@ -1,0 +1,278 @@
+"""A real-architecture model corpus built from code (random weights, nothing downloaded), cached per package versions.
+
+    from zoo import build_corpus, make_calibration_set
+    corpus = build_corpus(Path("/some/cache/dir"))        # {name: ModelInfo}
+    corpus["yolov8n"].path                                # a stock Ultralytics ONNX export
+    make_calibration_set(folder, corpus["resnet18"].input_shape, n=8)   # jpgs + dataset.txt
+
+The models are exported in a child process (`python zoo.py build DIR NAME...`): torchvision, Ultralytics and the
+op registration below stay out of the caller (a pytest process or a bench script). Build-only packages:
+torchvision and ultralytics (requirements/test-models.txt), never the daemon's runtime.
+
+torchvision 0.28.0 for torch 2.13 is a CUDA wheel whose native ops library cannot load next to the CPU torch, so
+`import torchvision` fails with `operator torchvision::nms does not exist`; `register_torchvision_ops()` defines
+torchvision::nms (a plain CPU implementation, enough for tracing ssdlite) before the import.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import json
+import os
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+CORPUS_VERSION = 1  # bump when an export below changes
+IMAGENET_MEAN = [123.675, 116.28, 103.53]
+IMAGENET_STD = [58.395, 57.12, 57.375]
+YOLO_MEAN = [0.0, 0.0, 0.0]
+YOLO_STD = [255.0, 255.0, 255.0]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """One corpus model: its ONNX file, NCHW input shape, the mean/std its training used, and what it is."""
+    name: str
+    path: Path
+    input_shape: tuple[int, ...]
+    mean: list[float]
+    std: list[float]
+    kind: str       # classification | segmentation | yolo-detect | yolo-seg | yolo-pose | detection-nms
+    expect: str     # converts | rule-retry (the toolkit's own disable_rules advice) | data-dependent (fails)
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["path"] = str(self.path)
+        d["input_shape"] = list(self.input_shape)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "ModelInfo":
+        return cls(**{**d, "path": Path(d["path"]), "input_shape": tuple(d["input_shape"])})
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How to build one corpus model."""
+    source: str     # torchvision | torchvision-detection | ultralytics
+    builder: str    # the torchvision function name, or the Ultralytics yaml
+    size: int       # square input side
+    kind: str
+    expect: str
+
+
+RECIPES: dict[str, Recipe] = {
+    "resnet18": Recipe("torchvision", "resnet18", 224, "classification", "converts"),
+    "mobilenet_v2": Recipe("torchvision", "mobilenet_v2", 224, "classification", "converts"),
+    "shufflenet_v2": Recipe("torchvision", "shufflenet_v2_x1_0", 224, "classification", "converts"),
+    "lraspp_mobilenet_v3": Recipe("torchvision", "lraspp_mobilenet_v3_large", 224, "segmentation", "converts"),
+    "yolov8n": Recipe("ultralytics", "yolov8n.yaml", 320, "yolo-detect", "rule-retry"),
+    "yolov8n-seg": Recipe("ultralytics", "yolov8n-seg.yaml", 320, "yolo-seg", "rule-retry"),
+    "yolov8n-pose": Recipe("ultralytics", "yolov8n-pose.yaml", 320, "yolo-pose", "rule-retry"),
+    "ssdlite320": Recipe("torchvision-detection", "ssdlite320_mobilenet_v3_large", 320, "detection-nms",
+                         "data-dependent"),
+}
+# Not built unless asked for by name (slower, or the same story as a default one).
+EXTRA_RECIPES: dict[str, Recipe] = {
+    "yolo11n": Recipe("ultralytics", "yolo11n.yaml", 320, "yolo-detect", "rule-retry"),
+    "yolov8n-640": Recipe("ultralytics", "yolov8n.yaml", 640, "yolo-detect", "rule-retry"),
+    "deeplabv3_mobilenet_v3": Recipe("torchvision", "deeplabv3_mobilenet_v3_large", 256, "segmentation",
+                                     "converts"),
+    "mobilenet_v3_large": Recipe("torchvision", "mobilenet_v3_large", 224, "classification", "converts"),
+    "efficientnet_b0": Recipe("torchvision", "efficientnet_b0", 224, "classification", "converts"),
+}
+DEFAULT_NAMES = tuple(RECIPES)
+
+
+def recipe(name: str) -> Recipe:
+    try:
+        return {**RECIPES, **EXTRA_RECIPES}[name]
+    except KeyError:
+        raise KeyError(f"no corpus model {name!r} (known: {', '.join([*RECIPES, *EXTRA_RECIPES])})") from None
+
+
+def model_info(name: str, folder: Path) -> ModelInfo:
+    r = recipe(name)
+    yolo = r.source == "ultralytics"
+    return ModelInfo(name, folder / f"{name}.onnx", (1, 3, r.size, r.size), YOLO_MEAN if yolo else IMAGENET_MEAN,
+                     YOLO_STD if yolo else IMAGENET_STD, r.kind, r.expect)
+
+
+def versions_key() -> str:
+    """What the exports depend on: a cached corpus is reused only for the same packages."""
+    parts = [f"v{CORPUS_VERSION}"]
+    for pkg in ("torch", "torchvision", "ultralytics", "onnx"):
+        try:
+            parts.append(f"{pkg}-{md.version(pkg)}")
+        except md.PackageNotFoundError:
+            parts.append(f"{pkg}-none")
+    return "_".join(parts).replace("+", "-")
+
+
+def corpus_available() -> str | None:
+    """None when the corpus can be built here, else why not (for pytest.skip)."""
+    for pkg in ("torchvision", "ultralytics"):
+        try:
+            md.version(pkg)
+        except md.PackageNotFoundError:
+            return f"{pkg} is not installed (scripts/setup-venv.sh --test installs requirements/test-models.txt)"
+    return None
+
+
+def build_corpus(cache_dir: Path, names: tuple[str, ...] | list[str] = DEFAULT_NAMES,
+                 timeout: float = 900) -> dict[str, ModelInfo]:
+    """The named models as ONNX files under cache_dir/<versions key>/, exported once and reused afterwards."""
+    folder = Path(cache_dir) / versions_key()
+    folder.mkdir(parents=True, exist_ok=True)
+    missing = [n for n in names if not model_info(n, folder).path.exists()]
+    if missing:
+        env = {**os.environ, "YOLO_OFFLINE": "1", "YOLO_CONFIG_DIR": str(folder / "ultralytics-config"),
+               "YOLO_VERBOSE": "False", "PYTHONUNBUFFERED": "1"}
+        proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "build", str(folder), *missing],
+                              env=env, cwd=folder, capture_output=True, text=True, timeout=timeout)
+        if proc.returncode != 0:
+            raise RuntimeError(f"building the corpus ({', '.join(missing)}) failed:\n{proc.stdout[-3000:]}\n"
+                               f"{proc.stderr[-5000:]}")
+    infos = {n: model_info(n, folder) for n in names}
+    (folder / "manifest.json").write_text(json.dumps({n: i.to_json() for n, i in infos.items()}, indent=1))
+    return infos
+
+
+# ---- calibration images ---------------------------------------------------------------------------------------------
+
+def natural_image(seed: int, height: int, width: int) -> Any:
+    """A smooth, photo-like RGB uint8 image: a lit gradient background, soft shapes, a little sensor noise."""
+    import cv2
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    c0, c1 = rng.uniform(30, 225, 3), rng.uniform(30, 225, 3)
+    angle = rng.uniform(0, np.pi)
+    t = ((xx * np.cos(angle) + yy * np.sin(angle)) / (width + height) + 0.5).clip(0, 1)[..., None]
+    img = (c0 * (1 - t) + c1 * t).astype(np.float32)
+    for _ in range(int(rng.integers(3, 7))):
+        color = tuple(float(v) for v in rng.uniform(0, 255, 3))
+        center = (int(rng.integers(0, width)), int(rng.integers(0, height)))
+        if rng.random() < 0.5:
+            axes = (int(rng.integers(width // 12, width // 3)), int(rng.integers(height // 12, height // 3)))
+            cv2.ellipse(img, center, axes, float(rng.uniform(0, 180)), 0, 360, color, -1, cv2.LINE_AA)
+        else:
+            w, h = int(rng.integers(width // 10, width // 2)), int(rng.integers(height // 10, height // 2))
+            cv2.rectangle(img, center, (center[0] + w, center[1] + h), color, -1, cv2.LINE_AA)
+    img = cv2.GaussianBlur(img, (0, 0), sigmaX=max(1.0, width / 150))
+    light = 0.75 + 0.25 * np.exp(-(((xx - width * rng.random()) ** 2 + (yy - height * rng.random()) ** 2)
+                                   / (2 * (0.6 * max(width, height)) ** 2)))[..., None]
+    img = img * light + rng.normal(0, 3, img.shape)
+    return img.clip(0, 255).astype(np.uint8)
+
+
+def make_calibration_set(folder: Path, input_shape: tuple[int, ...] | list[int], n: int = 8,
+                         seed: int = 7) -> Path:
+    """n jpgs at the model's input size in folder, listed in folder/dataset.txt (names relative to it)."""
+    import cv2
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    height, width = int(input_shape[-2]), int(input_shape[-1])
+    names = []
+    for i in range(n):
+        name = f"calib_{i:02d}.jpg"
+        rgb = natural_image(seed + i, height, width)
+        cv2.imwrite(str(folder / name), rgb[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 92])
+        names.append(name)
+    dataset = folder / "dataset.txt"
+    dataset.write_text("".join(f"{n}\n" for n in names))
+    return dataset
+
+
+# ---- the exports (run in the child process only) --------------------------------------------------------------------
+
+def register_torchvision_ops() -> None:
+    """Define torchvision::nms / qnms so the CUDA torchvision wheel imports against a CPU torch (see above)."""
+    import torch
+    schema = "(Tensor dets, Tensor scores, float iou_threshold) -> Tensor"
+    try:
+        torch.library.define("torchvision::nms", schema)
+    except RuntimeError:  # already there: a torchvision whose native library loads, or a second call
+        return
+    torch.library.define("torchvision::qnms", schema)
+    torch.library.impl("torchvision::nms", "CPU")(_nms_cpu)
+
+
+def _torchvision_has_ops() -> bool:
+    return True
+
+
+def _nms_cpu(dets: Any, scores: Any, iou_threshold: float) -> Any:
+    import torch
+    x1, y1, x2, y2 = dets.unbind(1)
+    areas = (x2 - x1) * (y2 - y1)
+    suppressed = torch.zeros(len(dets), dtype=torch.bool)
+    keep = []
+    for i in scores.argsort(descending=True).tolist():
+        if suppressed[i]:
+            continue
+        keep.append(i)
+        inter = ((torch.minimum(x2[i], x2) - torch.maximum(x1[i], x1)).clamp(min=0)
+                 * (torch.minimum(y2[i], y2) - torch.maximum(y1[i], y1)).clamp(min=0))
+        suppressed |= inter / (areas[i] + areas - inter) > iou_threshold
+    return torch.tensor(keep, dtype=torch.int64)
+
+
+def _export_torchvision(r: Recipe, out: Path) -> None:
+    import torch
+    import torchvision
+    torch.manual_seed(0)
+    if r.source == "torchvision-detection":
+        model = getattr(torchvision.models.detection, r.builder)(weights=None, weights_backbone=None)
+    elif r.kind == "segmentation":
+        model = getattr(torchvision.models.segmentation, r.builder)(weights=None, weights_backbone=None)
+    else:
+        model = getattr(torchvision.models, r.builder)(weights=None)
+    model.eval()
+    x = torch.rand(1, 3, r.size, r.size)
+    example: Any = [x[0]] if r.source == "torchvision-detection" else x
+    with torch.no_grad():
+        torch.onnx.export(model, (example,), str(out), dynamo=False, opset_version=13 if r.kind != "detection-nms"
+                          else 11, input_names=["input"], do_constant_folding=True)
+
+
+def _export_ultralytics(r: Recipe, out: Path) -> None:
+    from ultralytics import YOLO
+    model = YOLO(r.builder)
+    exported = Path(model.export(format="onnx", imgsz=r.size))
+    os.replace(exported, out)
+
+
+def export_model(name: str, folder: Path) -> Path:
+    """Export one corpus model into folder (in this process: needs torchvision/ultralytics importable)."""
+    r = recipe(name)
+    out = model_info(name, folder).path
+    tmp = out.with_suffix(".part.onnx")
+    if r.source == "ultralytics":
+        _export_ultralytics(r, tmp)
+    else:
+        _export_torchvision(r, tmp)
+    os.replace(tmp, out)
+    return out
+
+
+def _main(argv: list[str]) -> int:
+    if len(argv) < 2 or argv[0] != "build":
+        print("usage: zoo.py build DIR [NAME...]", file=sys.stderr)
+        return 2
+    folder = Path(argv[1])
+    register_torchvision_ops()
+    import torchvision.extension
+    torchvision.extension._has_ops = _torchvision_has_ops  # its nms wrappers check this before calling the op
+    for name in argv[2:] or DEFAULT_NAMES:
+        print(f"exporting {name}", flush=True)
+        os.chdir(folder)  # Ultralytics writes its export next to the yaml's name in the cwd
+        export_model(name, folder)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))
