@@ -19,13 +19,14 @@ from __future__ import annotations
 import importlib.metadata as md
 import json
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-CORPUS_VERSION = 1  # bump when an export below changes
+CORPUS_VERSION = 2  # bump when an export below changes
 IMAGENET_MEAN = [123.675, 116.28, 103.53]
 IMAGENET_STD = [58.395, 57.12, 57.375]
 YOLO_MEAN = [0.0, 0.0, 0.0]
@@ -96,9 +97,10 @@ def recipe(name: str) -> Recipe:
 
 def model_info(name: str, folder: Path) -> ModelInfo:
     r = recipe(name)
-    yolo = r.source == "ultralytics"
-    return ModelInfo(name, folder / f"{name}.onnx", (1, 3, r.size, r.size), YOLO_MEAN if yolo else IMAGENET_MEAN,
-                     YOLO_STD if yolo else IMAGENET_STD, r.kind, r.expect)
+    unit_range = r.source != "torchvision"  # YOLO and torchvision detectors take 0..1 pixels (they normalize inside)
+    return ModelInfo(name, folder / f"{name}.onnx", (1, 3, r.size, r.size),
+                     YOLO_MEAN if unit_range else IMAGENET_MEAN, YOLO_STD if unit_range else IMAGENET_STD, r.kind,
+                     r.expect)
 
 
 def versions_key() -> str:
@@ -187,6 +189,50 @@ def make_calibration_set(folder: Path, input_shape: tuple[int, ...] | list[int],
     return dataset
 
 
+MODES = ("fp16", "int8")
+
+
+def write_drops(corpus: dict[str, ModelInfo], folder: Path, modes: tuple[str, ...] = MODES,
+                calibration_images: int = 8) -> list[str]:
+    """What a user drops, per model: fp16 is <name>-fp16.onnx + <name>-fp16.yaml (mean/std, do_quantization:
+    false); int8 is a folder <name>-int8/ with the model, config.yaml (mean/std) and calibration jpgs + dataset.txt.
+    Returns the job names."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    names = []
+    for name, info in corpus.items():
+        norm = f"mean_values: {info.mean}\nstd_values: {info.std}\n"
+        if "fp16" in modes:
+            shutil.copy(info.path, folder / f"{name}-fp16.onnx")
+            (folder / f"{name}-fp16.yaml").write_text(norm + "do_quantization: false\n")
+            names.append(f"{name}-fp16")
+        if "int8" in modes:
+            bundle = folder / f"{name}-int8"
+            bundle.mkdir()
+            shutil.copy(info.path, bundle / f"{name}.onnx")
+            (bundle / "config.yaml").write_text(norm)
+            make_calibration_set(bundle, info.input_shape, calibration_images)
+            names.append(bundle.name)
+    return names
+
+
+def write_symbolic_conv(path: Path, input_dims: list[Any], size: int = 16) -> Path:
+    """A tiny Conv+Relu ONNX whose input (and output) dims are input_dims: ints, or names for symbolic dims."""
+    import onnx
+    import modelgen
+    model = modelgen._onnx_conv_model(size, seed=3)
+    for value, channels in ((model.graph.input[0], None), (model.graph.output[0], 4)):
+        for i, (dim, want) in enumerate(zip(value.type.tensor_type.shape.dim, input_dims)):
+            if isinstance(want, str):
+                dim.dim_param = want
+            elif i != 1:
+                dim.dim_value = want
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
+
+
 # ---- the exports (run in the child process only) --------------------------------------------------------------------
 
 def register_torchvision_ops() -> None:
@@ -221,21 +267,56 @@ def _nms_cpu(dets: Any, scores: Any, iou_threshold: float) -> Any:
     return torch.tensor(keep, dtype=torch.int64)
 
 
+def _BatchedDetector(detector: Any) -> Any:
+    """A torchvision detector (a list of CHW images in, a list of dicts out) as NCHW in, (boxes, scores, labels) out."""
+    import torch
+
+    class BatchedDetector(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.detector = detector
+
+        def forward(self, x: Any) -> Any:
+            found = self.detector([x[0]])[0]
+            return found["boxes"], found["scores"], found["labels"]
+    return BatchedDetector()
+
+
+def _calibrate_batchnorm(model: Any, size: int) -> None:
+    """Give random weights trained-like activation scales: BatchNorm statistics from a few normalized images.
+
+    With the default statistics (mean 0, var 1) activations shrink layer by layer; mobilenet_v2's logits end near
+    1e-9, below fp16's smallest number, so its fp16 build outputs zeros, which no real model does."""
+    import torch
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None  # a plain average over the batches below
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) / 255
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) / 255
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model((torch.rand(4, 3, size, size) - mean) / std)
+
+
 def _export_torchvision(r: Recipe, out: Path) -> None:
     import torch
     import torchvision
     torch.manual_seed(0)
     if r.source == "torchvision-detection":
-        model = getattr(torchvision.models.detection, r.builder)(weights=None, weights_backbone=None)
+        model = _BatchedDetector(getattr(torchvision.models.detection, r.builder)(weights=None,
+                                                                                  weights_backbone=None))
     elif r.kind == "segmentation":
         model = getattr(torchvision.models.segmentation, r.builder)(weights=None, weights_backbone=None)
     else:
         model = getattr(torchvision.models, r.builder)(weights=None)
+    if r.source == "torchvision":
+        _calibrate_batchnorm(model, r.size)
     model.eval()
     x = torch.rand(1, 3, r.size, r.size)
-    example: Any = [x[0]] if r.source == "torchvision-detection" else x
     with torch.no_grad():
-        torch.onnx.export(model, (example,), str(out), dynamo=False, opset_version=13 if r.kind != "detection-nms"
+        torch.onnx.export(model, (x,), str(out), dynamo=False, opset_version=13 if r.kind != "detection-nms"
                           else 11, input_names=["input"], do_constant_folding=True)
 
 
