@@ -212,6 +212,7 @@ def _convert(RKNN: Any, job: JobDir, name: str, defaults: ConvertOptions, progre
     result.extra["cached"] = False
     with _as_conversion_error():
         prepared = spec.fmt.prepare(spec, scratch)
+    # before any build: its memory is freed before the toolkit's peak, and the targets share it
     reference = prepare_reference(spec, prepared, spec.verify_dataset) if spec.options.verify else None
     build = TargetBuild(spec, q.quantize, q.prequantized, prepared, job.output, job.job_id,
                         job.root / "conversion.raw", settings.lock_dir, reference)

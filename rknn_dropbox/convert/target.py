@@ -187,8 +187,9 @@ def _settle(RKNN: Any, b: TargetBuild, platform: str, rknn: Any, final: Path, se
     min_cos = threshold(o.verify_min_cosine, b.quantize or (b.prequantized and fmt.int8_threshold_when_prequantized))
     several = len(o.target_platform) > 1
     report_dir = b.output / "accuracy" / platform if several else b.output / "accuracy"
-    ctx = TargetContext(spec, b.reference or Reference(error="no reference"), platform, b.quantize, min_cos, final,
-                        report_dir, Path.cwd(), seconds, build_log)
+    reference = b.reference or Reference(error="no reference")
+    ctx = TargetContext(spec, reference, platform, b.quantize, min_cos, final, report_dir, Path.cwd(), seconds,
+                        build_log)
     return settle(rknn, ctx, lambda cand, path: _build_session(RKNN, b, platform, cand, path, lambda s, f: None))
 
 

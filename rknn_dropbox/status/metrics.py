@@ -59,7 +59,8 @@ def _histogram_lines(name: str, help_text: str, hist: Histogram) -> list[str]:
     counts = hist.counts or [0] * len(hist.bounds)
     lines = [f"# HELP {name} {help_text}", f"# TYPE {name} histogram"]
     lines += [f'{name}_bucket{{le="{b!r}"}} {n}' for b, n in zip(hist.bounds, counts)]
-    return lines + [f'{name}_bucket{{le="+Inf"}} {hist.count}', f"{name}_sum {hist.total!r}", f"{name}_count {hist.count}"]
+    return lines + [f'{name}_bucket{{le="+Inf"}} {hist.count}', f"{name}_sum {hist.total!r}",
+                    f"{name}_count {hist.count}"]
 
 
 def _number(value: float) -> str:

@@ -121,6 +121,7 @@ def test_job_costs_become_metrics_histograms() -> None:
             return [0] * len(bounds), 0, 0.0
     text = render_metrics(Store(), {"job_costs": costs})  # type: ignore[arg-type]
     assert 'rknn_dropbox_verification_seconds_bucket{le="0.5"} 1' in text
-    assert "rknn_dropbox_verification_seconds_count 2" in text and "rknn_dropbox_accuracy_repair_seconds_count 1" in text
+    assert "rknn_dropbox_verification_seconds_count 2" in text
+    assert "rknn_dropbox_accuracy_repair_seconds_count 1" in text
     assert 'rknn_dropbox_job_peak_rss_megabytes_bucket{le="512.0"} 0' in text
     assert 'rknn_dropbox_job_peak_rss_megabytes_bucket{le="1024.0"} 1' in text
