@@ -83,3 +83,19 @@ def write_dataset(path: Path, files: list[Path]) -> Path:
     """A dataset.txt with paths relative to itself."""
     path.write_text("".join(f"{f.relative_to(path.parent)}\n" for f in files))
     return path
+
+
+def write_fp16_overflow_net(path: Path, size: int = 16) -> Path:
+    """conv (weights x300) -> x50 -> conv 1x1 (x0.001): activations near 1e5 on 0-255 inputs, past float16's 65504.
+    Measured: the fp16 build's simulator returns inf/NaN (cosine NaN); auto_hybrid with a dataset names the
+    tensors it moves to int16 ("Tensor name:'b' value range exceeds Fp16 Max")."""
+    from onnx import TensorProto, helper
+    rng = np.random.default_rng(0)
+    inits = {"w1": (rng.standard_normal((8, 3, 3, 3)) * 300).astype(np.float32),
+             "w2": (rng.standard_normal((4, 8, 1, 1)) * 0.001).astype(np.float32),
+             "k": np.array(50.0, dtype=np.float32)}
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             helper.make_node("Mul", ["a", "k"], ["b"]),
+             helper.make_node("Conv", ["b", "w2"], ["y"], kernel_shape=[1, 1])]
+    return _save(path, nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, size, size])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, size, size])], inits)

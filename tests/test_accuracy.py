@@ -115,3 +115,18 @@ def test_verify_dataset_first_and_strict_fails_an_erroring_verification(box: Dae
     ok = box.wait_completed("lenientcheck", timeout=180)
     assert ok["verification"]["rk3588"]["status"] == "error"
     assert any("delivered unverified" in w for w in ok["warnings"]), ok["warnings"]
+
+
+def test_fp16_overflow_is_retried_with_auto_hybrid_and_its_tensors_reported(box: DaemonProcess, tmp_path: Path) -> None:
+    folder = tmp_path / "overflow"
+    gen.write_fp16_overflow_net(folder / "net.onnx")
+    gen.write_dataset(folder / "dataset.txt", gen.write_natural_images(folder / "images", n=2, size=16))
+    (folder / "config.yaml").write_text("do_quantization: false\n")
+    _drop(box, folder)
+    result = box.wait_completed("overflow", timeout=180)
+    assert result["quantization"]["quantized"] is False
+    acc = result["accuracy"]["rk3588"]
+    labels = [a["label"] for a in acc["attempts"]]
+    assert labels[0] == "as configured" and any("auto_hybrid" in label for label in labels[1:]), acc
+    assert acc["attempts"][1]["settings"] == {"do_quantization": False, "auto_hybrid": True}
+    assert "b" in acc["fp16_overflow_tensors"], acc

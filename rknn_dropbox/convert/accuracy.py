@@ -28,7 +28,7 @@ def fp16_overflow(log_text: str) -> list[str] | None:
 
 
 # ----------------------------------------------------------------------------------------------- one target
-CandidateBuilder = Callable[[rp.Candidate, Path], tuple[Any, float]]  # -> (built session, build seconds)
+CandidateBuilder = Callable[[rp.Candidate, Path], tuple[Any, float, str]]  # -> (session, build seconds, its log)
 
 
 @dataclass
@@ -84,7 +84,8 @@ def _attempt_of(cand: rp.Candidate, verification: dict[str, Any], seconds: float
                       if verification.get("status") == "error" else None, (artifact, verification))
 
 
-def _candidate_runner(ctx: TargetContext, build: CandidateBuilder) -> Callable[[rp.Candidate], rp.Attempt]:
+def _candidate_runner(ctx: TargetContext, build: CandidateBuilder, overflow: set[str]
+                      ) -> Callable[[rp.Candidate], rp.Attempt]:
     counter = iter(range(1, 1000))
 
     def run(cand: rp.Candidate) -> rp.Attempt:
@@ -92,7 +93,8 @@ def _candidate_runner(ctx: TargetContext, build: CandidateBuilder) -> Callable[[
         started = time.monotonic()
         rknn = None
         try:
-            rknn, seconds = build(cand, path)
+            rknn, seconds, log = build(cand, path)
+            overflow.update(fp16_overflow(log) or [])  # auto_hybrid names the tensors it moves out of float16
             verification = verify_session(rknn, ctx.spec, ctx.ref, ctx.min_cos)
             print(f"accuracy {ctx.platform} attempt {cand.label}: {verification.get('status')} "
                   f"{[r['cosine'] for r in verification.get('outputs', [])]}")
@@ -115,7 +117,7 @@ def _candidates(ctx: TargetContext, rows: list[LayerError]) -> list[rp.Candidate
     if ctx.quantize:
         ranges = hybrid_ranges(rows, worst_layers(rows)) if rows else []
         return rp.int8_candidates(ctx.platform, o.quantized_algorithm, o.quantized_method, ranges)
-    if fp16_overflow(ctx.build_log) is not None and ctx.spec.dataset is not None:
+    if ctx.spec.dataset is not None:  # the toolkit's remedy for float16 overflow: those layers in int16
         return rp.fp16_candidates()
     return []
 
@@ -136,9 +138,9 @@ def settle(rknn: Any, ctx: TargetContext, build: CandidateBuilder) -> TargetAccu
         t1 = time.monotonic()
         rows = _analysis(rknn, ctx, accuracy)
         result.seconds["analysis"] = round(time.monotonic() - t1, 3)
-    overflow = fp16_overflow(ctx.build_log)
+    overflow = set(fp16_overflow(ctx.build_log) or [])
     if overflow:
-        accuracy["fp16_overflow_tensors"] = overflow
+        accuracy["fp16_overflow_tensors"] = sorted(overflow)
     result.accuracy = accuracy
     candidates = _candidates(ctx, rows) if o.accuracy_repair == "auto" else []
     fallback = rp.fp16_fallback(ctx.platform) if ctx.quantize and o.accuracy_fallback == "fp16" else None
@@ -148,10 +150,12 @@ def settle(rknn: Any, ctx: TargetContext, build: CandidateBuilder) -> TargetAccu
     t2 = time.monotonic()
     first = _attempt_of(rp.Candidate("as configured", quantize=ctx.quantize), verification, ctx.first_seconds,
                         ctx.final)
-    outcome = rp.search(first, candidates, _candidate_runner(ctx, build),
+    outcome = rp.search(first, candidates, _candidate_runner(ctx, build, overflow),
                         rp.budget_seconds(o.repair_budget_seconds, ctx.first_seconds), fallback)
     result.seconds["repair"] = round(time.monotonic() - t2, 3)
     accuracy.update(outcome.to_json())
+    if overflow:
+        accuracy["fp16_overflow_tensors"] = sorted(overflow)
     _deliver(outcome, ctx, result)
     return result
 

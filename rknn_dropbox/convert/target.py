@@ -190,7 +190,12 @@ def _settle(RKNN: Any, b: TargetBuild, platform: str, rknn: Any, final: Path, se
     reference = b.reference or Reference(error="no reference")
     ctx = TargetContext(spec, reference, platform, b.quantize, min_cos, final, report_dir, Path.cwd(), seconds,
                         build_log)
-    return settle(rknn, ctx, lambda cand, path: _build_session(RKNN, b, platform, cand, path, lambda s, f: None))
+
+    def build(cand: Candidate, path: Path) -> tuple[Any, float, str]:
+        start = _log_size(b.raw_log)
+        session, seconds = _build_session(RKNN, b, platform, cand, path, lambda stage, frac: None)
+        return session, seconds, _log_since(b.raw_log, start)
+    return settle(rknn, ctx, build)
 
 
 def build_target(RKNN: Any, b: TargetBuild, platform: str, out_name: str, progress: StageProgress
