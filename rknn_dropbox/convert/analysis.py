@@ -65,14 +65,16 @@ def hybrid_range(rows: list[LayerError], layer: LayerError) -> list[str] | None:
     return [start.name, layer.name]
 
 
-def hybrid_ranges(rows: list[LayerError], worst: list[LayerError], limit: int = 3) -> list[list[list[str]]]:
-    """custom_hybrid candidates, narrow to wide: the worst layer alone, then the worst few together."""
+def hybrid_ranges(rows: list[LayerError], worst: list[LayerError], losing_below: float = 0.99
+                  ) -> list[list[list[str]]]:
+    """custom_hybrid candidates, narrow to wide: the layers that lose by themselves (single-layer cosine below
+    `losing_below`, at most 3, at least the worst), then the worst 6."""
+    losing = [w for w in worst if w.single_cosine is not None and w.single_cosine < losing_below][:3] or worst[:1]
     out: list[list[list[str]]] = []
-    ranges = [r for r in (hybrid_range(rows, w) for w in worst[:limit]) if r]
-    for n in range(1, len(ranges) + 1):
-        chosen = ranges[:n]
-        if chosen not in out:
-            out.append(chosen)
+    for chosen in (losing, worst[:6]):
+        ranges = [r for r in (hybrid_range(rows, w) for w in chosen) if r]
+        if ranges and ranges not in out:
+            out.append(ranges)
     return out
 
 

@@ -11,7 +11,7 @@ from rknn_dropbox.convert.platforms import DTYPE_PLATFORMS, NO_FP16_PLATFORMS
 MIN_BUDGET_SECONDS = 60.0
 BUDGET_FACTOR = 3.0
 MMSE_COST_FACTOR = 25.0      # measured: mmse builds 20-25x slower than normal (mobilenet_v2, rk3588)
-HYBRID_COST_FACTOR = 2.5     # hybrid step1 + step2 rebuild the model twice, plus the per-layer analysis
+HYBRID_COST_FACTOR = 2.5     # hybrid step1 + step2: measured 1.5x (a small net) to 2.65x (lraspp) a build
 OUT_OF_FP16 = "out of the float16"
 
 
@@ -93,25 +93,30 @@ def higher_precision_dtype(platform: str) -> str | None:
 
 def int8_candidates(platform: str, algorithm: str, method: str, hybrid_ranges: list[list[list[str]]]
                     ) -> list[Candidate]:
-    """The remedies in the order tried: those that keep most of the model int8 (fast on the NPU) first."""
+    """The remedies in the order tried: the layers that lose kept out of int8 (the rest stays fast on the NPU),
+    then the most reliable one (16-bit activations) while the budget is fresh, then the toolkit's other knobs."""
     out: list[Candidate] = []
     if hybrid_ranges:
-        out.append(Candidate("custom_hybrid worst layer", custom_hybrid=_pairs(hybrid_ranges[0]),
-                             cost_factor=HYBRID_COST_FACTOR))
+        out.append(Candidate(f"custom_hybrid worst {_layers(hybrid_ranges[0])}",
+                             custom_hybrid=_pairs(hybrid_ranges[0]), cost_factor=HYBRID_COST_FACTOR))
+    dtype = higher_precision_dtype(platform)
+    if dtype:
+        out.append(Candidate(dtype, {"quantized_dtype": dtype}))
     out.append(Candidate("auto_hybrid", auto_hybrid=True, cost_factor=1.5))
-    for ranges in hybrid_ranges[1:]:
-        out.append(Candidate(f"custom_hybrid worst {len(ranges)} layers", custom_hybrid=_pairs(ranges),
-                             cost_factor=HYBRID_COST_FACTOR))
     if algorithm != "kl_divergence":
         out.append(Candidate("kl_divergence", {"quantized_algorithm": "kl_divergence"}))
+    for ranges in hybrid_ranges[1:]:
+        out.append(Candidate(f"custom_hybrid worst {_layers(ranges)}", custom_hybrid=_pairs(ranges),
+                             cost_factor=HYBRID_COST_FACTOR))
     other_method = "channel" if method != "channel" else "layer"
     out.append(Candidate(f"quantized_method {other_method}", {"quantized_method": other_method}))
     if algorithm != "mmse":
         out.append(Candidate("mmse", {"quantized_algorithm": "mmse"}, cost_factor=MMSE_COST_FACTOR))
-    dtype = higher_precision_dtype(platform)
-    if dtype:
-        out.append(Candidate(dtype, {"quantized_dtype": dtype}))
     return out
+
+
+def _layers(ranges: list[list[str]]) -> str:
+    return "layer" if len(ranges) == 1 else f"{len(ranges)} layers"
 
 
 def fp16_candidates() -> list[Candidate]:
