@@ -1,4 +1,4 @@
-"""The command line: `rknn-dropbox run | convert | check | status | cancel`."""
+"""The command line: `rknn-dropbox run | convert | check | status | cancel | submit`."""
 
 from __future__ import annotations
 
@@ -254,6 +254,11 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def cmd_submit(args: argparse.Namespace) -> int:
+    from rknn_dropbox.client.submit import run_submit
+    return run_submit(args, _load(args))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rknn-dropbox", description="Drop a model in inbox/, get a .rknn")
     parser.add_argument("--version", action="version", version=f"rknn-dropbox {__version__}")
@@ -300,6 +305,12 @@ def build_parser() -> argparse.ArgumentParser:
     cancel.add_argument("--wait", action="store_true", help="wait until the daemon has cancelled them")
     cancel.add_argument("--timeout", type=float, default=60.0, help="seconds --wait waits (default 60)")
     cancel.set_defaults(func=cmd_cancel)
+
+    from rknn_dropbox.client.submit import add_submit_arguments
+    submit = sub.add_parser("submit", help="copy models into the inbox (for CI); --wait follows them to the end")
+    common(submit)
+    add_submit_arguments(submit)
+    submit.set_defaults(func=cmd_submit)
     return parser
 
 

@@ -53,6 +53,8 @@ class JobRecord:
         d["task_id"] = d.pop("id")
         d["duration"] = self.duration
         d.pop("callback_url", None)  # may carry a token
+        d.pop("work_path", None)  # no absolute server paths: the job folder's name in outbox/ or failed/ instead
+        d["output_dir"] = Path(self.output_dir).name if self.output_dir else None
         return d
 
 
@@ -218,6 +220,15 @@ class JobStore:
             sql += " WHERE status = ?"
             args.append(status)
         sql += " ORDER BY created_at DESC, id DESC"
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(int(limit))
+        return [_from_row(r) for r in self._conn().execute(sql, args)]
+
+    def list_named(self, name: str, limit: int | None = None) -> list[JobRecord]:
+        """The jobs of one drop name, newest first."""
+        sql = "SELECT * FROM jobs WHERE name = ? ORDER BY created_at DESC, id DESC"
+        args: list[Any] = [name]
         if limit is not None:
             sql += " LIMIT ?"
             args.append(int(limit))

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Creates ./.venv (once) and installs rknn-dropbox with rknn-toolkit2 and a CPU-only torch.
 # Idempotent: re-running does nothing unless requirements/ or pyproject.toml changed.
-# Usage: scripts/setup-venv.sh [--test] [--tensorflow]   (--test includes TensorFlow: CI runs the real TF tests)
+# Usage: scripts/setup-venv.sh [--test] [--tensorflow]   (--test includes TensorFlow: CI runs the real TF tests,
+#        and installs chromium with apt when missing and run as root: the status page tests use it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3.11}
@@ -19,6 +20,19 @@ for arg in "$@"; do
     *) echo "unknown option: $arg" >&2; exit 2 ;;
   esac
 done
+# The status page tests drive a real headless chromium (Debian's package): installed with apt when it is missing
+# and this runs as root (CI does); otherwise those tests skip and say why.
+ensure_chromium() {
+  if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then return 0; fi
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing chromium (apt) for the status page tests" >&2
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } >/dev/null 2>&1 ||
+      echo "setup: warning: apt could not install chromium; the status page tests will skip" >&2
+  else
+    echo "setup: no chromium (the status page tests will skip): run 'apt-get install chromium' as root" >&2
+  fi
+}
+if [[ "$extras" == *test* ]]; then ensure_chromium; fi
 stamp_input="$(cat pyproject.toml requirements/*.txt; echo "$extras $TORCH_SPEC")"
 stamp="$VENV/.rknn-dropbox-stamp"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$(printf '%s' "$stamp_input" | sha256sum)" ]; then

@@ -176,3 +176,14 @@ def zoo_corpus(request: pytest.FixtureRequest) -> dict[str, Any]:
     if why:
         pytest.fail(f"the model corpus cannot be built: {why}")
     return build_corpus(Path(request.config.cache.mkdir("zoo")))
+
+
+@pytest.fixture(scope="session")
+def shared_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
+    """One daemon for the tests that only drop models and read what it did (status pages, submit): started once."""
+    d = DaemonProcess(tmp_path_factory.mktemp("shared") / "box").start()
+    yield d
+    try:
+        d.stop(timeout=30)
+    except subprocess.TimeoutExpired:
+        pass

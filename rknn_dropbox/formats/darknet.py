@@ -61,6 +61,77 @@ class DarknetLayerWeights:
     floats: int      # float32 values this layer reads from the .weights file
 
 
+Shape = tuple[int, int, int]  # h, w, c after a layer
+
+
+def _conv_layer(idx: int, o: dict[str, str], hwc: Shape, shapes: list[Shape]) -> tuple[Shape, int | None]:
+    h, w, c = hwc
+    filters, size = _int(o, "filters", 1), _int(o, "size", 1)
+    stride, groups = _int(o, "stride", 1), _int(o, "groups", 1)
+    if filters <= 0 or size <= 0 or stride <= 0 or groups <= 0 or c % groups:
+        raise ValueError(f"layer {idx}: bad convolutional params")
+    padding = size // 2 if _int(o, "pad", 0) else _int(o, "padding", 0)
+    n = filters + (3 * filters if _int(o, "batch_normalize", 0) else 0) + filters * (c // groups) * size * size
+    return ((h + 2 * padding - size) // stride + 1, (w + 2 * padding - size) // stride + 1, filters), n
+
+
+def _connected_layer(idx: int, o: dict[str, str], hwc: Shape, shapes: list[Shape]) -> tuple[Shape, int | None]:
+    h, w, c = hwc
+    outputs = _int(o, "output", 1)
+    return (1, 1, outputs), outputs + h * w * c * outputs + (3 * outputs if _int(o, "batch_normalize", 0) else 0)
+
+
+def _maxpool_layer(idx: int, o: dict[str, str], hwc: Shape, shapes: list[Shape]) -> tuple[Shape, int | None]:
+    h, w, c = hwc
+    stride = _int(o, "stride", 1)
+    size = _int(o, "size", stride)
+    padding = _int(o, "padding", size - 1)
+    return ((h + padding - size) // stride + 1, (w + padding - size) // stride + 1, c), None
+
+
+def _avgpool_layer(idx: int, o: dict[str, str], hwc: Shape, shapes: list[Shape]) -> tuple[Shape, int | None]:
+    return (1, 1, hwc[2]), None
+
+
+def _upsample_layer(idx: int, o: dict[str, str], hwc: Shape, shapes: list[Shape]) -> tuple[Shape, int | None]:
+    h, w, c = hwc
+    stride = _int(o, "stride", 2)
+    if stride > 0:
+        return (h * stride, w * stride, c), None
+    return ((h // -stride, w // -stride, c) if stride < 0 else hwc), None
+
+
+def _reorg_layer(idx: int, o: dict[str, str], hwc: Shape, shapes: list[Shape]) -> tuple[Shape, int | None]:
+    h, w, c = hwc
+    stride = _int(o, "stride", 1)
+    if _int(o, "reverse", 0):
+        return (h * stride, w * stride, c // (stride * stride)), None
+    return (h // stride, w // stride, c * stride * stride), None
+
+
+def _route_layer(idx: int, o: dict[str, str], hwc: Shape, shapes: list[Shape]) -> tuple[Shape, int | None]:
+    if "layers" not in o:
+        raise ValueError(f"layer {idx}: route without layers")
+    refs = []
+    for tok in o["layers"].split(","):
+        j = int(tok)
+        j = idx + j if j < 0 else j
+        if not 0 <= j < idx:
+            raise ValueError(f"layer {idx}: route to invalid layer {tok.strip()}")
+        refs.append(shapes[j])
+    return (refs[0][0], refs[0][1], sum(r[2] for r in refs) // _int(o, "groups", 1)), None
+
+
+_LAYER_RULES = {
+    "convolutional": _conv_layer, "conv": _conv_layer, "connected": _connected_layer, "fc": _connected_layer,
+    "maxpool": _maxpool_layer, "max": _maxpool_layer, "upsample": _upsample_layer, "reorg": _reorg_layer,
+    "route": _route_layer,
+    "avgpool": _avgpool_layer, "avg": _avgpool_layer,
+}
+_WEIGHTED_KIND = {"convolutional": "convolutional", "conv": "convolutional",
+                  "connected": "connected", "fc": "connected"}
+
+
 def darknet_weight_layout(cfg_text: str) -> list[DarknetLayerWeights]:
     """The float32 count each weighted layer of `cfg_text` reads, in file order (pure; ValueError if malformed).
 
@@ -72,66 +143,20 @@ def darknet_weight_layout(cfg_text: str) -> list[DarknetLayerWeights]:
     if not sections or sections[0][0] not in ("net", "network"):
         raise ValueError("cfg must start with [net]")
     net = sections[0][1]
-    h, w, c = _int(net, "height", 0), _int(net, "width", 0), _int(net, "channels", 3)
-    if c <= 0:
+    hwc: Shape = (_int(net, "height", 0), _int(net, "width", 0), _int(net, "channels", 3))
+    if hwc[2] <= 0:
         raise ValueError("net channels must be > 0")
-    shapes: list[tuple[int, int, int]] = []
+    shapes: list[Shape] = []
     layout: list[DarknetLayerWeights] = []
     for idx, (kind, o) in enumerate(sections[1:]):
-        if kind in ("convolutional", "conv"):
-            filters, size = _int(o, "filters", 1), _int(o, "size", 1)
-            stride = _int(o, "stride", 1)
-            groups = _int(o, "groups", 1)
-            if filters <= 0 or size <= 0 or stride <= 0 or groups <= 0 or c % groups:
-                raise ValueError(f"layer {idx}: bad convolutional params")
-            padding = size // 2 if _int(o, "pad", 0) else _int(o, "padding", 0)
-            n = filters + (3 * filters if _int(o, "batch_normalize", 0) else 0) + filters * (c // groups) * size * size
-            layout.append(DarknetLayerWeights(idx, "convolutional", n))
-            h = (h + 2 * padding - size) // stride + 1
-            w = (w + 2 * padding - size) // stride + 1
-            c = filters
-        elif kind in ("connected", "fc"):
-            outputs = _int(o, "output", 1)
-            n = outputs + h * w * c * outputs + (3 * outputs if _int(o, "batch_normalize", 0) else 0)
-            layout.append(DarknetLayerWeights(idx, "connected", n))
-            h, w, c = 1, 1, outputs
-        elif kind in ("maxpool", "max"):
-            stride = _int(o, "stride", 1)
-            size = _int(o, "size", stride)
-            padding = _int(o, "padding", size - 1)
-            h = (h + padding - size) // stride + 1
-            w = (w + padding - size) // stride + 1
-        elif kind in ("avgpool", "avg"):
-            h, w = 1, 1
-        elif kind == "upsample":
-            stride = _int(o, "stride", 2)
-            if stride > 0:
-                h, w = h * stride, w * stride
-            elif stride < 0:
-                h, w = h // -stride, w // -stride
-        elif kind == "reorg":
-            stride = _int(o, "stride", 1)
-            if _int(o, "reverse", 0):
-                h, w, c = h * stride, w * stride, c // (stride * stride)
-            else:
-                h, w, c = h // stride, w // stride, c * stride * stride
-        elif kind == "route":
-            if "layers" not in o:
-                raise ValueError(f"layer {idx}: route without layers")
-            refs = []
-            for tok in o["layers"].split(","):
-                j = int(tok)
-                j = idx + j if j < 0 else j
-                if not 0 <= j < idx:
-                    raise ValueError(f"layer {idx}: route to invalid layer {tok.strip()}")
-                refs.append(shapes[j])
-            h, w = refs[0][0], refs[0][1]
-            c = sum(r[2] for r in refs) // _int(o, "groups", 1)
-        elif kind in _DARKNET_PASSTHROUGH:
-            pass
-        else:
+        rule = _LAYER_RULES.get(kind)
+        if rule is None and kind not in _DARKNET_PASSTHROUGH:
             raise ValueError(f"layer {idx}: unsupported darknet layer type [{kind}]")
-        shapes.append((h, w, c))
+        if rule is not None:
+            hwc, n = rule(idx, o, hwc, shapes)
+            if n is not None:
+                layout.append(DarknetLayerWeights(idx, _WEIGHTED_KIND[kind], n))
+        shapes.append(hwc)
     return layout
 
 

@@ -232,11 +232,25 @@ class InboxScanner:
         else:
             result.waiting += len(entries)
 
+    def _pair(self, stem: str, members: dict[str, str], halves: list[str], sidecars: list[str], waited: float,
+              result: ScanResult) -> None:
+        """A two-file model (.cfg + .weights, .prototxt + .caffemodel): ready, still waiting, or timed out."""
+        exts = {members[h] for h in halves}
+        partner_ext, family = PAIR_EXTS[members[halves[0]]]
+        if len(halves) == 2 and partner_ext in exts:
+            result.ready.append(Bundle(stem, sorted(halves + sidecars), "file"))
+        elif waited >= self.bundle_timeout_seconds:
+            missing = f"{stem}{partner_ext}"
+            result.rejected.append(Rejection(stem, sorted(halves + sidecars),
+                                             f"incomplete {family} model: {missing} never arrived",
+                                             f"copy {halves[0]} and {missing} into the inbox together "
+                                             f"(waited {int(waited)} s, bundle_timeout_seconds)"))
+        else:
+            result.waiting += len(halves) + len(sidecars)
+
     def _group(self, stem: str, members: dict[str, str], seen: dict[str, _Seen], now: float,
                result: ScanResult) -> None:
-        by_ext: dict[str, list[str]] = {}
-        for name, ext in members.items():
-            by_ext.setdefault(ext, []).append(name)
+        """Sort one stem's entries into a ready bundle, a wait, or rejections."""
         sidecars = [n for n, e in members.items() if e in SIDECAR_EXTS]
         models = [n for n, e in members.items() if e in SINGLE_MODEL_EXTS or e in ARCHIVE_EXTS]
         halves = [n for n, e in members.items() if e in PAIR_EXTS]
@@ -265,19 +279,7 @@ class InboxScanner:
             result.ready.append(Bundle(stem, sorted(models + sidecars), "file"))
             return
         if halves:
-            exts = {members[h] for h in halves}
-            partner_ext, family = PAIR_EXTS[members[halves[0]]]
-            if len(halves) == 2 and partner_ext in exts:
-                result.ready.append(Bundle(stem, sorted(halves + sidecars), "file"))
-                return
-            if waited >= self.bundle_timeout_seconds:
-                missing = f"{stem}{partner_ext}"
-                result.rejected.append(Rejection(stem, sorted(halves + sidecars),
-                                                 f"incomplete {family} model: {missing} never arrived",
-                                                 f"copy {halves[0]} and {missing} into the inbox together "
-                                                 f"(waited {int(waited)} s, bundle_timeout_seconds)"))
-            else:
-                result.waiting += len(halves) + len(sidecars)
+            self._pair(stem, members, halves, sidecars, waited, result)
             return
         if sidecars:
             if waited >= self.bundle_timeout_seconds:

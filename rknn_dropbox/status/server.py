@@ -15,20 +15,21 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, Callable
-from urllib.parse import parse_qs, quote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from rknn_dropbox import __version__
-from rknn_dropbox.joblog import clean_log_text
+from rknn_dropbox.status.delivered import DeliveredFiles, read_log  # noqa: F401 (read_log: for older importers)
 from rknn_dropbox.status.gate import ConnectionGate, GateLimits
+from rknn_dropbox.status.jobpage import LOG_LINES, render_job
+from rknn_dropbox.status.jobview import JobView
 from rknn_dropbox.status.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, render_metrics
-from rknn_dropbox.status.page import render_page
+from rknn_dropbox.status.page import PAGE_SIZE, ListRequest, render_list
 from rknn_dropbox.store import COMPLETED, STATUSES, JobRecord, JobStore
 
 TASK_ID_RE = re.compile(r"^[0-9]{8}-[0-9]{6}-[0-9a-f]{6}$")
 DEFAULT_LIMIT, MAX_LIMIT = 100, 1000
-PAGE_LIMIT = 200
+MAX_NAME_CHARS = 1024
 LOOP_STALE_SECONDS = 60.0  # the daemon loop publishes a snapshot every step (~0.5 s); older than this = stuck
-MAX_LOG_BYTES = 8 * 1024 * 1024
 Snapshot = Callable[[], dict[str, Any]]
 
 
@@ -54,19 +55,11 @@ def content_disposition(filename: str) -> str:
     return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
 
 
-def read_log(path: Path, tail: int | None) -> str:
-    """The log's text (ANSI and progress-bar redraws removed); only the last `tail` lines when given."""
-    with open(path, "rb") as fh:
-        size = os.fstat(fh.fileno()).st_size
-        fh.seek(max(0, size - MAX_LOG_BYTES))
-        raw = fh.read(MAX_LOG_BYTES)
-    text = clean_log_text(raw.decode("utf-8", errors="replace"))
-    if size > MAX_LOG_BYTES:
-        text = f"[... first {size - MAX_LOG_BYTES} bytes left out ...]\n" + text.split("\n", 1)[-1]
-    if tail is not None:
-        lines = text.rstrip("\n").split("\n")
-        text = "\n".join(lines[-tail:]) + "\n" if tail else ""
-    return text
+def _status_param(query: dict[str, list[str]]) -> str | None:
+    status = query.get("status", [None])[-1] or None
+    if status is not None and status not in STATUSES:
+        raise BadRequest(f"status must be one of {', '.join(STATUSES)}")
+    return status
 
 
 def _int_param(query: dict[str, list[str]], name: str, default: int | None, low: int, high: int) -> int | None:
@@ -91,23 +84,39 @@ class StatusServer:
         self.port = self.listener.getsockname()[1]
         self.gate = ConnectionGate(self.listener, self._handle, self.limits)
         self.list_cache = threading.local()  # per handler thread: its sqlite connection's data_version is its own
+        self.delivered = DeliveredFiles()
 
-    def task_list_body(self, status: str | None, limit: int | None) -> bytes:
+    def view(self, job: JobRecord) -> JobView:
+        return JobView(job, self.delivered.doc(job))
+
+    def memory_mb(self) -> float | None:
+        """Memory in use by the daemon and its workers: the snapshot's figure, else read from /proc."""
+        published = self.snapshot().get("memory_mb")
+        if isinstance(published, (int, float)):
+            return float(published)
+        try:
+            from rknn_dropbox.service.memory import tree_rss_mb
+            return tree_rss_mb(os.getpid()) or None
+        except (ImportError, OSError):
+            return None
+
+    def task_list_body(self, status: str | None, limit: int | None, name: str | None = None) -> bytes:
         """The /api/tasks JSON, rebuilt only when the store changed (or, with unfinished tasks, once a second,
         because their durations move)."""
         version = self.store.data_version()
         second = int(time.time())
-        cache: dict[tuple[str | None, int | None], tuple[int, int | None, bytes]] = \
+        cache: dict[tuple[str | None, int | None, str | None], tuple[int, int | None, bytes]] = \
             self.list_cache.__dict__.setdefault("entries", {})
-        hit = cache.get((status, limit))
+        hit = cache.get((status, limit, name))
         if hit is not None and hit[0] == version and hit[1] in (None, second):
             return hit[2]
-        jobs = self.store.list(status=status, limit=limit)
+        jobs = self.store.list(status=status, limit=limit) if name is None else \
+            [j for j in self.store.list_named(name, limit) if status is None or j.status == status]
         tasks = [j.to_task() for j in jobs]
         body = json.dumps({"tasks": tasks, "count": len(tasks)}, default=str).encode()
         if len(cache) > 64:
             cache.clear()
-        cache[(status, limit)] = (version, second if any(j.finished_at is None for j in jobs) else None, body)
+        cache[(status, limit, name)] = (version, second if any(j.finished_at is None for j in jobs) else None, body)
         return body
 
     def start(self) -> None:
@@ -200,7 +209,12 @@ class StatusHandler(BaseHTTPRequestHandler):
 
     def _route(self, parts: list[str], query: dict[str, list[str]]) -> None:
         if not parts:
-            return self._page()
+            return self._page(query)
+        if len(parts) == 2 and parts[0] == "tasks":
+            job = self._job(parts[1])
+            if job is not None:
+                self._job_page(job)
+            return None
         if parts == ["health"]:
             return self._json(200, {"status": "healthy", "timestamp": time.time(), "version": __version__})
         if parts in (["livez"], ["readyz"]):
@@ -211,33 +225,59 @@ class StatusHandler(BaseHTTPRequestHandler):
         if parts == ["api", "tasks"]:
             return self._list(query)
         if parts[:2] in (["api", "tasks"], ["api", "download"]) and len(parts) >= 3:
-            task_id = parts[2]
-            if len(task_id) > 64 or not TASK_ID_RE.fullmatch(task_id):
-                return self._error(400, "bad task id: expected YYYYMMDD-HHMMSS-xxxxxx")
-            sub = parts[1:2] + parts[3:]
-            if sub not in (["tasks"], ["tasks", "logs"], ["download"]):
-                return self._error(404, "not found")
-            job = self.server.store.get(task_id)
-            if job is None:
-                return self._error(404, f"unknown task {task_id}")
-            if sub == ["download"]:
-                return self._download(job)
-            if sub == ["tasks", "logs"]:
-                return self._logs(job, query)
-            return self._json(200, job.to_task())
+            return self._api_task(parts[1], parts[2], parts[3:], query)
         return self._error(404, "not found")
 
-    def _list(self, query: dict[str, list[str]]) -> None:
-        status = query.get("status", [None])[-1]
-        if status is not None and status not in STATUSES:
-            raise BadRequest(f"status must be one of {', '.join(STATUSES)}")
-        limit = _int_param(query, "limit", DEFAULT_LIMIT, 0, MAX_LIMIT)
-        self._json(200, self.server.task_list_body(status, limit))
+    def _job(self, task_id: str) -> JobRecord | None:
+        """The job with this id; None after answering 400 (not an id) or 404 (unknown)."""
+        if len(task_id) > 64 or not TASK_ID_RE.fullmatch(task_id):
+            self._error(400, "bad task id: expected YYYYMMDD-HHMMSS-xxxxxx")
+            return None
+        job = self.server.store.get(task_id)
+        if job is None:
+            self._error(404, f"unknown task {task_id}")
+        return job
 
-    def _page(self) -> None:
-        jobs = self.server.store.list(limit=PAGE_LIMIT)
-        body = render_page(jobs, self.server.snapshot(), __version__).encode()
+    def _api_task(self, kind: str, task_id: str, rest: list[str], query: dict[str, list[str]]) -> None:
+        known = (kind == "tasks" and rest in ([], ["logs"], ["result"])) or (kind == "download" and len(rest) <= 1)
+        if len(task_id) <= 64 and TASK_ID_RE.fullmatch(task_id) and not known:
+            return self._error(404, "not found")
+        job = self._job(task_id)
+        if job is None:
+            return None
+        if kind == "download":
+            return self._download(job, unquote(rest[0]) if rest else None)
+        if rest == ["logs"]:
+            return self._logs(job, query)
+        if rest == ["result"]:
+            doc = self.server.delivered.doc(job)
+            return self._json(200, doc) if doc else self._error(409, f"task {job.id} is {job.status}: no "
+                                                                      "result.json or error.json yet")
+        return self._json(200, job.to_task())
+
+    def _list(self, query: dict[str, list[str]]) -> None:
+        status = _status_param(query)
+        limit = _int_param(query, "limit", DEFAULT_LIMIT, 0, MAX_LIMIT)
+        name = query.get("name", [None])[-1]
+        if name is not None and (not name or len(name) > MAX_NAME_CHARS):
+            raise BadRequest(f"name must be 1 to {MAX_NAME_CHARS} characters")
+        self._json(200, self.server.task_list_body(status, limit, name))
+
+    def _page(self, query: dict[str, list[str]]) -> None:
+        store = self.server.store
+        req = ListRequest(_status_param(query), _int_param(query, "page", 1, 1, 1_000_000) or 1, store.counts())
+        req.page = min(req.page, req.pages)
+        offset = (req.page - 1) * PAGE_SIZE
+        jobs = store.list(status=req.status, limit=offset + PAGE_SIZE)[offset:]
+        views = [self.server.view(j) for j in jobs]
+        body = render_list(views, self.server.snapshot(), __version__, req, self.server.memory_mb()).encode()
         self._send(200, body, "text/html; charset=utf-8")
+
+    def _job_page(self, job: JobRecord) -> None:
+        view = self.server.view(job)
+        dropped = self.server.delivered.dropped_files(job, view.doc)
+        log_text = self.server.delivered.log_text(job, LOG_LINES)
+        self._send(200, render_job(view, dropped, log_text, __version__).encode(), "text/html; charset=utf-8")
 
     def _probe(self, kind: str) -> None:
         checks = health_checks(self.server.snapshot())
@@ -248,26 +288,20 @@ class StatusHandler(BaseHTTPRequestHandler):
 
     def _logs(self, job: JobRecord, query: dict[str, list[str]]) -> None:
         tail = _int_param(query, "tail", None, 0, 1_000_000)
-        candidates: list[Path] = []
-        if job.output_dir:
-            candidates.append(Path(job.output_dir) / "conversion.log")
-        if job.work_path:
-            candidates += [Path(job.work_path) / "conversion.raw", Path(job.work_path) / "out" / "conversion.log"]
-        for path in candidates:
-            try:
-                text = read_log(path, tail)
-                break
-            except OSError:
-                continue
-        else:
-            text = ""
+        text = self.server.delivered.log_text(job, tail)
         self._send(200, text.encode(), "text/plain; charset=utf-8")
 
-    def _download(self, job: JobRecord) -> None:
+    def _download(self, job: JobRecord, wanted: str | None = None) -> None:
+        """All outputs (one file, or a zip of several), or the one output named `wanted`."""
         if job.status != COMPLETED or not job.output_dir or not job.outputs:
             return self._error(409, f"task {job.id} is {job.status}: nothing to download")
         folder = Path(job.output_dir)
-        files = [folder / Path(name).name for name in job.outputs]  # names the converter wrote, not the URL
+        names = [Path(name).name for name in job.outputs]  # names the converter wrote, not the URL
+        if wanted is not None:
+            if wanted not in names:
+                return self._error(404, f"task {job.id} has no output named {wanted[:200]}")
+            names = [wanted]
+        files = [folder / name for name in names]
         missing = [f.name for f in files if not f.is_file()]
         if missing:
             return self._error(404, f"no longer in outbox: {', '.join(missing)}")

@@ -125,15 +125,6 @@ def box_factory(tmp_path: Path) -> Iterator[Callable[..., Box]]:
     yield from daemons_under(tmp_path, Box)
 
 
-def drop_with_fault(model: Path, inbox: Path, name: str, fault: str) -> None:
-    """Drop `model` as <name> with a test-only fault injected into its worker (the box needs env FAULTS):
-    "slow" sleeps RKNN_DROPBOX_FAULT_SLOW_SECONDS first, others segfault / exit / hang / oom / abort / raise."""
-    sidecar = model.parent / f"{name}.fault.yaml"
-    sidecar.write_text(f"fault: {fault}\n")
-    drop(sidecar, inbox / f"{name}.yaml")
-    drop(model, inbox / f"{name}{model.suffix}")
-
-
 def drop(src: Path, dest: Path) -> Path:
     """Copy into the inbox the way a careful user does: under a dot name, then one rename."""
     tmp = dest.with_name("." + dest.name + ".copying")

@@ -12,16 +12,17 @@ import pytest
 
 import modelgen
 from conftest import wait_for
-from relhelpers import FAULTS, assert_conserved, box_factory, drop, drop_with_fault  # noqa: F401 (fixture)
+from relhelpers import FAULTS, assert_conserved, box_factory, drop  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.slow
 
 
 def test_one_worker_claims_one_ahead_and_leaves_the_rest_in_inbox(box_factory, tmp_path: Path) -> None:
     box = box_factory(workers=1, settings={"claim_ahead": 1},
-                      env={**FAULTS, "RKNN_DROPBOX_FAULT_SLOW_SECONDS": "600"}).start()
+                      env={**FAULTS, "RKNN_DROPBOX_FAULTS": "slow=slow",
+                           "RKNN_DROPBOX_FAULT_SLOW_SECONDS": "600"}).start()
     src = tmp_path / "src"
-    drop_with_fault(modelgen.write_onnx_conv(src / "slow.onnx"), box.inbox, "slow", "slow")
+    drop(modelgen.write_onnx_conv(src / "slow.onnx"), box.inbox / "slow.onnx")  # the fault: RKNN_DROPBOX_FAULTS
     slow = wait_for(lambda: next((t for t in box.tasks() if t["name"] == "slow" and t["status"] == "processing"),
                                  None), 60, what="the slow job running")
     for name, seed in (("a", 1), ("b", 2)):
@@ -37,5 +38,5 @@ def test_one_worker_claims_one_ahead_and_leaves_the_rest_in_inbox(box_factory, t
     box.wait_failed("slow")                                       # the one left in inbox is claimed
     box.wait_completed("a")
     box.wait_completed("b")
-    entries = ["slow.onnx", "slow.yaml", "a.onnx", "b.onnx", "notes.txt"]
+    entries = ["slow.onnx", "a.onnx", "b.onnx", "notes.txt"]
     assert_conserved(box.inbox, box.outbox, box.failed, entries)

@@ -1,0 +1,206 @@
+"""What the status pages show of one job: its store record plus what its delivered result.json / error.json say."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rknn_dropbox.store import COMPLETED, JobRecord
+
+FIRST_ATTEMPT_NAMES = ("baseline", "initial", "first", "default")
+
+
+@dataclass
+class OutputCheck:
+    """One model output's verification: the lowest cosine over the samples, and each sample's."""
+    name: str
+    cosine: float | None
+    samples: list[float] = field(default_factory=list)
+    shape: list[int] | None = None
+
+
+@dataclass
+class TargetView:
+    """One target platform of a job: its build and its verification."""
+    platform: str
+    built: bool | None = None
+    file: str | None = None
+    size: int | None = None
+    sha256: str | None = None
+    error: str | None = None
+    check_status: str | None = None  # passed | below_threshold | skipped | error | None (verify off / unknown)
+    threshold: float | None = None
+    reference: str | None = None
+    inputs_used: list[str] = field(default_factory=list)
+    reason: str | None = None
+    outputs: list[OutputCheck] = field(default_factory=list)
+    accuracy: dict[str, Any] = field(default_factory=dict)  # {attempts, worst_layers, delivered} when repaired
+    rknn: dict[str, Any] = field(default_factory=dict)  # what the .rknn says about itself (toolkit, tensors)
+    build_settings: dict[str, Any] = field(default_factory=dict)  # how a repaired build differs from the options
+
+    @property
+    def min_cosine(self) -> float | None:
+        values = [o.cosine for o in self.outputs if o.cosine is not None]
+        return min(values) if values else None
+
+    @property
+    def below_threshold(self) -> bool:
+        low = self.min_cosine
+        return self.check_status == "below_threshold" or (
+            low is not None and self.threshold is not None and low < self.threshold)
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+def _sample_cosines(raw: Any) -> list[float]:
+    out: list[float] = []
+    for item in raw if isinstance(raw, list) else []:
+        value = _number(item.get("cosine") if isinstance(item, dict) else item)
+        if value is not None:
+            out.append(value)
+    return out
+
+
+def parse_output(raw: dict[str, Any]) -> OutputCheck:
+    samples = _sample_cosines(raw.get("cosines", raw.get("per_sample", raw.get("samples"))))
+    low = _number(raw.get("min"))
+    if low is None:
+        low = _number(raw.get("cosine"))
+    if low is None and samples:
+        low = min(samples)
+    shape = raw.get("shape") if isinstance(raw.get("shape"), list) else None
+    return OutputCheck(str(raw.get("name", "output")), low, samples, shape)
+
+
+def _apply_verification(target: TargetView, raw: dict[str, Any]) -> None:
+    target.check_status = str(raw.get("status")) if raw.get("status") is not None else None
+    target.threshold = _number(raw.get("threshold", raw.get("min_cosine")))
+    target.reference = raw.get("reference")
+    target.reason = raw.get("reason")
+    used = raw.get("samples_used", raw.get("samples", raw.get("input")))
+    if isinstance(used, dict):  # {"source": ..., "names": [...]}
+        used = used.get("names") or raw.get("input") or used.get("source")
+    if isinstance(used, str):
+        target.inputs_used = [used]
+    elif isinstance(used, list):
+        target.inputs_used = [str(u) for u in used if isinstance(u, (str, int, float))]
+    target.outputs = [parse_output(o) for o in raw.get("outputs") or [] if isinstance(o, dict)]
+
+
+def accuracy_by_target(doc: dict[str, Any], platforms: list[str]) -> dict[str, dict[str, Any]]:
+    """result.json's `accuracy` block per platform, whether it is written once per job or once per target."""
+    acc = doc.get("accuracy")
+    if not isinstance(acc, dict) or not acc:
+        return {}
+    if any(k in acc for k in ("attempts", "worst_layers", "delivered")):
+        owner = acc.get("platform") or acc.get("target")
+        return {p: acc for p in platforms if owner in (None, p)}
+    return {p: v for p, v in acc.items() if isinstance(v, dict)}
+
+
+def was_repaired(block: dict[str, Any]) -> bool:
+    """True when accuracy repair delivered something other than the first build."""
+    if isinstance(block.get("repaired"), bool):
+        return block["repaired"]
+    attempts, delivered = block.get("attempts") or [], block.get("delivered")
+    if not attempts or delivered is None or delivered in FIRST_ATTEMPT_NAMES:
+        return False
+    if isinstance(delivered, int) and not isinstance(delivered, bool):
+        return delivered != 0
+    first = attempts[0]
+    if isinstance(first, dict):
+        return delivered not in (first, first.get("name"), first.get("label"), first.get("id"))
+    return delivered != first
+
+
+@dataclass
+class JobView:
+    """A job as the pages show it; `doc` is its result.json (completed) or error.json (failed), else {}."""
+    record: JobRecord
+    doc: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def folder_name(self) -> str | None:
+        return Path(self.record.output_dir).name if self.record.output_dir else None
+
+    @property
+    def platforms(self) -> list[str]:
+        listed = self.doc.get("target_platform")
+        if isinstance(listed, list) and listed:
+            return [str(p) for p in listed]
+        return [p for p in (self.record.target or "").split(",") if p]
+
+    @property
+    def targets(self) -> list[TargetView]:
+        built = {t.get("platform"): t for t in self.doc.get("targets") or [] if isinstance(t, dict)}
+        checks = self.doc.get("verification") if isinstance(self.doc.get("verification"), dict) else {}
+        accuracy = accuracy_by_target(self.doc, self.platforms)
+        views = []
+        for platform in self.platforms:
+            t = built.get(platform, {})
+            view = TargetView(platform, t.get("ok") if t else None, t.get("file"), t.get("size"), t.get("sha256"),
+                              t.get("error"), accuracy=accuracy.get(platform, {}),
+                              rknn=t.get("rknn") if isinstance(t.get("rknn"), dict) else {},
+                              build_settings=t.get("build_settings") if isinstance(t.get("build_settings"), dict)
+                              else {})
+            if isinstance(checks.get(platform), dict):
+                _apply_verification(view, checks[platform])
+            views.append(view)
+        return views
+
+    @property
+    def quantization(self) -> dict[str, Any]:
+        q = self.doc.get("quantization")
+        return q if isinstance(q, dict) else {}
+
+    @property
+    def precision(self) -> str:
+        """int8 / fp16 / prequantized (a QDQ model built as is) / the dtype of other quantizations; "" if unknown."""
+        quantized = self.doc.get("quantized", self.quantization.get("quantized"))
+        if quantized is None:
+            return ""
+        dtype = str(self.quantization.get("dtype") or ("int8" if quantized else "float16"))
+        if not quantized:
+            return "prequantized" if dtype == "prequantized" else "fp16"
+        return "int8" if dtype in ("w8a8", "int8", "asymmetric_quantized-8") else dtype
+
+    @property
+    def repaired(self) -> bool:
+        return any(was_repaired(block) for block in accuracy_by_target(self.doc, self.platforms).values())
+
+    @property
+    def warnings(self) -> list[str]:
+        listed = self.doc.get("warnings")
+        return [str(w) for w in listed] if isinstance(listed, list) else list(self.record.warnings)
+
+    @property
+    def output_size(self) -> int | None:
+        sizes = [o.get("size") for o in self.doc.get("outputs") or [] if isinstance(o, dict)]
+        sizes = [s for s in sizes if isinstance(s, int)]
+        return sum(sizes) if sizes else None
+
+    @property
+    def toolkit_version(self) -> str:
+        version = self.doc.get("toolkit_version")
+        described = [t.get("rknn") for t in self.doc.get("targets") or [] if isinstance(t, dict)]
+        for rknn in [self.doc.get("rknn"), *described]:
+            if not version and isinstance(rknn, dict):
+                version = rknn.get("toolkit_version") or rknn.get("version")
+        return str(version) if version else ""
+
+    @property
+    def error(self) -> str | None:
+        return self.doc.get("error") or self.record.error
+
+    @property
+    def hint(self) -> str | None:
+        return self.doc.get("hint") or self.record.hint
+
+    @property
+    def downloadable(self) -> bool:
+        return self.record.status == COMPLETED and bool(self.record.outputs)
