@@ -55,12 +55,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         return Daemon(cfg, reloader=lambda: _load(args)).run()
     except StartupError as exc:
         logger.error("cannot start: {}", exc)
-        return 2
+        return 1
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
     """Convert once, in this process, with the same converter code the workers use."""
-    from rknn_dropbox.convert.job import ConversionError, convert_job
+    from rknn_dropbox.convert.job import ConversionError, JobSettings, convert_job
+    from rknn_dropbox.toolkits import ToolkitMismatch, fallback_exhausted, next_fallback
     from rknn_dropbox.convert.options import parse_convert_options
     from rknn_dropbox.intake.claims import claim_bundle
     cfg = _load(args)
@@ -89,9 +90,22 @@ def cmd_convert(args: argparse.Namespace) -> int:
                 (shutil.copytree if s.is_dir() else shutil.copy2)(s, staging / entry)
             job = claim_bundle(staging, Path(tmp) / "work", name, entries, "file")
             assert job is not None
+            crashed = json.loads(args.crashed) if args.crashed else []
             try:
-                result = convert_job(job, name, defaults, lambda stage, pct: None)
+                result = convert_job(job, name, defaults, lambda stage, pct: None,
+                                     JobSettings(default_toolkit=cfg.toolkits.default, toolkit=args.toolkit,
+                                                 crashed=tuple(crashed)))
+            except ToolkitMismatch as exc:  # this process holds another toolkit: convert in a child of that one
+                failures += _convert_in_child(args, src, exc.wanted.sys_path_entry())
+                continue
             except ConversionError as exc:
+                if exc.crash is not None:
+                    toolkit, crashed = next_fallback(exc.crash, crashed)
+                    if toolkit is not None:  # another installed version may build it: a child of that one tries
+                        logger.warning("{}: {}; trying rknn-toolkit2 {}", src.name, exc.error, toolkit.version)
+                        failures += _convert_in_child(args, src, toolkit.sys_path_entry(), toolkit.version, crashed)
+                        continue
+                    exc.error = fallback_exhausted(exc.error, crashed)
                 logger.error("{}: {}{}", src.name, exc.error, f" (hint: {exc.hint})" if exc.hint else "")
                 log = job.log
                 if log.exists():
@@ -108,6 +122,29 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+_CHILD = "import sys; sys.path.insert(0, sys.argv[1]) if sys.argv[1] else None; " \
+         "from rknn_dropbox.cli import main; sys.exit(main(sys.argv[2:]))"
+
+
+def _convert_in_child(args: argparse.Namespace, model: Path, toolkit_folder: str | None,
+                      toolkit: str | None = None, crashed: list[dict[str, str]] | None = None) -> int:
+    """`convert` one model in a fresh interpreter whose sys.path starts with the toolkit it needs; 1 on failure."""
+    argv = ["convert", str(model.absolute()), "-o", str(Path(args.output).absolute())]
+    toolkit = toolkit or args.toolkit
+    if toolkit:
+        argv += ["--toolkit", toolkit]
+    if crashed:
+        argv += ["--crashed", json.dumps(crashed)]
+    config = _find_config(args.config)
+    if config is not None:
+        argv += ["--config", str(config.absolute())]
+    if args.target:
+        argv += ["--target", args.target]
+    if getattr(args, "debug", False):
+        argv.append("--debug")
+    return 1 if subprocess.run([sys.executable, "-c", _CHILD, toolkit_folder or "", *argv]).returncode else 0
+
+
 def _partners(src: Path) -> list[Path]:
     """Files that belong with `src` in a bundle: its sidecar and the other half of a Darknet/Caffe pair."""
     if src.is_dir():
@@ -119,19 +156,22 @@ def _partners(src: Path) -> list[Path]:
 
 def check_environment(cfg: Config) -> list[str]:
     """Problems that would stop the daemon from working, as sentences; empty when all is well."""
-    from rknn_dropbox.service.daemon import StartupError, prepare_folders
+    from rknn_dropbox.service.startup import (
+        StartupError, check_inotify, check_port, open_store_path, prepare_folders,
+    )
     problems: list[str] = []
     try:
         prepare_folders(cfg)
+        open_store_path(cfg)
     except StartupError as exc:
         problems.append(str(exc))
-    probe = subprocess.run([sys.executable, "-c", "import importlib.metadata as m, rknn.api; "
-                            "print(m.version('rknn-toolkit2'))"], capture_output=True, text=True, timeout=300)
-    if probe.returncode != 0:
-        last = (probe.stderr.strip().splitlines() or ["no output"])[-1]
-        problems.append(f"rknn-toolkit2 cannot be imported: {last}")
-    else:
-        print(f"rknn-toolkit2 {probe.stdout.strip()} imports fine")
+    if cfg.http.enabled:
+        busy = check_port(cfg.http.host, cfg.http.port)
+        if busy:
+            problems.append(busy)
+    if cfg.poll is not True and (inotify := check_inotify()):
+        problems.append(inotify)
+    problems += check_toolkits(cfg)
     try:
         watches = int(Path("/proc/sys/fs/inotify/max_user_watches").read_text())
         instances = int(Path("/proc/sys/fs/inotify/max_user_instances").read_text())
@@ -141,6 +181,26 @@ def check_environment(cfg: Config) -> list[str]:
                             "or set poll = true")
     except (OSError, ValueError):
         print("inotify limits unknown (not Linux?)")
+    return problems
+
+
+def check_toolkits(cfg: Config) -> list[str]:
+    """Every version listed in [toolkits] is installed and imports (each probed in a subprocess)."""
+    from rknn_dropbox.toolkits import installed_names, installed_toolkits, probe_toolkit
+    toolkits = installed_toolkits()
+    by_version = {t.version: t for t in toolkits}
+    problems = []
+    for version in cfg.toolkits.versions:
+        tk = by_version.get(version)
+        if tk is None:
+            problems.append(f"rknn-toolkit2 {version} is listed in [toolkits] versions but not installed (installed: "
+                            f"{installed_names(toolkits)}): run `rknn-dropbox toolkits install {version}`")
+            continue
+        probe = probe_toolkit(tk)
+        if probe.ok:
+            print(f"rknn-toolkit2 {version} imports fine ({tk.where})")
+        else:
+            problems.append(f"rknn-toolkit2 {version} cannot be imported: {probe.error}")
     return problems
 
 
@@ -284,6 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("models", nargs="+", metavar="MODEL")
     conv.add_argument("--target", help="target platform(s), comma-separated (default from config: rk3588)")
     conv.add_argument("-o", "--output", default=".", help="output folder (default: .)")
+    conv.add_argument("--toolkit", help="build with exactly this installed rknn-toolkit2 version")
+    conv.add_argument("--crashed", help=argparse.SUPPRESS)  # a fallback child: the versions that crashed before
     conv.set_defaults(func=cmd_convert)
 
     check = sub.add_parser("check", help="verify the environment and folders")
@@ -311,6 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
     common(submit)
     add_submit_arguments(submit)
     submit.set_defaults(func=cmd_submit)
+    from rknn_dropbox.cli_tools import add_commands
+    add_commands(sub, common, _load)
     return parser
 
 

@@ -29,6 +29,16 @@ class HttpConfig:
 
 
 @dataclass(frozen=True)
+class ToolkitsConfig:
+    """[toolkits]: the rknn-toolkit2 versions this box keeps installed; the first is the default for jobs."""
+    versions: tuple[str, ...] = ("2.5.0",)
+
+    @property
+    def default(self) -> str:
+        return self.versions[0]
+
+
+@dataclass(frozen=True)
 class Config:
     inbox: Path = Path("inbox")
     outbox: Path = Path("outbox")
@@ -56,10 +66,21 @@ class Config:
     host_id: str | None = None
     stale_claim_seconds: float = 600.0
     worker_memory_limit_mb: int = 0  # 0: no limit; else a worker over this resident size is killed, failing its job
+    # A job whose conversion was cut short this many times (the daemon died under it: a crash, an OOM kill of the
+    # service, a power loss) fails, listing every attempt's cause, instead of being retried without end.
+    max_attempts: int = 3
+    # Memory admission: a queued job starts only when the estimated peaks of the running jobs plus its own fit in
+    # MemAvailable minus memory_reserve_mb (estimates learned per format in state_dir/memory.json). workers stays
+    # the upper bound. A worker whose resident memory after a job stays above worker_max_rss_mb (0: never) is
+    # replaced by a fresh one.
+    memory_admission: bool = True
+    memory_reserve_mb: int = 1024
+    worker_max_rss_mb: int = 0
     cache: bool = True  # reuse the outputs of an earlier job with the same model bytes + config + toolkit
     cache_max_bytes: int = 2 * 1024 * 1024 * 1024  # the cache (state_dir/cache) evicts least recently used entries
     http: HttpConfig = field(default_factory=HttpConfig)
     convert: ConvertOptions = field(default_factory=ConvertOptions)
+    toolkits: ToolkitsConfig = field(default_factory=ToolkitsConfig)
     source: Path | None = None  # the TOML file this came from
 
     @property
@@ -82,7 +103,8 @@ class Config:
 
 
 _PATH_KEYS = {"inbox", "outbox", "failed", "state_dir", "work_dir"}
-_TOP_KEYS = {f.name for f in fields(Config)} - {"http", "convert", "source"}
+_TABLES = ("http", "convert", "toolkits")
+_TOP_KEYS = {f.name for f in fields(Config)} - {*_TABLES, "source"}
 
 
 def _check_type(key: str, value: Any, expected: type | tuple[type, ...]) -> None:
@@ -96,10 +118,10 @@ def _check_type(key: str, value: Any, expected: type | tuple[type, ...]) -> None
 def _build_top(raw: dict[str, Any], base_dir: Path) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in raw.items():
-        if key in ("http", "convert"):
+        if key in _TABLES:
             continue
         if key not in _TOP_KEYS:
-            raise ConfigError(f"unknown key {key!r} (allowed: {', '.join(sorted(_TOP_KEYS | {'http', 'convert'}))})")
+            raise ConfigError(f"unknown key {key!r} (allowed: {', '.join(sorted(_TOP_KEYS | set(_TABLES)))})")
         if key in _PATH_KEYS:
             _check_type(key, value, str)
             p = Path(os.path.expanduser(value))
@@ -109,7 +131,7 @@ def _build_top(raw: dict[str, Any], base_dir: Path) -> dict[str, Any]:
             if not value or value in (".", "..") or "/" in value or "\0" in value or value.startswith("."):
                 raise ConfigError(f"host_id: must be a plain folder name, got {value!r}")
             out[key] = value
-        elif key == "worker_memory_limit_mb":
+        elif key in ("worker_memory_limit_mb", "memory_reserve_mb", "worker_max_rss_mb"):
             _check_type(key, value, int)
             if value < 0:
                 raise ConfigError(f"{key}: must be 0 (no limit) or a size in MB, got {value}")
@@ -119,10 +141,10 @@ def _build_top(raw: dict[str, Any], base_dir: Path) -> dict[str, Any]:
             if value < 0:
                 raise ConfigError(f"claim_ahead: must be 0 or more, got {value}")
             out[key] = value
-        elif key == "cache":
+        elif key in ("cache", "memory_admission"):
             _check_type(key, value, bool)
             out[key] = value
-        elif key in ("workers", "max_jobs_per_worker", "max_file_size", "cache_max_bytes"):
+        elif key in ("workers", "max_jobs_per_worker", "max_file_size", "cache_max_bytes", "max_attempts"):
             _check_type(key, value, int)
             if value < 1:
                 raise ConfigError(f"{key}: must be at least 1, got {value}")
@@ -163,6 +185,26 @@ def _build_http(raw: Any) -> HttpConfig:
     return http
 
 
+def _build_toolkits(raw: Any) -> ToolkitsConfig:
+    from rknn_dropbox.toolkits import ToolkitError, check_version
+    if raw is None:
+        return ToolkitsConfig()
+    if not isinstance(raw, dict):
+        raise ConfigError("[toolkits] must be a table")
+    for key in raw:
+        if key != "versions":
+            raise ConfigError(f"toolkits.{key}: unknown key (allowed: versions)")
+    versions = raw.get("versions", list(ToolkitsConfig.versions))
+    if not isinstance(versions, list) or not versions:
+        raise ConfigError(f"toolkits.versions: expected a list of versions like [\"2.5.0\", \"2.3.2\"], "
+                          f"got {versions!r}")
+    try:
+        checked = tuple(dict.fromkeys(check_version("toolkits.versions", v) for v in versions))
+    except ToolkitError as exc:
+        raise ConfigError(str(exc)) from None
+    return ToolkitsConfig(checked)
+
+
 def config_from_mapping(raw: dict[str, Any], base_dir: Path, source: Path | None = None) -> Config:
     """Validate a parsed TOML mapping; relative paths resolve against `base_dir`."""
     top = {k: base_dir / getattr(Config, k) for k in ("inbox", "outbox", "failed", "state_dir")}
@@ -171,7 +213,8 @@ def config_from_mapping(raw: dict[str, Any], base_dir: Path, source: Path | None
         convert = parse_convert_options(raw.get("convert") or {}, where="convert", base_dir=base_dir)
     except OptionsError as exc:
         raise ConfigError(str(exc)) from None
-    return Config(**top, http=_build_http(raw.get("http")), convert=convert, source=source)
+    return Config(**top, http=_build_http(raw.get("http")), convert=convert,
+                  toolkits=_build_toolkits(raw.get("toolkits")), source=source)
 
 
 def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> Config:

@@ -29,5 +29,6 @@ def finish_log(job: JobDir) -> None:
     except OSError:
         return
     log.parent.mkdir(parents=True, exist_ok=True)
-    log.write_text(clean_log_text(text), encoding="utf-8")
+    with open(log, "a", encoding="utf-8") as fh:  # appended: a job retried with another toolkit keeps both logs
+        fh.write(clean_log_text(text))
     raw_log.unlink(missing_ok=True)

@@ -39,6 +39,10 @@ class JobRecord:
     updated_at: float = field(default_factory=time.time)
     callback_url: str | None = None  # where the final task JSON is POSTed; never shown in the task JSON
     callback_status: str | None = None  # "pending", "delivered (HTTP 200)", "failed after 4 attempts: ..."
+    attempt_causes: list[str] = field(default_factory=list)  # why each earlier attempt ended without an outcome
+    peak_rss_mb: float | None = None  # the worker's peak resident memory during the job (its last attempt)
+    toolkit_version: str | None = None  # the rknn-toolkit2 that built the outputs
+    rknn_files: list[dict[str, Any]] = field(default_factory=list)  # each .rknn as read back from the file itself
 
     @property
     def duration(self) -> float | None:
@@ -49,7 +53,8 @@ class JobRecord:
     def to_task(self) -> dict[str, Any]:
         """The task JSON of the older HTTP API (task_id, status, progress) plus this design's fields."""
         d = {f.name: getattr(self, f.name) for f in fields(self)}  # not asdict(): its deep copies cost 5x
-        d["outputs"], d["warnings"] = list(self.outputs), list(self.warnings)
+        d["outputs"], d["warnings"], d["rknn_files"] = list(self.outputs), list(self.warnings), list(self.rknn_files)
+        d["attempt_causes"] = list(self.attempt_causes)
         d["task_id"] = d.pop("id")
         d["duration"] = self.duration
         d.pop("callback_url", None)  # may carry a token
@@ -58,7 +63,7 @@ class JobRecord:
         return d
 
 
-_JSON_FIELDS = {"outputs", "warnings"}
+_JSON_FIELDS = {"outputs", "warnings", "rknn_files", "attempt_causes"}
 _BOOL_FIELDS = {"cancel_requested"}
 _COLUMNS = [f.name for f in fields(JobRecord)]
 _SCHEMA = """
@@ -66,7 +71,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY, name TEXT NOT NULL, format TEXT, status TEXT NOT NULL, progress REAL, stage TEXT,
     target TEXT, created_at REAL, started_at REAL, finished_at REAL, error TEXT, hint TEXT, work_path TEXT,
     output_dir TEXT, outputs TEXT, warnings TEXT, attempts INTEGER, cancel_requested INTEGER, worker_pid INTEGER,
-    updated_at REAL, callback_url TEXT, callback_status TEXT
+    updated_at REAL, callback_url TEXT, callback_status TEXT, toolkit_version TEXT, rknn_files TEXT,
+    attempt_causes TEXT, peak_rss_mb REAL
 );
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status);
 CREATE INDEX IF NOT EXISTS jobs_created ON jobs(created_at);
@@ -107,9 +113,11 @@ class JobStore:
         with self._conn() as conn:
             conn.executescript(_SCHEMA)
             have = {row["name"] for row in conn.execute("PRAGMA table_info(jobs)")}
-            for column in ("callback_url", "callback_status"):  # stores made before these columns existed
+            for column, kind in (("callback_url", "TEXT"), ("callback_status", "TEXT"), ("toolkit_version", "TEXT"),
+                                 ("rknn_files", "TEXT"), ("attempt_causes", "TEXT"),
+                                 ("peak_rss_mb", "REAL")):  # stores older than these columns
                 if column not in have:
-                    conn.execute(f"ALTER TABLE jobs ADD COLUMN {column} TEXT")
+                    conn.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
 
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -156,6 +164,13 @@ class JobStore:
         extra = {} if attempts is None else {"attempts": attempts}
         self.update(job_id, status=QUEUED, stage="queued", progress=0.0, **extra)
 
+    def record_interrupted_attempt(self, job_id: str, attempts: int, causes: list[str]) -> None:
+        """An attempt ended without an outcome (the daemon died under it): counted, with its cause."""
+        self.update(job_id, attempts=attempts, attempt_causes=causes)
+
+    def record_peak_rss(self, job_id: str, peak_rss_mb: float) -> None:
+        self.update(job_id, peak_rss_mb=round(peak_rss_mb, 1))
+
     def mark_processing(self, job_id: str, worker_pid: int) -> None:
         """Handed to worker `worker_pid`."""
         self.update(job_id, status=PROCESSING, stage="starting", started_at=time.time(), progress=1.0,
@@ -198,9 +213,12 @@ class JobStore:
             changes["outputs"] = outputs
         self.update(job_id, **changes)
 
-    def record_conversion(self, job_id: str, fmt: str, outputs: list[str], warnings: list[str], target: str) -> None:
-        """What a worker's successful conversion produced (before its delivery)."""
-        self.update(job_id, format=fmt, outputs=outputs, warnings=warnings, target=target)
+    def record_conversion(self, job_id: str, fmt: str, outputs: list[str], warnings: list[str], target: str,
+                          toolkit_version: str | None = None, rknn_files: list[dict[str, Any]] | None = None) -> None:
+        """What a worker's successful conversion produced (before its delivery): also the toolkit that built it and
+        what each .rknn says about itself."""
+        self.update(job_id, format=fmt, outputs=outputs, warnings=warnings, target=target,
+                    toolkit_version=toolkit_version, rknn_files=rknn_files or [])
 
     def set_work_path(self, job_id: str, work_path: str) -> None:
         self.update(job_id, work_path=work_path)

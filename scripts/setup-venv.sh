@@ -33,7 +33,7 @@ ensure_chromium() {
   fi
 }
 if [[ "$extras" == *test* ]]; then ensure_chromium; fi
-stamp_input="$(cat pyproject.toml requirements/*.txt; echo "$extras $TORCH_SPEC")"
+stamp_input="$(cat pyproject.toml requirements/*.txt config.example.toml; echo "$extras $TORCH_SPEC")"
 stamp="$VENV/.rknn-dropbox-stamp"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$(printf '%s' "$stamp_input" | sha256sum)" ]; then
   exit 0
@@ -62,4 +62,17 @@ if torch.version.cuda:
     print(f"setup: warning: torch {torch.__version__} is a CUDA build; a CPU build is enough", file=sys.stderr)
 print(f"setup: rknn-toolkit2 {md.version('rknn-toolkit2')}, torch {torch.__version__}, numpy {md.version('numpy')}", file=sys.stderr)
 PY
+# Every other rknn-toolkit2 version listed in config.example.toml's [toolkits] goes (--no-deps) into
+# $VENV/toolkits/<version>/, through the same command users run: rknn-dropbox toolkits install VERSION.
+others=$("$VENV/bin/python" - <<'PY'
+import importlib.metadata as md, tomllib
+versions = tomllib.load(open("config.example.toml", "rb")).get("toolkits", {}).get("versions", [])
+print(" ".join(v for v in versions if v != md.version("rknn-toolkit2")))
+PY
+)
+if [ -n "$others" ]; then
+  echo "setup: installing rknn-toolkit2 $others beside it (.venv/toolkits/)" >&2
+  # shellcheck disable=SC2086
+  "$VENV/bin/python" -m rknn_dropbox toolkits install $others
+fi
 printf '%s' "$stamp_input" | sha256sum > "$stamp"

@@ -187,3 +187,26 @@ def shared_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonPr
         d.stop(timeout=30)
     except subprocess.TimeoutExpired:
         pass
+
+
+EXTRA_TOOLKITS = ("2.3.2", "2.3.0")  # beside the venv's 2.5.0: installed once per run, as users do
+
+
+@pytest.fixture(scope="session")
+def extra_toolkits() -> tuple[str, ...]:
+    """rknn-toolkit2 2.3.2 and 2.3.0 in <venv>/toolkits/, installed through `rknn-dropbox toolkits install` (a no-op
+    when they are there already; CI installs them once per run, ~230 MB from PyPI)."""
+    proc = subprocess.run([sys.executable, "-m", "rknn_dropbox", "toolkits", "install", *EXTRA_TOOLKITS],
+                          capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return EXTRA_TOOLKITS
+
+
+def toolkits_subset(root: Path, versions: tuple[str, ...]) -> Path:
+    """A toolkits folder (for RKNN_DROPBOX_TOOLKITS_DIR) holding only `versions` of the installed ones, linked."""
+    from rknn_dropbox.toolkits import toolkits_dir
+    root.mkdir(parents=True, exist_ok=True)
+    for version in versions:
+        (root / version).symlink_to(toolkits_dir() / version, target_is_directory=True)
+    return root
+

@@ -10,6 +10,9 @@ from multiprocessing.connection import Connection
 from rknn_dropbox.service.messages import JobDone, JobProgress, WorkerReady
 
 
+_held: list[bytes] = []
+
+
 def _serve(conn: Connection, behave) -> None:
     conn.send(WorkerReady(os.getpid()))
     while True:
@@ -37,7 +40,26 @@ def by_name(conn: Connection, parent_pid: int) -> None:
             ctypes.string_at(0)
         elif name == "exit":
             os._exit(1)
-        elif name == "hang":
+        elif name.startswith("hang"):
             time.sleep(3600)
+        elif name.startswith("hog"):  # holds 300 MB past the job, like a leaky toolkit build, then fails it
+            _held.append(b"\1" * (300 << 20))
+            time.sleep(1.2)
+            conn.send(JobDone(order.job_id, False, error="hogged", hint=None))
+            return
         conn.send(JobDone(order.job_id, True, result={"pid": os.getpid()}))
     _serve(conn, behave)
+
+
+def reports_toolkit(conn: Connection, parent_pid: int, toolkit_folder: str | None = None) -> None:
+    """Answers every job with the toolkit folder it was started with (what it would put first on sys.path)."""
+    def behave(conn, order):
+        conn.send(JobDone(order.job_id, True, result={"toolkit_folder": toolkit_folder, "pid": os.getpid()}))
+    _serve(conn, behave)
+
+
+def broken_unless_default(conn: Connection, parent_pid: int, toolkit_folder: str | None = None) -> None:
+    """A worker whose toolkit folder does not import (it exits before saying ready); the default one works."""
+    if toolkit_folder:
+        os._exit(1)
+    reports_toolkit(conn, parent_pid)

@@ -146,7 +146,7 @@ def test_worker_killed_fails_only_its_job(daemon_factory, tmp_path: Path) -> Non
     shutil.copy(modelgen.write_onnx_conv(tmp_path / "b.onnx", seed=1), d.inbox / "bystander.onnx")
     os.kill(task["worker_pid"], signal.SIGKILL)
     err = d.wait_failed("victim")
-    assert err["error"] == "worker killed by signal 9 (SIGKILL) — out of memory?"
+    assert err["error"].startswith("worker killed by signal 9 (SIGKILL): most likely the machine ran out of memory")
     assert (d.failed / "victim" / "input" / "victim.onnx").is_file()
     d.wait_completed("bystander")
     shutil.copy(modelgen.write_onnx_conv(tmp_path / "a.onnx", seed=2), d.inbox / "afterwards.onnx")

@@ -26,6 +26,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from calibimages import make_calibration_set, natural_image  # noqa: F401 (part of this module's API)
+
 CORPUS_VERSION = 2  # bump when an export below changes
 IMAGENET_MEAN = [123.675, 116.28, 103.53]
 IMAGENET_STD = [58.395, 57.12, 57.375]
@@ -143,52 +145,6 @@ def build_corpus(cache_dir: Path, names: tuple[str, ...] | list[str] = DEFAULT_N
     return infos
 
 
-# ---- calibration images ---------------------------------------------------------------------------------------------
-
-def natural_image(seed: int, height: int, width: int) -> Any:
-    """A smooth, photo-like RGB uint8 image: a lit gradient background, soft shapes, a little sensor noise."""
-    import cv2
-    import numpy as np
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    c0, c1 = rng.uniform(30, 225, 3), rng.uniform(30, 225, 3)
-    angle = rng.uniform(0, np.pi)
-    t = ((xx * np.cos(angle) + yy * np.sin(angle)) / (width + height) + 0.5).clip(0, 1)[..., None]
-    img = (c0 * (1 - t) + c1 * t).astype(np.float32)
-    for _ in range(int(rng.integers(3, 7))):
-        color = tuple(float(v) for v in rng.uniform(0, 255, 3))
-        center = (int(rng.integers(0, width)), int(rng.integers(0, height)))
-        if rng.random() < 0.5:
-            axes = (int(rng.integers(width // 12, width // 3)), int(rng.integers(height // 12, height // 3)))
-            cv2.ellipse(img, center, axes, float(rng.uniform(0, 180)), 0, 360, color, -1, cv2.LINE_AA)
-        else:
-            w, h = int(rng.integers(width // 10, width // 2)), int(rng.integers(height // 10, height // 2))
-            cv2.rectangle(img, center, (center[0] + w, center[1] + h), color, -1, cv2.LINE_AA)
-    img = cv2.GaussianBlur(img, (0, 0), sigmaX=max(1.0, width / 150))
-    light = 0.75 + 0.25 * np.exp(-(((xx - width * rng.random()) ** 2 + (yy - height * rng.random()) ** 2)
-                                   / (2 * (0.6 * max(width, height)) ** 2)))[..., None]
-    img = img * light + rng.normal(0, 3, img.shape)
-    return img.clip(0, 255).astype(np.uint8)
-
-
-def make_calibration_set(folder: Path, input_shape: tuple[int, ...] | list[int], n: int = 8,
-                         seed: int = 7) -> Path:
-    """n jpgs at the model's input size in folder, listed in folder/dataset.txt (names relative to it)."""
-    import cv2
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    height, width = int(input_shape[-2]), int(input_shape[-1])
-    names = []
-    for i in range(n):
-        name = f"calib_{i:02d}.jpg"
-        rgb = natural_image(seed + i, height, width)
-        cv2.imwrite(str(folder / name), rgb[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 92])
-        names.append(name)
-    dataset = folder / "dataset.txt"
-    dataset.write_text("".join(f"{n}\n" for n in names))
-    return dataset
-
-
 MODES = ("fp16", "int8")
 
 
@@ -235,16 +191,24 @@ def write_symbolic_conv(path: Path, input_dims: list[Any], size: int = 16) -> Pa
 
 # ---- the exports (run in the child process only) --------------------------------------------------------------------
 
-def register_torchvision_ops() -> None:
-    """Define torchvision::nms / qnms so the CUDA torchvision wheel imports against a CPU torch (see above)."""
+def register_torchvision_ops() -> bool:
+    """Define torchvision::nms / qnms when torchvision's own ops library cannot load (see above); True if defined."""
+    import importlib.util
+
     import torch
-    schema = "(Tensor dets, Tensor scores, float iou_threshold) -> Tensor"
+    spec = importlib.util.find_spec("torchvision")
+    native = next(Path(list(spec.submodule_search_locations or [])[0]).glob("_C*.so"), None) if spec else None
     try:
-        torch.library.define("torchvision::nms", schema)
-    except RuntimeError:  # already there: a torchvision whose native library loads, or a second call
-        return
+        if native is not None:
+            torch.ops.load_library(str(native))
+            return False  # a torchvision built for this torch: its ops are there
+    except (OSError, RuntimeError):
+        pass
+    schema = "(Tensor dets, Tensor scores, float iou_threshold) -> Tensor"
+    torch.library.define("torchvision::nms", schema)
     torch.library.define("torchvision::qnms", schema)
     torch.library.impl("torchvision::nms", "CPU")(_nms_cpu)
+    return True
 
 
 def _torchvision_has_ops() -> bool:
@@ -345,9 +309,9 @@ def _main(argv: list[str]) -> int:
         print("usage: zoo.py build DIR [NAME...]", file=sys.stderr)
         return 2
     folder = Path(argv[1])
-    register_torchvision_ops()
-    import torchvision.extension
-    torchvision.extension._has_ops = _torchvision_has_ops  # its nms wrappers check this before calling the op
+    if register_torchvision_ops():
+        import torchvision.extension
+        torchvision.extension._has_ops = _torchvision_has_ops  # its nms wrappers check this before calling the op
     for name in argv[2:] or DEFAULT_NAMES:
         print(f"exporting {name}", flush=True)
         os.chdir(folder)  # Ultralytics writes its export next to the yaml's name in the cwd

@@ -44,6 +44,14 @@ def cache_key(model_files: list[tuple[str, Path]], config: dict[str, Any], toolk
     return h.hexdigest()
 
 
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class ResultCache:
     """cache_dir/<key>/ holds meta.json and the output files; entries are written whole (rename) and evicted oldest
     first (by last use) when the total passes max_bytes."""
@@ -67,6 +75,24 @@ class ResultCache:
             pass
         return CacheHit(key, meta, folder)
 
+    def copy_out(self, hit: CacheHit, cache_name: str, dest: Path, sha256: str | None) -> bool:
+        """Copy one cached file to dest, checking its sha256 on the way; False (a miss) when the entry was evicted
+        meanwhile or its bytes are not what was stored (the entry is evicted then)."""
+        h = hashlib.sha256()
+        try:
+            with open(hit.folder / hit.meta["files"][cache_name], "rb") as src, open(dest, "wb") as out:
+                for chunk in iter(lambda: src.read(1 << 20), b""):
+                    h.update(chunk)
+                    out.write(chunk)
+        except (OSError, KeyError):
+            dest.unlink(missing_ok=True)
+            return False  # evicted by another worker between lookup and copy
+        if sha256 is not None and h.hexdigest() != sha256:
+            dest.unlink(missing_ok=True)
+            shutil.rmtree(hit.folder, ignore_errors=True)
+            return False
+        return True
+
     def store(self, key: str, meta: dict[str, Any], files: dict[str, Path]) -> bool:
         """Copy `files` (cache name -> path) under `key`; False when it is already there or does not fit."""
         total = sum(p.stat().st_size for p in files.values())
@@ -80,7 +106,11 @@ class ResultCache:
                 shutil.copyfile(src, tmp / name)
             (tmp / META).write_text(json.dumps({**meta, "files": {n: n for n in files}, "stored_at": time.time()},
                                                indent=2), encoding="utf-8")
+            for name in [*files, META]:  # on disk before the rename makes the entry visible (power loss)
+                _fsync(tmp / name)
+            _fsync(tmp)
             os.rename(tmp, self.dir / key)
+            _fsync(self.dir)
         except OSError:
             shutil.rmtree(tmp, ignore_errors=True)
             return False

@@ -9,7 +9,14 @@ from __future__ import annotations
 import os
 import time
 
-FAULTS = ("segfault", "exit", "hang", "oom", "abort", "raise", "slow")
+FAULTS = ("segfault", "exit", "hang", "oom", "abort", "raise", "slow", "toolkit-crash")
+
+
+def injected_toolkit_crash(bundle_name: str, toolkit_version: str) -> bool:
+    """"toolkit-crash": this bundle's build crashes inside rknn-toolkit2 RKNN_DROPBOX_FAULT_CRASH_TOOLKIT only (the
+    fallback to another version is what such a test watches); False outside tests."""
+    return fault_for(bundle_name) == "toolkit-crash" and \
+        os.environ.get("RKNN_DROPBOX_FAULT_CRASH_TOOLKIT") == toolkit_version
 
 
 def fault_for(bundle_name: str) -> str | None:

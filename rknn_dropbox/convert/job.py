@@ -16,12 +16,13 @@ from typing import Any, Callable, Iterator
 from rknn_dropbox import __version__
 from rknn_dropbox.convert.bundle import ModelSpec, inspect_bundle
 from rknn_dropbox.convert.cache import ResultCache, cache_key
-from rknn_dropbox.convert.faults import inject_fault
+from rknn_dropbox.convert.faults import inject_fault, injected_toolkit_crash
 from rknn_dropbox.convert.options import ConvertOptions, OptionsError, check_fp16_platforms, effective_quantization
 from rknn_dropbox.convert.accuracy import TargetAccuracy
 from rknn_dropbox.convert.simulator import bound_heap_growth, peak_rss_mb, reset_peak_rss
-from rknn_dropbox.convert.target import TargetBuild, build_target, sha256_file, target_error, target_name
-from rknn_dropbox.convert.verify import prepare_reference
+from rknn_dropbox.convert.target import (
+    TargetBuild, build_target, sha256_file, shape_references, target_error, target_name,
+)
 from rknn_dropbox.convert.toolkit_log import (  # noqa: F401 (re-exported: the worker and the CLI import them here)
     ConversionError, captured_output, explain_toolkit_error, last_error_lines, working_directory,
 )
@@ -50,13 +51,17 @@ class JobSettings:
     cache_dir: Path | None = None
     cache_max_bytes: int = 0
     lock_dir: Path | None = None  # where the cross-worker TensorFlow lock lives (the state dir)
+    default_toolkit: str | None = None  # the first of [toolkits] versions
+    toolkit: str | None = None  # build with exactly this version (the daemon's handover, or a fallback)
+    crashed: tuple[dict[str, str], ...] = ()  # the fallback's reason: [{"toolkit": "2.5.0", "error": "..."}]
 
     @classmethod
     def from_order(cls, order: dict[str, Any]) -> "JobSettings":
         cache_dir = order.get("cache_dir")
         lock_dir = order.get("lock_dir")
         return cls(Path(cache_dir) if cache_dir else None, int(order.get("cache_max_bytes") or 0),
-                   Path(lock_dir) if lock_dir else None)
+                   Path(lock_dir) if lock_dir else None, order.get("default_toolkit"), order.get("toolkit"),
+                   tuple(order.get("crashed") or ()))
 
 
 @dataclass(frozen=True)
@@ -84,6 +89,22 @@ def _as_conversion_error() -> Iterator[None]:
         raise ConversionError(exc.error, exc.hint) from None
     except OptionsError as exc:
         raise ConversionError(str(exc)) from None
+
+
+def _toolkit_for(spec: ModelSpec, settings: JobSettings) -> tuple[Any, str]:
+    """Import the toolkit this job builds with; ToolkitMismatch when this process holds another version."""
+    from rknn_dropbox.toolkits import ToolkitError, ToolkitMismatch, job_toolkit, load_toolkit
+    try:
+        toolkit = job_toolkit(spec.options.toolkit_version, spec.options.runtime_version, settings.toolkit,
+                              settings.default_toolkit)
+    except ToolkitError as exc:
+        raise ConversionError(str(exc), "see `rknn-dropbox toolkits` for the installed versions") from None
+    try:
+        return load_toolkit(toolkit)
+    except ToolkitMismatch as exc:
+        print(f"this process has rknn-toolkit2 {exc.loaded}; the job needs {toolkit.version}: handing it over to "
+              f"a process of that version")
+        raise
 
 
 def _decide_quantization(spec: ModelSpec) -> Quantization:
@@ -115,6 +136,8 @@ def _cache_key(spec: ModelSpec, q: Quantization, toolkit_version: str) -> str:
     config.pop("dataset", None)  # a path; the samples' bytes go into the key instead
     config.pop("callback_url", None)  # where to report, not how to convert
     config.pop("verify_dataset", None)  # a path: its samples' bytes decide what repair delivers, so they go in
+    for how_chosen in ("toolkit_version", "runtime_version"):  # the toolkit used is in the key itself
+        config.pop(how_chosen, None)
     roles = [(spec.fmt.cache_role(f, spec.model), f) for f in spec.model_files]
     held_out = [Path(i) for line in spec.verify_dataset.read_text(encoding="utf-8").splitlines()
                 for i in line.split()] if spec.verify_dataset else []
@@ -127,16 +150,25 @@ def _from_cache(cache: ResultCache, key: str, name: str, platforms: tuple[str, .
     if hit is None:
         return False
     meta = hit.meta
+    targets, copied = [], []
     for target in meta["targets"]:
         entry = dict(target)
         if entry.get("ok"):
             out_name = target_name(name, platforms, entry["platform"])
             tmp = job.output / f".{out_name}.part"
-            shutil.copyfile(hit.folder / meta["files"][entry["platform"]], tmp)
+            if not cache.copy_out(hit, entry["platform"], tmp, entry.get("sha256")):
+                for done in copied:  # evicted meanwhile, or damaged (a power loss): a miss, converted afresh
+                    done.unlink(missing_ok=True)
+                print(f"cache entry {key[:16]} unusable (evicted or damaged): converting afresh")
+                return False
             os.replace(tmp, job.output / out_name)
+            copied.append(job.output / out_name)
             entry["file"] = out_name
-        result.targets.append(entry)
+        targets.append(entry)
+    result.targets.extend(targets)
     result.warnings.extend(meta.get("warnings", []))
+    if meta.get("workarounds"):
+        result.extra["workarounds"] = meta["workarounds"]
     result.extra.update({"cached": True, "cache_of": meta.get("job_id"), "cache_key": key})
     for extra in ("verification", "accuracy"):
         if meta.get(extra) is not None:
@@ -167,6 +199,14 @@ class TargetsOutcome:
         result.warnings.extend(acc.warnings)
 
 
+def _record_workaround(result: ConversionResult, workaround: dict[str, Any], warning: str) -> None:
+    """result.json "workarounds" (once per distinct workaround, however many targets needed it) and its warning."""
+    applied = result.extra.setdefault("workarounds", [])
+    if workaround not in applied:
+        applied.append(workaround)
+        result.warnings.append(warning)
+
+
 def _build_targets(RKNN: Any, build: TargetBuild, name: str, result: ConversionResult,
                    progress: ProgressFn) -> TargetsOutcome:
     """Every target platform in turn; with several, one that fails is recorded and the others still build."""
@@ -179,31 +219,48 @@ def _build_targets(RKNN: Any, build: TargetBuild, name: str, result: ConversionR
             reason = target_error(build.spec, platform, build.quantize)
             if reason:
                 raise ConversionError(reason, "drop this platform from target_platform or change quantized_dtype")
-            target, acc = build_target(RKNN, build, platform, target_name(name, platforms, platform),
-                                       lambda stage, frac: progress(stage, base + frac * share))
+            target, acc, workaround = build_target(
+                RKNN, build, platform, target_name(name, platforms, platform),
+                lambda stage, frac: progress(stage, base + frac * share))
             result.targets.append(target)
+            if workaround is not None:
+                _record_workaround(result, workaround.to_json(), workaround.warning())
             outcome.add(platform, acc, result)
         except ConversionError as exc:
             if len(platforms) == 1:
                 raise
-            result.targets.append({"platform": platform, "ok": False, "error": exc.error, "hint": exc.hint})
+            result.targets.append({"platform": platform, "ok": False, "error": exc.error, "hint": exc.hint,
+                                   "toolkit_crash": exc.crash is not None})
             result.warnings.append(f"{platform}: {exc.error}")
     if not any(t.get("ok") for t in result.targets):
         errors = "; ".join(f"{t['platform']}: {t['error']}" for t in result.targets)
-        raise ConversionError(f"every target failed: {errors}")
+        crashed = all(t.get("toolkit_crash") for t in result.targets)  # another version may build them all
+        raise ConversionError(f"every target failed: {errors}", crash={"error": errors} if crashed else None)
     return outcome
 
 
-def _convert(RKNN: Any, job: JobDir, name: str, defaults: ConvertOptions, progress: ProgressFn,
-             settings: JobSettings, toolkit_version: str) -> ConversionResult:
+def _convert(job: JobDir, name: str, defaults: ConvertOptions, progress: ProgressFn,
+             settings: JobSettings) -> ConversionResult:
     scratch = job.root / "tmp"
     progress("analyze", 2.0)
     with _as_conversion_error():
         spec = inspect_bundle(job.input, name, defaults, scratch)
+    RKNN, toolkit_version = _toolkit_for(spec, settings)  # imported in workers, never in the daemon
+    print(f"rknn-toolkit2 {toolkit_version}")
+    with _as_conversion_error():
         inject_fault(name)
         q = _decide_quantization(spec)
+    if injected_toolkit_crash(name, toolkit_version):
+        raise ConversionError("building failed: IndexError: list index out of range (injected)",
+                              crash={"error": "building failed: IndexError (injected)", "toolkit": toolkit_version,
+                                     "toolkit_version": spec.options.toolkit_version,
+                                     "runtime_version": spec.options.runtime_version})
     print(f"model: {spec.fmt.display} {spec.model.name}; quantization: {q.why}")
     result = _new_result(spec, q, job, toolkit_version)
+    if settings.crashed:
+        from rknn_dropbox.toolkits import fallback_warning
+        result.warnings.append(fallback_warning(toolkit_version, list(settings.crashed)))
+        result.extra["toolkit_fallback"] = {"built_with": toolkit_version, "crashed": list(settings.crashed)}
     cache = ResultCache(settings.cache_dir, settings.cache_max_bytes) if settings.cache_dir else None
     key = _cache_key(spec, q, toolkit_version) if cache is not None else None
     if cache is not None and key and _from_cache(cache, key, name, spec.options.target_platform, job, result):
@@ -212,44 +269,50 @@ def _convert(RKNN: Any, job: JobDir, name: str, defaults: ConvertOptions, progre
     result.extra["cached"] = False
     with _as_conversion_error():
         prepared = spec.fmt.prepare(spec, scratch)
+    result.warnings.extend(spec.fmt.warnings(spec, prepared, q.quantize))
     # before any build: its memory is freed before the toolkit's peak, and the targets share it
-    reference = prepare_reference(spec, prepared, spec.verify_dataset) if spec.options.verify else None
+    references = shape_references(spec, prepared, spec.verify_dataset) if spec.options.verify else []
+    reference = references[0][1] if references else None
     build = TargetBuild(spec, q.quantize, q.prequantized, prepared, job.output, job.job_id,
-                        job.root / "conversion.raw", settings.lock_dir, reference)
-    outcome = _build_targets(RKNN, build, name, result, progress)
+                        job.root / "conversion.raw", settings.lock_dir, reference, references)
+    try:
+        outcome = _build_targets(RKNN, build, name, result, progress)
+    except ConversionError as exc:
+        if exc.crash is not None:  # what the fallback needs to pick the next version (toolkits.next_fallback)
+            exc.crash.update(toolkit=toolkit_version, toolkit_version=spec.options.toolkit_version,
+                             runtime_version=spec.options.runtime_version)
+        raise
     verifications = outcome.verification
     if verifications:
         result.extra["verification"] = verifications
     if outcome.accuracy:
         result.extra["accuracy"] = outcome.accuracy
-    if reference is not None:
-        outcome.seconds["reference"] = round(reference.seconds, 3)
+    if references:
+        outcome.seconds["reference"] = round(sum(ref.seconds for _, ref in references), 3)
     result.extra["timings"] = outcome.seconds
     if cache is not None and key and all(t.get("ok") for t in result.targets) and not any(
             v.get("status") in ("below_threshold", "error") for v in verifications.values()):
         files = {t["platform"]: job.output / t["file"] for t in result.targets}
         cache.store(key, {"job_id": job.job_id, "name": name, "targets": result.targets,
                           "warnings": result.warnings, "verification": verifications or None,
-                          "accuracy": outcome.accuracy or None}, files)
+                          "accuracy": outcome.accuracy or None,
+                          "workarounds": result.extra.get("workarounds")}, files)
     progress("export", 97.0)
     return result
 
 
 def convert_job(job: JobDir, name: str, defaults: ConvertOptions, progress: ProgressFn,
                 settings: JobSettings = JobSettings()) -> ConversionResult:
-    """Convert the claimed bundle in `job` into job.output; raises ConversionError."""
-    from rknn.api import RKNN  # imported once per worker process, never in the daemon
-
-    import importlib.metadata as md
-    toolkit_version = md.version("rknn-toolkit2")
+    """Convert the claimed bundle in `job` into job.output; raises ConversionError, or ToolkitMismatch when the
+    job needs another toolkit version than this process has loaded."""
     job.output.mkdir(parents=True, exist_ok=True)
     try:
         with captured_output(job.root / "conversion.raw"), working_directory(job.root / "tmp"):
-            print(f"rknn-dropbox {__version__}: job {job.job_id} ({name}), rknn-toolkit2 {toolkit_version}")
+            print(f"rknn-dropbox {__version__}: job {job.job_id} ({name})")
             bound_heap_growth()  # freed tensors go back to the system (see convert/simulator.py)
             reset_peak_rss()  # the worker lives on: this job's own high-water mark
             started = time.monotonic()
-            result = _convert(RKNN, job, name, defaults, progress, settings, toolkit_version)
+            result = _convert(job, name, defaults, progress, settings)
             result.extra.setdefault("timings", {})["total"] = round(time.monotonic() - started, 3)
             peak = peak_rss_mb()
             if peak is not None:

@@ -9,6 +9,7 @@ from typing import Any, Union
 
 import yaml
 
+from rknn_dropbox.convert.toolkit_keys import TOOLKIT_KEY_DEFAULTS, ToolkitKeyError, parse_toolkit_key
 from rknn_dropbox.convert.platforms import (
     NO_FP16_PLATFORMS, OPTIMIZATION_LEVELS, PLATFORMS, QUANTIZED_ALGORITHMS, QUANTIZED_DTYPES,
     QUANTIZED_METHODS, RENAMED_DTYPES, dtype_platform_error,
@@ -48,7 +49,22 @@ class ConvertOptions:
     accuracy_repair: str = "auto"         # auto: rebuild an int8 model below the threshold with the toolkit's remedies
     repair_budget_seconds: float | None = None  # None: 3x the first build, at least 60 s
     accuracy_fallback: str = "none"       # fp16: deliver the fp16 build when no int8 candidate passes
+    # which rknn-toolkit2 builds the job (toolkits.py): exactly toolkit_version, or the newest installed one whose
+    # models the board's librknnrt runtime_version can load; neither: the first of [toolkits] versions
+    toolkit_version: str | None = None
+    runtime_version: str | None = None
     callback_url: str | None = None  # http(s) URL the daemon POSTs the final task JSON to (see callbacks.py)
+    # ---- the toolkit's own rknn.config() keys, passed through (types and checks: toolkit_keys.py) ----
+    disable_rules: list[str] | None = None                  # also added to by the retry on the toolkit's advice
+    dynamic_input: list[list[list[int]]] | None = None      # shape sets; verification runs at every one
+    op_target: dict[str, str] | None = None
+    quantized_hybrid_level: int = 0
+    float_dtype: str = "float16"
+    model_pruning: bool = False
+    remove_reshape: bool = False
+    enable_flash_attention: bool = False
+    custom_string: str | None = None                        # appended to ours ("rknn-dropbox <version> job <id>")
+    # ---- end of the toolkit's keys ----
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -173,6 +189,17 @@ def _parse_value(where: str, key: str, value: Any) -> Any:
                                       and len(value) <= 2048 and not any(c.isspace() for c in value)):
             raise _fail(where, key, f"expected an http:// or https:// URL, got {value!r}")
         return value
+    if key in ("toolkit_version", "runtime_version"):
+        from rknn_dropbox.toolkits import ToolkitError, check_version
+        try:
+            return None if value is None else check_version(key, value)
+        except ToolkitError as exc:
+            raise OptionsError(f"{where}: {exc}") from None
+    if key in TOOLKIT_KEY_DEFAULTS:  # the toolkit's own config() keys (toolkit_keys.py)
+        try:
+            return parse_toolkit_key(key, value)
+        except ToolkitKeyError as exc:
+            raise _fail(where, key, str(exc)) from None
     raise _fail(where, key, f"unknown key (allowed: {', '.join(ALLOWED_KEYS)})")  # pragma: no cover
 
 
@@ -283,7 +310,7 @@ def check_fp16_platforms(opts: ConvertOptions, quantize: bool) -> None:
 
 MODEL_CONFIG_KEYS = ("name", "platform", "model_file_path", "pt_file_path", "prototxt_file_path",
                      "caffemodel_file_path", "darknet_cfg_path", "darknet_weights_path", "quantize", "dataset",
-                     "configs", "subgraphs")
+                     "configs", "subgraphs", "toolkit_version", "runtime_version")
 MODEL_CONFIG_CONFIGS = ("quantized_dtype", "mean_values", "std_values", "channel_mean_value", "quant_img_RGB2BGR",
                         "quantized_algorithm", "quantized_method", "optimization_level", "target_platform",
                         "single_core_mode", "compress_weight")
@@ -356,6 +383,9 @@ def model_config_to_options(raw: dict[str, Any], where: str) -> tuple[dict[str, 
         native["do_quantization"] = _str_bool(where, "quantize", model["quantize"])
     if model.get("dataset"):
         native["dataset"] = model["dataset"]
+    for key in ("toolkit_version", "runtime_version"):  # no such key in rknn_convert: ours, beside quantize
+        if model.get(key) is not None:
+            native[key] = model[key]
     configs = model.get("configs") or {}
     if not isinstance(configs, dict):
         raise OptionsError(f"{where}: configs: expected a mapping")

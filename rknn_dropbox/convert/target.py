@@ -8,20 +8,25 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
 from rknn_dropbox import __version__
 from rknn_dropbox.convert.bundle import ModelSpec
 from rknn_dropbox.convert.platforms import NO_FP16_PLATFORMS, dtype_platform_error
+from rknn_dropbox.convert.rulefix import (
+    AdvisedBuild, LogWindow, RuleCrash, Workaround, build_with_advice, failed_verification_story, rule_crash_error,
+)
+from rknn_dropbox.convert.toolkit_keys import toolkit_config_kwargs
 from rknn_dropbox.convert.toolkit_log import (
     BUILD_PHASES_FP16, BUILD_PHASES_INT8, LOAD_PHASES, ConversionError, toolkit_caller, toolkit_progress,
 )
 from rknn_dropbox.convert.accuracy import TargetAccuracy, TargetContext, settle
-from rknn_dropbox.convert.verify import Reference, strict_failure, threshold
+from rknn_dropbox.convert.verify import Reference, prepare_reference, strict_failure, threshold, verify_session
 from rknn_dropbox.convert.repair import Candidate
 from rknn_dropbox.formats import FormatError
+from rknn_dropbox.toolkits import loaded_toolkit_version
 
 StageProgress = Callable[[str, float], None]
 
@@ -38,6 +43,8 @@ class TargetBuild:
     raw_log: Path
     lock_dir: Path | None
     reference: Reference | None = None  # the job's verification samples and the source runtime's outputs
+    # dynamic_input: one (shape set, reference) per set verification runs at; `reference` is the first one's
+    shape_references: list[tuple[Any, Reference]] = field(default_factory=list)
 
 
 def sha256_file(path: Path) -> str:
@@ -74,12 +81,14 @@ def _named_for_toolkit(model: Path, ext: str | None) -> Path:
     return alias
 
 
-def _toolkit_config(b: TargetBuild, platform: str, overrides: dict[str, Any]) -> dict[str, Any]:
+def _toolkit_config(b: TargetBuild, platform: str, disable_rules: list[str], overrides: dict[str, Any]
+                    ) -> dict[str, Any]:
     o = b.spec.options
     config: dict[str, Any] = dict(target_platform=platform, optimization_level=o.optimization_level,
                                   quantized_dtype=o.quantized_dtype, quantized_algorithm=o.quantized_algorithm,
                                   quantized_method=o.quantized_method,
-                                  custom_string=f"rknn-dropbox {__version__} job {b.job_id}")
+                                  **toolkit_config_kwargs(o, f"rknn-dropbox {__version__} job {b.job_id}",
+                                                          disable_rules))
     if o.mean_values is not None:
         config["mean_values"] = o.mean_values
     if o.std_values is not None:
@@ -134,26 +143,82 @@ def _load_and_build(RKNN: Any, rknn: Any, b: TargetBuild, call: Callable[..., No
     return rknn
 
 
+def _advised_build(b: TargetBuild, attempt: Callable[[list[str]], Any]) -> AdvisedBuild[Any]:
+    """attempt(disable_rules) retried with the rules the toolkit's log says to disable."""
+    try:
+        return build_with_advice(attempt, LogWindow(b.raw_log), b.spec.options.disable_rules, ConversionError,
+                                 loaded_toolkit_version())
+    except RuleCrash as crash:  # no retry fixed it: another toolkit version may (the job's fallback)
+        error, hint = rule_crash_error(crash.rule, crash.where, crash.exception, crash.tried)
+        raise ConversionError(error, hint, crash={"error": error}) from None
+
+
 def _build_session(RKNN: Any, b: TargetBuild, platform: str, cand: Candidate, export: Path,
-                   progress: StageProgress) -> tuple[Any, float]:
-    """Configure, load, build and export one candidate to `export`; the live session and its build seconds."""
+                   progress: StageProgress) -> tuple[Any, float, Workaround | None]:
+    """Configure, load, build (retried on the toolkit's disable_rules advice) and export one candidate to `export`;
+    the live session, its build seconds and the toolkit workaround it needed (if any)."""
     call = toolkit_caller(b.raw_log, f"{b.spec.fmt.display} {b.spec.model.name}")
     started = time.monotonic()
-    rknn = RKNN(verbose=False)
+
+    def attempt(disable_rules: list[str]) -> Any:
+        rknn = RKNN(verbose=False)
+        try:
+            call("configuring", rknn.config, **_toolkit_config(b, platform, disable_rules, cand.config))
+            progress("load", 0.1)
+            return _load_and_build(RKNN, rknn, b, call, progress, cand)
+        except BaseException:
+            _release(rknn)
+            raise
+    built = _advised_build(b, attempt)
+    rknn = built.value
     try:
-        call("configuring", rknn.config, **_toolkit_config(b, platform, cand.config))
-        progress("load", 0.1)
-        rknn = _load_and_build(RKNN, rknn, b, call, progress, cand)
         progress("export", 0.85)
         tmp = export.with_name(f".{export.name}.part")
         call("exporting", rknn.export_rknn, export_path=str(tmp))
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, export)
-        return rknn, time.monotonic() - started
+        return rknn, time.monotonic() - started, built.workaround
     except BaseException:
         _release(rknn)
         raise
+
+
+def describe_rknn(path: Path) -> dict[str, Any]:
+    """What the produced .rknn says about itself (format version, compiler, target, tensors), read from the file."""
+    from rknn_dropbox.formats.rknnfile import RknnFileError, read_rknn_file
+    try:
+        return read_rknn_file(path).to_json()
+    except RknnFileError as exc:
+        return {"error": str(exc)}
+
+
+def shape_references(spec: Any, prepared: Any, verify_dataset: Path | None) -> list[tuple[Any, Reference]]:
+    """The reference at each shape set verification runs at (dynamic_input: every one; otherwise the one)."""
+    sets = getattr(prepared, "verify_shapes", None) or []
+    if len(sets) <= 1:
+        return [(None, prepare_reference(spec, prepared, verify_dataset))]
+    return [(shapes, prepare_reference(spec, replace(prepared, verify_shapes=[shapes]), verify_dataset))
+            for shapes in sets]
+
+
+def _verify_shapes(rknn: Any, b: TargetBuild, min_cos: float) -> tuple[dict[str, Any], Reference]:
+    """verify_session at each shape set; the combined verification (the worst set leads) and that set's reference."""
+    per_shape = []
+    for shapes, ref in b.shape_references:
+        per_shape.append({"shapes": shapes, **verify_session(rknn, b.spec, ref, min_cos)})
+    worst = next((i for i, v in enumerate(per_shape) if v.get("status") != "passed"), 0)
+    lead = {k: v for k, v in per_shape[worst].items() if k != "shapes"}
+    return {**lead, "per_shape": per_shape}, b.shape_references[worst][1]
+
+
+def _refuse_unproven(workaround: Workaround | None, verification: dict[str, Any] | None, final: Path) -> None:
+    """A build that needed the toolkit's workaround is delivered only when verification agrees with the source."""
+    if workaround is None or verification is None or verification.get("status") in ("passed", "skipped"):
+        return
+    final.unlink(missing_ok=True)
+    error, hint = failed_verification_story(workaround, verification)
+    raise ConversionError(error, hint, crash={"error": error})  # the workaround broke it: another version may not
 
 
 def _release(rknn: Any) -> None:
@@ -180,41 +245,62 @@ def _log_since(raw_log: Path, offset: int) -> str:
         return ""
 
 
-def _settle(RKNN: Any, b: TargetBuild, platform: str, rknn: Any, final: Path, seconds: float, build_log: str
-            ) -> TargetAccuracy:
+def _settle(RKNN: Any, b: TargetBuild, platform: str, rknn: Any, final: Path, seconds: float, build_log: str,
+            workarounds: dict[str, Workaround | None]) -> TargetAccuracy:
     spec = b.spec
     o, fmt = spec.options, spec.fmt
     min_cos = threshold(o.verify_min_cosine, b.quantize or (b.prequantized and fmt.int8_threshold_when_prequantized))
     several = len(o.target_platform) > 1
     report_dir = b.output / "accuracy" / platform if several else b.output / "accuracy"
     reference = b.reference or Reference(error="no reference")
+    per_shape = None
+    if len(b.shape_references) > 1:  # dynamic_input: every shape set; a repair works on the worst one
+        t0 = time.monotonic()
+        per_shape, reference = _verify_shapes(rknn, b, min_cos)
+        if per_shape.get("status") != "below_threshold":
+            return TargetAccuracy(per_shape, seconds={"verify": round(time.monotonic() - t0, 3)})
     ctx = TargetContext(spec, reference, platform, b.quantize, min_cos, final, report_dir, Path.cwd(), seconds,
                         build_log)
 
     def build(cand: Candidate, path: Path) -> tuple[Any, float, str]:
         start = _log_size(b.raw_log)
-        session, seconds = _build_session(RKNN, b, platform, cand, path, lambda stage, frac: None)
+        session, seconds, workaround = _build_session(RKNN, b, platform, cand, path, lambda stage, frac: None)
+        workarounds[path.name] = workaround
         return session, seconds, _log_since(b.raw_log, start)
-    return settle(rknn, ctx, build)
+    acc = settle(rknn, ctx, build)
+    if per_shape is not None and not (acc.accuracy and acc.accuracy.get("delivered")):
+        acc.verification = per_shape  # the build as configured was delivered: its check at every shape set
+    return acc
 
 
-def build_target(RKNN: Any, b: TargetBuild, platform: str, out_name: str, progress: StageProgress
-                 ) -> tuple[dict[str, Any], TargetAccuracy]:
-    """Build `out_name` for `platform`, verify it (repair it below the threshold); its result.json entry."""
-    print(f"--- target {platform}: building {out_name}")
-    final = b.output / out_name
-    log_start = _log_size(b.raw_log)
-    first = Candidate("as configured", quantize=b.quantize)
-    rknn, seconds = _build_session(RKNN, b, platform, first, final, progress)
+def _verified(RKNN: Any, b: TargetBuild, platform: str, rknn: Any, final: Path, seconds: float, log_start: int,
+              first_workaround: Workaround | None) -> tuple[TargetAccuracy, Workaround | None]:
+    """The accuracy step for the first build's session (released here); the delivered build's workaround."""
     acc = TargetAccuracy(None, seconds={"build": round(seconds, 3)})
+    workarounds: dict[str, Workaround | None] = {}
     try:
-        progress("verify", 0.9)
         if b.spec.options.verify:
-            acc = _settle(RKNN, b, platform, rknn, final, seconds, _log_since(b.raw_log, log_start))
+            acc = _settle(RKNN, b, platform, rknn, final, seconds, _log_since(b.raw_log, log_start), workarounds)
             acc.seconds["build"] = round(seconds, 3)
             print(f"verification {platform}: {acc.verification}")
     finally:
         _release(rknn)
+    delivered = (acc.accuracy or {}).get("delivered") or 0
+    return acc, workarounds.get(f"{final.name}.attempt{delivered}") if delivered else first_workaround
+
+
+def build_target(RKNN: Any, b: TargetBuild, platform: str, out_name: str, progress: StageProgress
+                 ) -> tuple[dict[str, Any], TargetAccuracy, Workaround | None]:
+    """Build `out_name` for `platform`, verify it (repair it below the threshold); its result.json entry, the
+    accuracy step's outcome and the toolkit workaround the delivered build needed (if any)."""
+    print(f"--- target {platform}: building {out_name}")
+    final = b.output / out_name
+    log_start = _log_size(b.raw_log)
+    first = Candidate("as configured", quantize=b.quantize)
+    rknn, seconds, first_workaround = _build_session(RKNN, b, platform, first, final, progress)
+    progress("verify", 0.9)
+    acc, workaround = _verified(RKNN, b, platform, rknn, final, seconds, log_start, first_workaround)
+    _refuse_unproven(workaround, acc.verification, final)
     failure = strict_failure(acc.verification)
     if failure and b.spec.options.verify_strict:
         final.unlink(missing_ok=True)
@@ -224,7 +310,7 @@ def build_target(RKNN: Any, b: TargetBuild, platform: str, out_name: str, progre
         acc.warnings.append(f"{platform}: {failure}; the model was delivered unverified")
     progress("export", 1.0)
     entry = {"platform": platform, "ok": True, "file": out_name, "size": final.stat().st_size,
-             "sha256": sha256_file(final)}
+             "sha256": sha256_file(final), "rknn": describe_rknn(final)}
     if acc.accuracy and acc.accuracy.get("delivered"):  # a repaired build: how it was built differs from options
         entry["build_settings"] = acc.accuracy["attempts"][acc.accuracy["delivered"]]["settings"]
-    return entry, acc
+    return entry, acc, workaround

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from rknn_dropbox.formats.graphtraits import DATA_DEPENDENT_HINT, data_dependent_error
 from rknn_dropbox.joblog import clean_log_text
 
 BAR_RE = re.compile(r"I (?P<label>[A-Za-z][A-Za-z0-9 ]*?)\s*:\s+(?P<pct>\d{1,3})%\|")
@@ -97,10 +98,13 @@ def toolkit_progress(raw_log: Path, report: Callable[[float], None], start: floa
 class ConversionError(Exception):
     """A conversion that failed for a reason a person can act on."""
 
-    def __init__(self, error: str, hint: str | None = None) -> None:
+    def __init__(self, error: str, hint: str | None = None, crash: dict[str, Any] | None = None) -> None:
         super().__init__(error)
         self.error = error
         self.hint = hint
+        # failed inside the toolkit (a rule crash, an internal exception), where another version may not: the
+        # job adds {"toolkit": the version that crashed, "toolkit_version"/"runtime_version": what it asked for}
+        self.crash = crash
 
 
 @contextlib.contextmanager
@@ -150,6 +154,15 @@ _ERROR_PATTERNS: list[tuple[re.Pattern[str], Callable[[re.Match[str]], tuple[str
                 "model?)", "trace the model instead: torch.jit.trace(model, example).save('model.pt')")),
     (re.compile(r"[Nn]ot support (?:the )?op(?:erator)?[ :]+'?(\w+)'?"),
      lambda m: (f"the toolkit does not support operator {m[1]}", "replace the operator or use a custom op")),
+    # data-dependent shapes the graph check did not see (e.g. a TFLite/TorchScript model): the toolkit's own words
+    (re.compile(r"input 0 of (\w+)\('([^']*)'\) need to be constant|It will cause the graph to be a dynamic graph"),
+     lambda m: data_dependent_error([f"{m[1]} '{m[2]}'"] if m[1] else [])),
+    (re.compile(r"Reshape[^\n]*Input shape:\{[\d,]+\}, requested shape:\{[\d,]+\}"),
+     lambda m: (data_dependent_error([])[0], DATA_DEPENDENT_HINT)),
+    (re.compile(r"MemoryError|std::bad_alloc|Cannot allocate memory|Unable to allocate \d"),
+     lambda m: ("the toolkit ran out of memory", "large inputs (e.g. 512x512 segmentation) need several GB for one "
+                "build: export at a smaller input size, run fewer workers, or give the machine (or "
+                "worker_memory_limit_mb) more memory")),
     (re.compile(r"input_size_list"),
      lambda m: ("the toolkit needs input_size_list for this model",
                 "add `input_size_list: [[1, 3, 224, 224]]` (one shape per input) to the sidecar")),
@@ -194,6 +207,18 @@ def toolkit_caller(raw_log: Path, what: str) -> Callable[..., None]:
     that says which step failed and why (`what` names the model: "ONNX net.onnx")."""
     def call(step: str, fn: Callable[..., int], **kwargs: Any) -> None:
         try:
+            offset = raw_log.stat().st_size
+        except OSError:
+            offset = 0
+        try:
+            _call(step, fn, **kwargs)
+        except ConversionError as exc:
+            if step != "configuring" and exc.hint is None and toolkit_crashed(_log_since(raw_log, offset)):
+                exc.crash = {"error": exc.error}
+            raise
+
+    def _call(step: str, fn: Callable[..., int], **kwargs: Any) -> None:
+        try:
             ret = fn(**kwargs)
         except ConversionError:
             raise
@@ -205,3 +230,34 @@ def toolkit_caller(raw_log: Path, what: str) -> Callable[..., None]:
             error, hint = explain_toolkit_error(detail)
             raise ConversionError(f"{step} failed ({what}): {error}", hint)
     return call
+
+
+# the toolkit's own code failing, not the user's model or config: another toolkit version may well build it
+INTERNAL_EXCEPTIONS = ("IndexError", "KeyError", "AttributeError", "TypeError", "AssertionError",
+                       "ZeroDivisionError", "UnboundLocalError", "NameError", "RecursionError", "RuntimeError")
+
+
+def toolkit_crashed(log_text: str) -> bool:
+    """The toolkit's log shows a rule crash (its disable_rules advice) or an internal exception in its own code."""
+    if "disable_rules=" in log_text:
+        return True
+    lines = log_text.splitlines()
+    for i, line in enumerate(lines):
+        if line.strip().startswith('File "rknn/'):
+            for following in lines[i + 1:]:
+                if following and not following[0].isspace():
+                    if following.split(":")[0].strip() in INTERNAL_EXCEPTIONS:
+                        return True
+                    break
+    return False
+
+
+def _log_since(raw_log: Path, offset: int) -> str:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        with open(raw_log, "rb") as fh:
+            fh.seek(offset)
+            return fh.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""

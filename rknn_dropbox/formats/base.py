@@ -61,6 +61,10 @@ class Format:
         """Work before the toolkit sees the model (freezing a TensorFlow graph); passed to load and verify."""
         return None
 
+    def warnings(self, spec: Any, prepared: Any, quantize: bool) -> list[str]:
+        """What result.json should tell about this model before it is built (e.g. a YOLO head, a batch fixed to 1)."""
+        return []
+
     def toolkit_lock(self, lock_dir: Path | None) -> ContextManager[None]:
         """Held around the toolkit's load and build (TensorFlow's loaders share a fixed temp file)."""
         return contextlib.nullcontext()

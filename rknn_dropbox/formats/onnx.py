@@ -1,4 +1,4 @@
-"""ONNX: recognising a ModelProto, reading its graph once (shapes, outputs, QDQ nodes), loading, onnxruntime."""
+"""ONNX: recognising a ModelProto, reading its graph once (shapes, outputs, QDQ nodes, traits), loading, onnxruntime."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from rknn_dropbox.formats.base import Format, FormatError, ToolkitCall
+from rknn_dropbox.formats.graphtraits import GraphTraits, data_dependent_error, graph_traits, yolo_warnings
+from rknn_dropbox.formats.onnx_shapes import ShapeError, ShapePlan, plan_input_shapes
 
 _QDQ_OPS = ("QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul")
 
@@ -17,6 +19,7 @@ class OnnxFacts:
     input_shapes: list[list[int]]     # graph inputs that are not initializers
     output_names: list[str]
     prequantized: bool                # QuantizeLinear/DequantizeLinear/QLinear* nodes
+    traits: GraphTraits | None = None  # symbolic input dims, data-dependent shapes, a YOLO head
 
 
 class Onnx(Format):
@@ -43,18 +46,35 @@ class Onnx(Format):
             input_shapes=[[d.dim_value for d in i.type.tensor_type.shape.dim] for i in m.graph.input
                           if i.name not in initializers],
             output_names=[o.name for o in m.graph.output],
-            prequantized=any(n.op_type in _QDQ_OPS for n in m.graph.node))
+            prequantized=any(n.op_type in _QDQ_OPS for n in m.graph.node), traits=graph_traits(m))
 
     def is_prequantized(self, spec: Any) -> bool:
         return spec.facts is not None and spec.facts.prequantized
 
-    def load(self, rknn: Any, spec: Any, call: ToolkitCall, model: str, prepared: Any) -> None:
-        o = spec.options
-        call("loading", rknn.load_onnx, model=model, inputs=o.inputs, outputs=o.outputs,
-             input_size_list=o.input_size_list)
+    def prepare(self, spec: Any, scratch: Path) -> ShapePlan:
+        """Refuse a graph whose output shapes depend on its data; decide the input shapes (a symbolic batch: 1)."""
+        o, traits = spec.options, spec.facts.traits
+        if traits.data_dependent and not o.outputs:  # `outputs:` may cut the graph before them
+            raise FormatError(*data_dependent_error(traits.data_dependent))
+        if o.inputs:  # the user names the inputs (a cut graph): their shapes as given
+            return ShapePlan(o.input_size_list, o.inputs, o.dynamic_input,
+                             list(o.dynamic_input or ([o.input_size_list] if o.input_size_list else [])))
+        try:
+            return plan_input_shapes(traits.inputs, o.input_size_list, o.dynamic_input)
+        except ShapeError as exc:
+            raise FormatError(exc.error, exc.hint) from None
 
-    def verify_io(self, spec: Any, prepared: Any) -> tuple[list[list[int]], list[str] | None]:
-        return spec.options.input_size_list or spec.facts.input_shapes, spec.facts.output_names
+    def warnings(self, spec: Any, prepared: Any, quantize: bool) -> list[str]:
+        yolo = spec.facts.traits.yolo
+        return list(prepared.warnings) + (yolo_warnings(yolo, quantize) if yolo else [])
+
+    def load(self, rknn: Any, spec: Any, call: ToolkitCall, model: str, prepared: ShapePlan) -> None:
+        call("loading", rknn.load_onnx, model=model, inputs=prepared.inputs, outputs=spec.options.outputs,
+             input_size_list=prepared.input_size_list)
+
+    def verify_io(self, spec: Any, prepared: ShapePlan) -> tuple[list[list[int]], list[str] | None]:
+        shapes = prepared.verify_shapes[0] if prepared.verify_shapes else spec.facts.input_shapes
+        return shapes, spec.facts.output_names
 
     def reference(self, spec: Any, prepared: Any, inputs: list[Any]) -> list[Any]:
         return self.references(spec, prepared, [inputs])[0]

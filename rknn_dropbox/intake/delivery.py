@@ -65,9 +65,9 @@ def deliver(job: JobDir, dest_parent: Path, name: str, extra_files: dict[str, An
     extra_files: file name -> JSON data written beside the outputs (result.json / error.json).
     Raises DeliveryError (the job stays whole in the work area) when the destination cannot take it.
     """
-    dest_parent.mkdir(parents=True, exist_ok=True)
-    job.output.mkdir(parents=True, exist_ok=True)
     try:
+        dest_parent.mkdir(parents=True, exist_ok=True)
+        job.output.mkdir(parents=True, exist_ok=True)
         for fname, data in extra_files.items():
             write_json_atomic(job.output / fname, data)
         staging = dest_parent / f"{PARTIAL_PREFIX}{job.job_id}"
@@ -106,6 +106,23 @@ def deliver(job: JobDir, dest_parent: Path, name: str, extra_files: dict[str, An
             raise DeliveryError(exc.errno, f"no space left on {where} ({dest_parent})") from exc
         raise DeliveryError(_errno_of(exc), f"cannot write to {where} ({dest_parent}): {exc}") from exc
     shutil.rmtree(job.root, ignore_errors=True)
+    return final
+
+
+def deliver_report(dest_parent: Path, name: str, job_id: str, files: dict[str, Any]) -> Path:
+    """A folder holding only `files` (JSON), for a bundle whose inputs stayed in inbox: staged, then one rename."""
+    dest_parent.mkdir(parents=True, exist_ok=True)
+    staging = dest_parent / f"{PARTIAL_PREFIX}{job_id}"
+    try:
+        staging.mkdir(exist_ok=True)
+        for fname, data in files.items():
+            write_json_atomic(staging / fname, data)
+        final = _unique_dir(dest_parent, name)
+        os.rename(staging, final)
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    fsync_dir(dest_parent)
     return final
 
 

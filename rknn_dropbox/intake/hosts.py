@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from loguru import logger
 
@@ -21,6 +23,46 @@ def touch_heartbeat(claim_dir: Path) -> None:
         path.write_text(f"{os.getpid()}\n")
     except OSError as exc:  # a full or read-only share: the claims still work, other hosts may take over
         logger.warning("cannot update the heartbeat {}: {}", path, exc.strerror)
+
+
+CLOCK_PROBE = ".clock"
+
+
+def server_now(claim_dir: Path) -> float:
+    """The file server's clock: the mtime it gives a probe file we touch now (host clocks may be skewed, and a
+    heartbeat's mtime was set by the server's clock). This host's clock when the probe cannot be written."""
+    probe = claim_dir / CLOCK_PROBE
+    try:
+        try:
+            os.utime(probe, None)
+        except FileNotFoundError:
+            probe.touch()
+        return os.stat(probe).st_mtime
+    except OSError:
+        return time.time()
+
+
+class Heartbeat:
+    """Beats from its own thread, so a main loop busy with a long copy, fsync or join never looks dead."""
+
+    def __init__(self, claim_dir: Path, interval: Callable[[], float]) -> None:
+        self.claim_dir = claim_dir
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
+
+    def start(self) -> None:
+        touch_heartbeat(self.claim_dir)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval()):
+            touch_heartbeat(self.claim_dir)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5)
 
 
 def heartbeat_age(host_dir: Path, now: float | None = None) -> float | None:
@@ -49,12 +91,13 @@ def take_over_stale_claims(claim_dir: Path, stale_seconds: float) -> list[TakenO
     get it: the loser's rename fails with FileNotFoundError and it moves on."""
     claims_root = claim_dir.parent
     taken: list[TakenOver] = []
+    now = server_now(claim_dir)
     try:
         hosts = sorted(p for p in claims_root.iterdir() if p.is_dir() and p.name != claim_dir.name)
     except OSError:
         return taken
     for host_dir in hosts:
-        age = heartbeat_age(host_dir)
+        age = heartbeat_age(host_dir, now)
         if age is None or age < stale_seconds:
             continue
         try:

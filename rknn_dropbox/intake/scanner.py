@@ -117,6 +117,7 @@ class InboxScanner:
         self.max_file_size = max_file_size
         self.clock = clock
         self._seen: dict[str, _Seen] = {}
+        self.skip: Callable[[str], bool] = lambda name: False  # entries not to look at (parked: could not claim)
 
     def forget(self, entries: list[str]) -> None:
         for e in entries:
@@ -124,7 +125,7 @@ class InboxScanner:
 
     def _observe(self, now: float) -> dict[str, _Seen]:
         try:
-            names = [n for n in os.listdir(self.inbox) if not is_ignored(n)]
+            names = [n for n in os.listdir(self.inbox) if not is_ignored(n) and not self.skip(n)]
         except FileNotFoundError:
             names = []
         current: dict[str, _Seen] = {}

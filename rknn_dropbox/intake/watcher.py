@@ -65,11 +65,11 @@ class InboxWatcher:
 
     def __init__(self, inbox: Path, ignore_under: Path, poll: bool | str, poll_interval: float = 1.0) -> None:
         self.inbox = inbox
+        self.polling, self.reason = choose_polling(poll, inbox)
+        self.observer = PollingObserver(timeout=poll_interval) if self.polling else Observer()
         self.read_fd, self.write_fd = os.pipe()
         os.set_blocking(self.read_fd, False)
         os.set_blocking(self.write_fd, False)
-        self.polling, self.reason = choose_polling(poll, inbox)
-        self.observer = PollingObserver(timeout=poll_interval) if self.polling else Observer()
         self.observer.schedule(_WakeHandler(self.write_fd, ignore_under), str(inbox), recursive=True)
 
     def start(self) -> None:
@@ -94,5 +94,12 @@ class InboxWatcher:
     def stop(self) -> None:
         self.observer.stop()
         self.observer.join(5)
-        os.close(self.read_fd)
-        os.close(self.write_fd)
+        self.close_pipe()
+
+    def close_pipe(self) -> None:
+        """Close the wake-up pipe (also after a start that failed)."""
+        for fd in (self.read_fd, self.write_fd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass

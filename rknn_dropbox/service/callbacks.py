@@ -65,7 +65,8 @@ class CallbackSender:
             self._stopping = True
             self._cond.notify_all()
         for t in self._threads:
-            t.join(self.policy.timeout_seconds + 1)
+            if t.is_alive():  # never started when start-up failed before the sender
+                t.join(self.policy.timeout_seconds + 1)
 
     @property
     def pending(self) -> int:

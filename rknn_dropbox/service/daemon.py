@@ -15,43 +15,31 @@ from loguru import logger
 
 from rknn_dropbox import __version__
 from rknn_dropbox.config import Config, ConfigError, load_config
-from rknn_dropbox.intake.claims import callback_url_for, claim_bundle, claim_room
-from rknn_dropbox.intake.hosts import touch_heartbeat
+from rknn_dropbox.intake.claims import (
+    ClaimError, callback_url_for, claim_bundle, claim_problem, claim_room, new_job_id,
+)
+from rknn_dropbox.intake.hosts import Heartbeat
+from rknn_dropbox.intake.parked import ParkedEntries
 from rknn_dropbox.intake.scanner import InboxScanner, Rejection
 from rknn_dropbox.intake.watcher import InboxWatcher
-from rknn_dropbox.intake.workarea import JobDir, mount_point, write_json_atomic
+from rknn_dropbox.intake.workarea import JobDir, write_json_atomic
 from rknn_dropbox.joblog import finish_log
 from rknn_dropbox.logsetup import setup_logging
+from rknn_dropbox.service.admission import JobSize, MemoryAdmission, MemoryHistory, Running, job_size
 from rknn_dropbox.service.callbacks import CallbackSender
 from rknn_dropbox.service.messages import EventKind, JobDone, JobProgress, JobTimeout, PoolEvent, WorkerDeath, WorkOrder
 from rknn_dropbox.service.pool import WorkerPool
 from rknn_dropbox.service.recovery import Recovery
 from rknn_dropbox.service.reload import apply_live, changed_keys, push_live_settings
 from rknn_dropbox.service.results import Finisher
+from rknn_dropbox.service.startup import (  # noqa: F401  (StartupError, prepare_folders: re-exported)
+    StartupError, bind_status_server, open_store_path, prepare_folders, watcher_problem,
+)
+from rknn_dropbox.service.routing import ToolkitRouter, missing_default, toolkit_folder
 from rknn_dropbox.service.systemd import notify, watchdog_interval
 from rknn_dropbox.store import QUEUED, JobRecord, JobStore
 
 STATUS_SECONDS = 10.0  # how often STATUS= goes to systemd
-
-
-class StartupError(RuntimeError):
-    """The daemon cannot start (folders, filesystems); the message says what to fix."""
-
-
-def prepare_folders(cfg: Config) -> None:
-    """Create the folders and refuse a work area that is not on inbox's filesystem (claims are renames)."""
-    for p in (cfg.inbox, cfg.outbox, cfg.failed, cfg.state_dir, cfg.claim_dir):
-        try:
-            p.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StartupError(f"cannot create {p}: {exc.strerror}") from None
-        if not os.access(p, os.W_OK | os.X_OK):
-            raise StartupError(f"{p} is not writable by this user")
-    if os.stat(cfg.inbox).st_dev != os.stat(cfg.claim_dir).st_dev:
-        raise StartupError(
-            f"the work area {cfg.claim_dir} (mount {mount_point(cfg.claim_dir)}) is not on inbox's filesystem "
-            f"{cfg.inbox} (mount {mount_point(cfg.inbox)}): claims are atomic renames, which only work within one "
-            "filesystem; put work_dir on the same mount as inbox")
 
 
 class Daemon:
@@ -59,21 +47,33 @@ class Daemon:
 
     def __init__(self, cfg: Config, reloader: Callable[[], Config] | None = None) -> None:
         self.cfg = cfg
+        prepare_folders(cfg)
+        open_store_path(cfg)
         self.store = JobStore(cfg.store_path)
         self.scanner = InboxScanner(cfg.inbox, cfg.stable_seconds, cfg.bundle_timeout_seconds, cfg.max_file_size)
+        self.router = ToolkitRouter(cfg.toolkits.default)
         self.pool = WorkerPool(cfg.workers, cfg.timeout_seconds, cfg.max_jobs_per_worker,
-                               memory_limit_mb=cfg.worker_memory_limit_mb)
+                               memory_limit_mb=cfg.worker_memory_limit_mb, max_rss_mb=cfg.worker_max_rss_mb,
+                               default_toolkit=cfg.toolkits.default, toolkit_folder=toolkit_folder)
+        self.admission = MemoryAdmission(MemoryHistory.load(cfg.state_dir), cfg.memory_reserve_mb) \
+            if cfg.memory_admission else None
+        self.sizes: dict[str, JobSize] = {}  # running jobs: what admission estimated, what they are learned under
         self.reloader = reloader or (lambda: load_config(self.cfg.source))
         self.queue: deque[str] = deque()
         self.callbacks = CallbackSender(self.store)
         self.finisher = Finisher(self.store, cfg.outbox, cfg.failed, self.callbacks)
-        self.recovery = Recovery(self.store, self.finisher, self.queue)
+        self.parked = ParkedEntries(cfg.inbox, cfg.state_dir)
+        self.scanner.skip = self.parked.holds
+        self.recovery = Recovery(self.store, self.finisher, self.queue, self.report_unclaimable)
         self.watcher: InboxWatcher | None = None
         self.server: Any = None
+        self.serving = False  # the status server's threads run (it may be bound and not yet serving)
+        self.started = False
         self.stopping = False
         self.reload_requested = False
         self._watchdog_every = watchdog_interval()
-        self._last_watchdog = self._last_status = self._last_heartbeat = 0.0
+        self._last_watchdog = self._last_status = self._last_takeover = 0.0
+        self.heartbeat = Heartbeat(cfg.claim_dir, lambda: self.heartbeat_seconds)
         self._last_scan = self._last_full_scan = 0.0
         self._waiting = 0
         self._next_scan: float | None = None  # monotonic time when a waiting entry may have become stable
@@ -82,42 +82,59 @@ class Daemon:
 
     # ---- start-up and the loop --------------------------------------------------------------------------------
     def start(self) -> None:
-        """Recover, start the workers and the watcher, claim what waits, then tell systemd READY=1."""
+        """Check and bind what can fail (folders, store, port), recover, watch, start the workers, claim what
+        waits, serve status, then tell systemd READY=1. A failure here raises StartupError before any worker
+        exists, except for what `run()`'s finally tears down."""
         prepare_folders(self.cfg)
-        touch_heartbeat(self.cfg.claim_dir)
+        open_store_path(self.cfg)
+        problem = missing_default(self.cfg.toolkits.default)
+        if problem:
+            raise StartupError(problem)
+        if self.cfg.http.enabled:
+            self.server = bind_status_server(self.cfg, self.store, lambda: self.published_snapshot)
+        self.heartbeat.start()
         self.recovery.recover(self.cfg)
         self.recovery.take_over_stale_claims(self.cfg)
-        self.pool.start()
         self.start_watcher()
+        self.pool.start()
         self.scan_inbox()
         self.finisher.resend_pending()
         self.publish_snapshot()
         self.start_status_server()
+        self.started = True
         logger.info("rknn-dropbox {} ready: inbox {}, outbox {}, failed {}, {} workers", __version__,
                     self.cfg.inbox, self.cfg.outbox, self.cfg.failed, self.cfg.workers)
         notify("READY=1", f"STATUS={self.status_line()}")
 
     def start_watcher(self) -> None:
-        self.watcher = InboxWatcher(self.cfg.inbox, self.cfg.claim_dir.parent if self.cfg.work_dir is None
-                                    else self.cfg.claim_dir, self.cfg.poll, self.cfg.poll_interval_seconds)
-        self.pool.extra_fds = [self.watcher.read_fd]
-        self.watcher.start()
+        try:
+            watcher = InboxWatcher(self.cfg.inbox, self.cfg.claim_dir.parent if self.cfg.work_dir is None
+                                   else self.cfg.claim_dir, self.cfg.poll, self.cfg.poll_interval_seconds)
+        except OSError as exc:  # watchdog opens the inotify instance when the observer is made
+            raise StartupError(watcher_problem(exc)) from None
+        try:
+            watcher.start()
+        except OSError as exc:
+            watcher.close_pipe()
+            raise StartupError(watcher_problem(exc)) from None
+        self.watcher = watcher
+        self.pool.extra_fds = [watcher.read_fd]
 
     def start_status_server(self) -> None:
-        """The HTTP status endpoint (a thread that only reads); daemon.json says where it listens."""
-        if not self.cfg.http.enabled:
+        """Serve the bound status endpoint (a thread that only reads); daemon.json says where it listens."""
+        if self.server is None:
             return
-        from rknn_dropbox.status.server import StatusServer
-        self.server = StatusServer(self.cfg.http.host, self.cfg.http.port, self.store, lambda: self.published_snapshot)
         self.server.start()
+        self.serving = True
         write_json_atomic(self.cfg.state_dir / "daemon.json", {"pid": os.getpid(), "host": self.cfg.http.host,
                                                               "port": self.server.port})
         logger.info("status endpoint on http://{}:{}/", self.cfg.http.host, self.server.port)
 
     def run(self) -> int:
+        """Start, loop until SIGTERM/SIGINT, shut down; a failed start tears down whatever it had started."""
         self.install_signal_handlers()
-        self.start()
         try:
+            self.start()
             while not self.stopping:
                 self.step(timeout=0.5)
         finally:
@@ -163,10 +180,10 @@ class Daemon:
 
     def keep_alive(self, now: float) -> None:
         """Heartbeat for the other hosts, stale-claim takeover, WATCHDOG=1 and STATUS= (each at its own pace)."""
-        if now - self._last_heartbeat >= min(30.0, self.cfg.stale_claim_seconds / 4):
-            self._last_heartbeat = now
-            touch_heartbeat(self.cfg.claim_dir)
+        if now - self._last_takeover >= self.heartbeat_seconds:  # the heartbeat itself beats from its own thread
+            self._last_takeover = now
             self.recovery.take_over_stale_claims(self.cfg)
+            self.drop_taken_claims()
         lines = []
         if self._watchdog_every is not None and now - self._last_watchdog >= self._watchdog_every:
             self._last_watchdog = now
@@ -176,6 +193,22 @@ class Daemon:
             lines.append(f"STATUS={self.status_line()}")
         if lines:
             notify(*lines)
+
+    @property
+    def heartbeat_seconds(self) -> float:
+        return min(30.0, self.cfg.stale_claim_seconds / 4)
+
+    def drop_taken_claims(self) -> None:
+        """Another host took over a job of ours (our heartbeat looked dead to it): stop converting it here and
+        deliver nothing; it is that host's job now."""
+        for job_id in [*self.pool.busy(), *self.queue]:
+            record = self.store.get(job_id)
+            if record is None or not record.work_path or Path(record.work_path).is_dir():
+                continue
+            self.pool.kill_job(job_id, "taken over")
+            if job_id in self.queue:
+                self.queue.remove(job_id)
+            self.finisher.drop_taken(job_id)
 
     def reload(self) -> None:
         """SIGHUP: re-read and validate the config; apply what can change live, keep the old one if invalid."""
@@ -218,7 +251,12 @@ class Daemon:
 
     def claim(self, name: str, entries: list[str], kind: str,
               rejection: dict[str, Any] | None = None) -> JobDir | None:
-        job = claim_bundle(self.cfg.inbox, self.cfg.claim_dir, name, entries, kind, rejection=rejection)
+        try:
+            job = claim_bundle(self.cfg.inbox, self.cfg.claim_dir, name, entries, kind, rejection=rejection)
+        except ClaimError as exc:
+            self.scanner.forget(entries)
+            self.report_unclaimable(name, entries, exc)
+            return None
         self.scanner.forget(entries)
         if job is None:
             return None
@@ -227,6 +265,16 @@ class Daemon:
                                  callback_url=callback_url_for(job.input, self.cfg.convert.callback_url)))
         logger.info("claimed {} as job {} ({})", name, job.job_id, ", ".join(entries))
         return job
+
+    def report_unclaimable(self, name: str, entries: list[str], exc: ClaimError, job_id: str | None = None) -> None:
+        """A bundle that cannot be claimed is its own failure: error.json in failed/, its entries left in inbox
+        and not tried again until they change; the loop goes on."""
+        self.parked.park(entries)
+        error, hint = claim_problem(self.cfg.inbox, exc)
+        record = self.store.get(job_id) if job_id else None
+        self.finisher.report_unclaimable(record or JobRecord(id=job_id or new_job_id(), name=name,
+                                                             target=",".join(self.cfg.convert.target_platform)),
+                                         entries, error, hint)
 
     def reject(self, rejection: Rejection) -> None:
         job = self.claim(rejection.name, rejection.entries, "rejected",
@@ -237,23 +285,61 @@ class Daemon:
         self.finisher.fail(job.job_id, rejection.error, rejection.hint, stage="analyze")
 
     def dispatch(self) -> None:
-        """Hand queued jobs to idle workers."""
-        while self.queue and self.pool.idle_slots() and not self.stopping:
-            job_id = self.queue.popleft()
+        """Hand queued jobs to idle workers of the toolkit each needs; make room for versions without one."""
+        waiting: dict[str, int] = {}
+        for job_id in list(self.queue):
+            if not self.pool.idle_slots() or self.stopping:
+                break
             record = self.store.get(job_id)
             if record is None or record.status != QUEUED:
+                self.queue.remove(job_id)
                 continue
-            pid = self.pool.submit(self.work_order(record))
-            if pid is None:  # pragma: no cover - idle_slots said yes
-                self.queue.appendleft(job_id)
-                return
+            toolkit = self.router.toolkit_of(job_id)
+            if toolkit in self.pool.broken_toolkits:
+                self.queue.remove(job_id)
+                self.finisher.fail(job_id, self.router.broken(job_id, toolkit), "run `rknn-dropbox toolkits`")
+                continue
+            if not self.admit(record):
+                break  # memory: the queue waits, in order, until the running jobs' peaks leave room
+            pid = self.pool.submit(self.work_order(record), toolkit)
+            if pid is None:
+                self.sizes.pop(job_id, None)
+                waiting[toolkit] = waiting.get(toolkit, 0) + 1
+                continue
+            self.queue.remove(job_id)
             self.store.mark_processing(job_id, pid)
-            logger.info("job {} ({}) started", job_id, record.name)
+            logger.info("job {} ({}) started with rknn-toolkit2 {}", job_id, record.name, toolkit)
+        for toolkit, count in waiting.items():
+            self.pool.make_room(toolkit, count, set(waiting))
+
+    def admit(self, record: JobRecord) -> bool:
+        """Memory admission (service/admission.py): start the job only if its estimated peak fits."""
+        size = job_size(JobDir(Path(record.work_path)), self.admission.history if self.admission else None)
+        if self.admission is not None:
+            running = [Running(self.sizes[j].estimate_mb if j in self.sizes else 0.0, self.pool.rss_of(j))
+                       for j in self.pool.busy()]
+            if not self.admission.admit(record.id, size.estimate_mb, running):
+                return False
+        self.sizes[record.id] = size
+        return True
+
+    def record_peak(self, job_id: str, result: dict[str, Any] | None) -> None:
+        """A job ended: its peak memory into the store, its result, and the admission's history."""
+        sampled = self.pool.take_peak(job_id)
+        size = self.sizes.pop(job_id, None)
+        extra = result.setdefault("extra", {}) if result is not None else {}
+        peak = extra.get("peak_rss_mb") or sampled  # the converter's own high-water mark when it reports one
+        if not peak:
+            return
+        extra.setdefault("peak_rss_mb", round(peak, 1))
+        self.store.record_peak_rss(job_id, peak)
+        if self.admission is not None and size is not None:
+            self.admission.history.learn(size.key, size.model_mb, peak, self.pool.idle_rss_mb())
 
     def work_order(self, record: JobRecord) -> WorkOrder:
         return WorkOrder(record.id, record.work_path, record.name, self.cfg.convert.to_json(),
                          str(self.cfg.cache_dir) if self.cfg.cache else None, self.cfg.cache_max_bytes,
-                         str(self.cfg.state_dir))
+                         str(self.cfg.state_dir), **self.router.order_fields(record.id))
 
     # ---- what workers report, and cancellation ----------------------------------------------------------------
     def handle_event(self, event: PoolEvent) -> None:
@@ -261,11 +347,19 @@ class Daemon:
         if event.kind is EventKind.PROGRESS and isinstance(detail, JobProgress):
             self.store.raise_progress(event.job_id, min(99.0, detail.progress), detail.stage)
         elif event.kind is EventKind.DONE and isinstance(detail, JobDone):
-            if detail.ok and detail.result is not None:
+            self.record_peak(event.job_id, detail.result if detail.ok else None)
+            retry = self.router.retry(event.job_id, detail)  # another toolkit version: back to the queue's front
+            if retry is not None:
+                logger.warning("job {}: {}", event.job_id, retry.reason)
+                self.store.mark_queued(event.job_id)
+                self.queue.appendleft(event.job_id)
+            elif detail.ok and detail.result is not None:
+                self.router.forget(event.job_id)
                 self.finisher.complete(event.job_id, detail.result)
             else:
-                self.finisher.fail(event.job_id, detail.error or "the worker reported no error", detail.hint)
+                self.finisher.fail(event.job_id, self.router.final_error(event.job_id, detail), detail.hint)
         elif event.kind is EventKind.DIED and isinstance(detail, WorkerDeath):
+            self.record_peak(event.job_id, None)
             self._finish_log(event.job_id)
             self.finisher.fail(event.job_id, detail.cause, detail.hint or
                                "the toolkit ended the worker process; see conversion.log for its last words")
@@ -281,7 +375,10 @@ class Daemon:
     def _finish_log(self, job_id: str) -> None:
         job = self._job_dir(job_id)
         if job:
-            finish_log(job)
+            try:
+                finish_log(job)
+            except OSError as exc:  # a full disk: the job still fails and delivers, with the raw log
+                logger.warning("job {}: cannot finish conversion.log: {}", job_id, exc.strerror)
 
     def apply_cancellations(self) -> None:
         """Cancel what `rknn-dropbox cancel` flagged in the store: a queued job leaves the queue, a running one
@@ -313,7 +410,8 @@ class Daemon:
                 "in_progress": len(self.pool.busy()), "watcher_alive": bool(self.watcher and self.watcher.is_alive()),
                 "waiting_in_inbox": self._waiting, "stopping": self.stopping,
                 "unwritable_folders": [str(f) for f in folders if not os.access(f, os.W_OK | os.X_OK)],
-                "callbacks_pending": self.callbacks.pending,
+                "callbacks_pending": self.callbacks.pending, "worker_toolkits": self.pool.toolkits(),
+                "waiting_for_memory": bool(self.admission and self.admission.waiting_for_memory),
                 "job_costs": {k: replace(h, counts=list(h.counts)) for k, h in self.finisher.job_costs.items()}}
 
     def publish_snapshot(self) -> None:
@@ -328,10 +426,12 @@ class Daemon:
         """Drain running jobs for drain_seconds; what is left goes back to queued and resumes on the next start."""
         notify("STOPPING=1")
         self.publish_snapshot()  # stopping: /readyz answers 503 while running jobs drain
-        logger.info("shutting down: draining running jobs for up to {:.0f} s", self.cfg.drain_seconds)
+        if self.started:
+            logger.info("shutting down: draining running jobs for up to {:.0f} s", self.cfg.drain_seconds)
         if self.watcher:
             self.watcher.stop()
-        for job_id in self.pool.stop(self.cfg.drain_seconds, self.handle_event):
+        self.heartbeat.stop()
+        for job_id in self.pool.stop(self.cfg.drain_seconds if self.started else 0.0, self.handle_event):
             job = self._job_dir(job_id)
             if job:
                 shutil.rmtree(job.output, ignore_errors=True)
@@ -340,6 +440,9 @@ class Daemon:
             self.store.mark_queued(job_id)
             logger.info("job {} left queued; it resumes on the next start", job_id)
         self.callbacks.stop()
-        if self.server:
-            self.server.stop()
+        if self.server is not None:
+            if self.serving:
+                self.server.stop()
+            else:
+                self.server.listener.close()
         self.store.close()

@@ -17,10 +17,14 @@ class WorkOrder:
     cache_dir: str | None = None  # None: the conversion cache is off
     cache_max_bytes: int = 0
     lock_dir: str | None = None  # where the cross-worker TensorFlow lock lives (the state dir)
+    default_toolkit: str | None = None  # the first of [toolkits] versions: what a job builds with unless it asks
+    toolkit: str | None = None  # build with exactly this version (the job asked for it, or a fallback)
+    crashed: tuple[dict[str, str], ...] = ()  # a fallback's reason: the versions that crashed on this job before
 
     def settings(self) -> dict[str, Any]:
         """The per-daemon settings part of the order, as convert's JobSettings.from_order reads them."""
-        return {"cache_dir": self.cache_dir, "cache_max_bytes": self.cache_max_bytes, "lock_dir": self.lock_dir}
+        return {"cache_dir": self.cache_dir, "cache_max_bytes": self.cache_max_bytes, "lock_dir": self.lock_dir,
+                "default_toolkit": self.default_toolkit, "toolkit": self.toolkit, "crashed": list(self.crashed)}
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,8 @@ class JobDone:
     result: dict[str, Any] | None = None
     error: str | None = None
     hint: str | None = None
+    needs_toolkit: str | None = None  # not converted: the job needs this rknn-toolkit2 version, not the worker's
+    crash: dict[str, Any] | None = None  # failed inside the toolkit: which version, what the job asked for, error
 
 
 WorkerMessage = Union[WorkerReady, JobProgress, JobDone]

@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections import deque
 from pathlib import Path
+from typing import Callable
 
 from loguru import logger
 
 from rknn_dropbox.config import Config
-from rknn_dropbox.intake.claims import finish_claim
+from rknn_dropbox.intake.claims import ClaimError, finish_claim
 from rknn_dropbox.intake.delivery import find_delivered, repair_interrupted_delivery
 from rknn_dropbox.intake.hosts import take_over_stale_claims
+from rknn_dropbox.intake.scanner import split_name
 from rknn_dropbox.intake.workarea import MANIFEST, JobDir
 from rknn_dropbox.joblog import finish_log
 from rknn_dropbox.service.results import ERROR_FILE, RESULT_FILE, Finisher
 from rknn_dropbox.store import FINAL_STATUSES, PROCESSING, JobRecord, JobStore
 
+CLAIM_INTERRUPTED = "claim interrupted"
+INTERRUPTED = "the daemon stopped while converting it (a crash, an OOM kill of the service, a power loss)"
 LOST_ERROR = ("its files were no longer in the work area (another host takes over the claims of a host silent for "
               "stale_claim_seconds)")
 
@@ -24,10 +29,12 @@ LOST_ERROR = ("its files were no longer in the work area (another host takes ove
 class Recovery:
     """Turns job folders found in our claim folder back into queued jobs (or finished ones)."""
 
-    def __init__(self, store: JobStore, finisher: Finisher, queue: deque[str]) -> None:
+    def __init__(self, store: JobStore, finisher: Finisher, queue: deque[str],
+                 unclaimable: Callable[..., None]) -> None:
         self.store = store
         self.finisher = finisher
         self.queue = queue
+        self.unclaimable = unclaimable  # (name, entries, ClaimError, job_id): report a claim that cannot finish
 
     def recover(self, cfg: Config) -> None:
         """Re-queue whatever a previous run left claimed; finish deliveries a crash interrupted."""
@@ -39,6 +46,9 @@ class Recovery:
             except FileNotFoundError:
                 logger.warning("job {} vanished from the work area while resuming it (taken over by another host?)",
                                job_id)
+            except OSError as exc:  # one job's trouble never stops the start (nor loops it): it stays for later
+                logger.error("job {}: cannot resume it ({}); it stays in the work area {}", job_id,
+                             exc.strerror or exc, job.root)
         for record in self.store.iter_unfinished():
             if record.id in on_disk:
                 continue
@@ -55,32 +65,78 @@ class Recovery:
         for taken in take_over_stale_claims(cfg.claim_dir, cfg.stale_claim_seconds):
             try:
                 self.resume_claim(cfg, JobDir(taken.root), f"host {taken.host}, which stopped beating")
-            except FileNotFoundError:
-                continue
+            except OSError as exc:
+                logger.warning("job {} taken over from host {}: cannot resume it yet ({})", taken.job_id, taken.host,
+                               exc.strerror or exc)
 
     def resume_claim(self, cfg: Config, job: JobDir, left_by: str) -> None:
         """Queue a job folder found in our claim folder (left by a crash, or taken over from a dead host)."""
         if not (job.root / MANIFEST).exists():
-            shutil.rmtree(job.root, ignore_errors=True)  # died before the claim began
+            self._without_manifest(cfg, job)
             return
         manifest = job.manifest()
-        finish_claim(cfg.inbox, job)
+        try:
+            finish_claim(cfg.inbox, job)
+        except ClaimError as exc:
+            self.unclaimable(manifest["name"], list(manifest.get("entries", [])), exc, job.job_id)
+            return
         record = self._record_for(cfg, job, manifest["name"])
         if record.status in FINAL_STATUSES:
             shutil.rmtree(job.root, ignore_errors=True)
             return
         if self._finish_interrupted_delivery(cfg, job, record.name):
             return
+        if self.finisher.resume_pending(job.job_id, job.root):
+            return
         if manifest.get("rejection"):  # claimed only to be rejected: reject again rather than convert
             rejected = manifest["rejection"]
             self.finisher.fail(job.job_id, rejected["error"], rejected.get("hint"), stage="analyze")
             return
         shutil.rmtree(job.root / "tmp", ignore_errors=True)
-        if record.status == PROCESSING and job.output.exists():
-            finish_log(job)
-        self.store.mark_queued(job.job_id, attempts=record.attempts + 1)
+        if record.status == PROCESSING:
+            if job.output.exists():
+                finish_log(job)
+            if self._count_interrupted_attempt(cfg, record, left_by):
+                return
+        self.store.mark_queued(job.job_id)
         self.queue.append(job.job_id)
         logger.info("resuming job {} ({}) left by {}", job.job_id, record.name, left_by)
+
+    def _count_interrupted_attempt(self, cfg: Config, record: JobRecord, left_by: str) -> bool:
+        """A conversion the daemon died under counts as an attempt; at max_attempts the job fails, listing every
+        attempt's cause (a model that takes the whole service down is not retried without end). True if it failed."""
+        attempts = record.attempts + 1
+        causes = [*record.attempt_causes, f"attempt {attempts}: {INTERRUPTED} (left by {left_by})"]
+        self.store.record_interrupted_attempt(record.id, attempts, causes)
+        if attempts < cfg.max_attempts:
+            return False
+        self.finisher.fail(record.id, f"gave up after {attempts} attempts (max_attempts): " + "; ".join(causes),
+                           "converting this model seems to take the whole service down (memory?): try it alone with "
+                           "`rknn-dropbox convert` and watch its memory, or raise max_attempts")
+        return True
+
+    def _without_manifest(self, cfg: Config, job: JobDir) -> None:
+        """A job folder whose job.json is gone (a crash on NFS/SMB kept the renames, not the manifest): its inputs
+        go back to inbox, to be claimed afresh; one whose name is taken there meanwhile goes to failed/. Nothing
+        the user dropped is deleted."""
+        entries = sorted(os.listdir(job.input)) if job.input.is_dir() else []
+        for entry in entries:
+            if not os.path.lexists(cfg.inbox / entry):
+                os.rename(job.input / entry, cfg.inbox / entry)
+        left = sorted(os.listdir(job.input)) if job.input.is_dir() else []
+        record = self.store.get(job.job_id)
+        if not left:
+            if record is not None and record.status not in FINAL_STATUSES:
+                self.store.mark_failed(job.job_id, CLAIM_INTERRUPTED + ": its files went back to inbox and are "
+                                       "converted as a new job", stage="claim")
+            shutil.rmtree(job.root, ignore_errors=True)
+            if entries:
+                logger.warning("job {}: job.json was lost; {} put back into inbox", job.job_id, ", ".join(entries))
+            return
+        self._record_for(cfg, job, split_name(left[0])[0] if len(left) == 1 else job.job_id)
+        self.finisher.fail(job.job_id, CLAIM_INTERRUPTED + f": job.json was lost and {', '.join(left)} is taken "
+                           "in inbox again", "drop it again under another name if it still needs converting",
+                           stage="claim")
 
     def _record_for(self, cfg: Config, job: JobDir, name: str) -> JobRecord:
         """The job's store row, created when the store lost it (or never had it), pointing at the folder."""

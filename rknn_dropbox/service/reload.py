@@ -14,7 +14,8 @@ if TYPE_CHECKING:
 # Read at every use by the loop, the scanner or the pool: safe to swap while running.
 LIVE_KEYS = ("convert", "timeout_seconds", "log_level", "stable_seconds", "bundle_timeout_seconds", "max_file_size",
              "rescan_seconds", "drain_seconds", "max_jobs_per_worker", "stale_claim_seconds",
-             "worker_memory_limit_mb", "claim_ahead")
+             "worker_memory_limit_mb", "claim_ahead", "max_attempts",
+             "memory_reserve_mb", "worker_max_rss_mb")
 
 
 def changed_keys(old: Config, new: Config) -> tuple[list[str], list[str]]:
@@ -40,3 +41,4 @@ def push_live_settings(cfg: Config, scanner: "InboxScanner", pool: "WorkerPool")
     pool.timeout_seconds = cfg.timeout_seconds
     pool.max_jobs_per_worker = cfg.max_jobs_per_worker
     pool.memory_limit_mb = cfg.worker_memory_limit_mb
+    pool.max_rss_mb = cfg.worker_max_rss_mb

@@ -11,14 +11,16 @@ from typing import Any
 from loguru import logger
 
 from rknn_dropbox import __version__
-from rknn_dropbox.intake.delivery import DeliveryError, deliver
-from rknn_dropbox.intake.workarea import JobDir
+from rknn_dropbox.intake.delivery import DeliveryError, deliver, deliver_report
+from rknn_dropbox.intake.workarea import JobDir, write_json_atomic
 from rknn_dropbox.service.callbacks import PENDING, CallbackSender
 from rknn_dropbox.status.metrics import new_job_costs, observe_job_costs
 from rknn_dropbox.store import CANCELLED, COMPLETED, FAILED, FINAL_STATUSES, JobRecord, JobStore
 
 DELIVERY_RETRY_SECONDS = 30.0
 RESULT_FILE, ERROR_FILE = "result.json", "error.json"
+TAKEN_OVER = "taken over by another host (this host looked dead to it)"
+PENDING_DELIVERY = "delivery.json"  # in the job folder: the outcome of a finished job whose delivery waits
 
 
 # ---- the schema ---------------------------------------------------------------------------------------------------
@@ -38,11 +40,27 @@ def result_payload(record: JobRecord, result: dict[str, Any], finished: float) -
     }
 
 
+def rknn_files(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each delivered .rknn as the converter read it back from the file (format, compiler, target, tensors)."""
+    return [{"file": t["file"], "platform": t["platform"], **t["rknn"]} for t in result["targets"]
+            if t.get("ok") and isinstance(t.get("rknn"), dict)]
+
+
 def failure_payload(record: JobRecord, error: str, hint: str | None, stage: str | None) -> dict[str, Any]:
     """error.json of a failed (or rejected) job."""
+    payload = {"task_id": record.id, "name": record.name, "status": FAILED, "error": error, "hint": hint,
+               "stage": stage or record.stage, "format": record.format or None, "failed_at": time.time(),
+               "log": "conversion.log", "rknn_dropbox_version": __version__}
+    if record.attempt_causes:
+        payload["attempt_causes"] = list(record.attempt_causes)  # earlier attempts the daemon died under
+    return payload
+
+
+def unclaimable_payload(record: JobRecord, entries: list[str], error: str, hint: str) -> dict[str, Any]:
+    """error.json of a bundle that could not be claimed: its entries are still in inbox."""
     return {"task_id": record.id, "name": record.name, "status": FAILED, "error": error, "hint": hint,
-            "stage": stage or record.stage, "format": record.format or None, "failed_at": time.time(),
-            "log": "conversion.log", "rknn_dropbox_version": __version__}
+            "stage": "claim", "format": None, "failed_at": time.time(), "left_in_inbox": entries,
+            "rknn_dropbox_version": __version__}
 
 
 def cancelled_payload(record: JobRecord, was: str) -> dict[str, Any]:
@@ -98,7 +116,8 @@ class Finisher:
         record = self._record(job_id)
         payload = result_payload(record, result, time.time())
         self.store.record_conversion(job_id, result["format"], [o["name"] for o in payload["outputs"]],
-                                     result["warnings"], ",".join(payload["target_platform"]))
+                                     result["warnings"], ",".join(payload["target_platform"]),
+                                     result.get("toolkit_version"), rknn_files(result))
         observe_job_costs(self.job_costs, payload)
         self.deliver(job_id, True, payload)
 
@@ -113,12 +132,16 @@ class Finisher:
     def deliver(self, job_id: str, success: bool, payload: dict[str, Any]) -> None:
         """Move the job whole into outbox/ or failed/ and record it; when that fails, retry later."""
         record = self._record(job_id)
+        if not Path(record.work_path).is_dir():
+            self.drop_taken(job_id)
+            return
         try:
             folder = deliver(JobDir(Path(record.work_path)), self.outbox if success else self.failed, record.name,
                              {RESULT_FILE if success else ERROR_FILE: payload})
         except DeliveryError as exc:
             logger.error("job {}: {}; will retry in {:.0f} s", job_id, exc.strerror, DELIVERY_RETRY_SECONDS)
             self.store.mark_delivery_pending(job_id, exc.strerror)
+            self._persist_pending(record, success, payload)
             self.pending[job_id] = PendingDelivery(job_id, success, payload,
                                                    time.monotonic() + DELIVERY_RETRY_SECONDS)
             return
@@ -133,6 +156,51 @@ class Finisher:
         if not success:
             logger.warning("job {} ({}) failed: {} -> {}", job_id, record.name, payload.get("error"), folder)
         self.notify_callback(job_id)
+
+    def drop_taken(self, job_id: str) -> None:
+        """The job's folder left our work area (another host took the claim over): deliver nothing, record why."""
+        self.pending.pop(job_id, None)
+        logger.warning("job {}: its claim was taken over by another host; dropping this host's work on it", job_id)
+        self.store.mark_failed(job_id, TAKEN_OVER, "it is converted and delivered by the host that took it over; if "
+                               "this host was only busy, raise stale_claim_seconds", stage="taken over")
+
+    def _persist_pending(self, record: JobRecord, success: bool, payload: dict[str, Any]) -> None:
+        """Keep the outcome with the job while its delivery waits, so a restart delivers it instead of converting
+        the job again."""
+        if (Path(record.work_path) / PENDING_DELIVERY).exists():
+            return
+        try:
+            write_json_atomic(Path(record.work_path) / PENDING_DELIVERY, {"success": success, "payload": payload})
+        except OSError as exc:
+            logger.warning("job {}: cannot keep its outcome on disk ({}); a restart would convert it again",
+                           record.id, exc.strerror)
+
+    def resume_pending(self, job_id: str, work_path: Path) -> bool:
+        """Deliver an outcome a previous run kept while its delivery waited; False when there is none."""
+        try:
+            kept = json.loads((work_path / PENDING_DELIVERY).read_text(encoding="utf-8"))
+            success, payload = bool(kept["success"]), dict(kept["payload"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+        logger.info("job {}: delivering the outcome kept from the previous run", job_id)
+        self.deliver(job_id, success, payload)
+        return True
+
+    def report_unclaimable(self, record: JobRecord, entries: list[str], error: str, hint: str) -> None:
+        """A bundle that could not be claimed: failed/<name>/error.json alone (its entries stay in inbox)."""
+        if self.store.get(record.id) is None:
+            self.store.add(record)
+        try:
+            folder = deliver_report(self.failed, record.name, record.id,
+                                    {ERROR_FILE: unclaimable_payload(record, entries, error, hint)})
+        except OSError as exc:
+            logger.error("cannot write the error report of {} to {}: {}", record.name, self.failed, exc.strerror)
+            self.store.mark_failed(record.id, error, hint, stage="claim")
+            return
+        self.store.mark_failed(record.id, error, hint, str(folder), stage="claim")
+        logger.error("could not claim {} ({}): {}; left in inbox -> {}", record.name, ", ".join(entries), error,
+                     folder)
+        self.notify_callback(record.id)
 
     def record_found_delivery(self, job_id: str, folder: Path, fname: str) -> None:
         """A crash came between delivering the job's folder and recording it: record it now, from that folder."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import sys
 import threading
 import time
 from dataclasses import asdict
@@ -36,8 +37,11 @@ def die_with_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
-def worker_main(conn: Connection, parent_pid: int, preload: bool = True) -> None:
-    """The worker loop: a WorkOrder in, JobProgress... then JobDone out; EOF or None ends it."""
+def worker_main(conn: Connection, parent_pid: int, preload: bool = True, toolkit_folder: str | None = None) -> None:
+    """The worker loop: a WorkOrder in, JobProgress... then JobDone out; EOF or None ends it. The worker imports
+    exactly one rknn-toolkit2: the venv's, or the one in `toolkit_folder` (first on sys.path before `import rknn`)."""
+    if toolkit_folder:
+        sys.path.insert(0, toolkit_folder)
     die_with_parent(parent_pid)
     try:
         os.nice(10)  # conversions are batch work: the daemon's loop and status server come first on a busy CPU
@@ -67,6 +71,7 @@ def run_order(order: WorkOrder, conn: Connection) -> JobDone:
     """Convert one job; every outcome, even a bug, becomes a JobDone (the worker must answer for every job)."""
     from rknn_dropbox.convert.job import ConversionError, JobSettings, convert_job, describe_exception
     from rknn_dropbox.convert.options import ConvertOptions
+    from rknn_dropbox.toolkits import ToolkitMismatch
 
     def progress(stage: str, pct: float) -> None:
         conn.send(JobProgress(order.job_id, stage, round(pct, 1)))
@@ -75,8 +80,10 @@ def run_order(order: WorkOrder, conn: Connection) -> JobDone:
         result = convert_job(JobDir(Path(order.root)), order.name, ConvertOptions.from_json(order.defaults),
                              progress, JobSettings.from_order(order.settings()))
         return JobDone(order.job_id, True, result=asdict(result))
+    except ToolkitMismatch as exc:  # the job asks for another version: the daemon sends it to a worker of that one
+        return JobDone(order.job_id, False, error=str(exc), needs_toolkit=exc.wanted.version)
     except ConversionError as exc:
-        return JobDone(order.job_id, False, error=exc.error, hint=exc.hint)
+        return JobDone(order.job_id, False, error=exc.error, hint=exc.hint, crash=exc.crash)
     except Exception as exc:  # noqa: BLE001 - the worker must answer for every job
         return JobDone(order.job_id, False, error=f"internal error: {describe_exception(exc)}",
                        hint="see conversion.log; this is a bug in rknn-dropbox or the toolkit")

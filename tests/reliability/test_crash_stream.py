@@ -20,7 +20,8 @@ pytestmark = pytest.mark.slow
 def test_ten_kill_9_during_a_stream_of_ten_conversions(box_factory, tmp_path: Path) -> None:
     seed = int(os.environ.get("RELIABILITY_SEED", "5"))
     rng = random.Random(seed)
-    box = box_factory(workers=2).start()
+    # ten kills may land on one job more than max_attempts times: this test is about losing nothing, not poison
+    box = box_factory(workers=2, settings={"max_attempts": 20}).start()
     names = [f"stream{i}" for i in range(10)]
     entries = [f"{n}.onnx" for n in names]
     busy_at_kill = 0

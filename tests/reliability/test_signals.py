@@ -56,7 +56,9 @@ def test_sigterm_drains_then_leaves_the_rest_queued_and_resumes(box_factory, tmp
     box.env["RKNN_DROPBOX_FAULT_SLOW_SECONDS"] = "0.1"
     box.start()
     result = box.wait_completed("long", timeout=60)
-    assert [t["status"] for t in box.tasks() if t["name"] == "long"] == ["completed"]
+    # the folder is delivered first, then the store says so (crash-safe order): wait for the second step
+    wait_for(lambda: [t["status"] for t in box.tasks() if t["name"] == "long"] == ["completed"], 30,
+             what="long completed in the store")
     assert result["status"] == "completed"
 
 

@@ -1,0 +1,141 @@
+"""Memory admission: start a job only when the estimated peaks of the running jobs plus its own fit in memory."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from loguru import logger
+
+from rknn_dropbox.intake.scanner import split_name
+from rknn_dropbox.intake.workarea import JobDir, write_json_atomic
+
+MEMORY_FILE = "memory.json"
+# A worker with the toolkit imported, before any model (measured: bench/memory.py prints it).
+DEFAULT_BASE_MB = 600.0
+# First time for a format: peak growth per MB of model bytes over the base. Conservative: measured growth on real
+# networks ranges from ~3x (large classifiers, weights dominate) to ~60x (small segmentation nets at 512x512,
+# activations dominate); bench/memory.py prints the ratios of this machine's corpus.
+DEFAULT_RATIO = 60.0
+HISTORY = 8  # ratios kept per format; the estimate is their maximum
+
+
+def mem_available_mb() -> float | None:
+    """MemAvailable from /proc/meminfo (None off Linux)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 1024.0
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def format_key(entries: list[str]) -> str:
+    """What a job's memory is learned under before a worker has analyzed it: the model's file type."""
+    exts = sorted({split_name(e)[1] or "folder" for e in entries} - {".yaml", ".yml"})
+    return "+".join(exts) or "unknown"
+
+
+def input_mb(folder: Path) -> float:
+    total = 0
+    for root, _, files in os.walk(folder):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size
+            except OSError:
+                continue
+    return total / 1e6
+
+
+@dataclass
+class MemoryHistory:
+    """What jobs of each format used: peak growth per model MB over the worker's base (persisted in state_dir)."""
+    path: Path
+    base_mb: float = DEFAULT_BASE_MB
+    ratios: dict[str, list[float]] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, state_dir: Path) -> "MemoryHistory":
+        path = state_dir / MEMORY_FILE
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+            return cls(path, float(raw.get("base_mb", DEFAULT_BASE_MB)),
+                       {str(k): [float(x) for x in v][-HISTORY:] for k, v in raw.get("ratios", {}).items()})
+        except (OSError, ValueError, TypeError, AttributeError):
+            return cls(path)
+
+    def estimate_mb(self, key: str, model_mb: float) -> float:
+        ratios = self.ratios.get(key)
+        ratio = max(ratios) if ratios else DEFAULT_RATIO
+        return self.base_mb + ratio * model_mb
+
+    def learn(self, key: str, model_mb: float, peak_mb: float, idle_mb: float | None = None) -> None:
+        """Record a finished job's measured peak (and a worker's idle size, the base)."""
+        if idle_mb:
+            self.base_mb = max(idle_mb, 0.0)
+        ratio = max(peak_mb - self.base_mb, 0.0) / max(model_mb, 0.1)
+        self.ratios[key] = (self.ratios.get(key, []) + [round(ratio, 2)])[-HISTORY:]
+        try:
+            write_json_atomic(self.path, {"base_mb": round(self.base_mb, 1), "ratios": self.ratios})
+        except OSError as exc:
+            logger.warning("cannot save memory history {}: {}", self.path, exc.strerror)
+
+
+@dataclass(frozen=True)
+class Running:
+    """A job a worker holds: its estimated peak and what its worker uses now."""
+    estimate_mb: float
+    rss_mb: float
+
+
+class MemoryAdmission:
+    """admit(): the next job starts only if running jobs' remaining growth plus its peak fits in MemAvailable minus
+    memory_reserve_mb; with nothing running, a job always starts (a job bigger than the box runs alone, warned)."""
+
+    def __init__(self, history: MemoryHistory, reserve_mb: float,
+                 available: Callable[[], float | None] = mem_available_mb) -> None:
+        self.history = history
+        self.reserve_mb = reserve_mb
+        self.available = available
+        self.waiting_for_memory = False  # for the status snapshot
+
+    def admit(self, job_id: str, estimate_mb: float, running: list[Running]) -> bool:
+        free = self.available()
+        if free is None or self.reserve_mb < 0:
+            return True
+        growth = sum(max(r.estimate_mb - r.rss_mb, 0.0) for r in running)
+        room = free - self.reserve_mb - growth
+        if estimate_mb <= room:
+            self.waiting_for_memory = False
+            return True
+        if not running:
+            logger.warning("job {} may need {:.0f} MB, more than this box has free ({:.0f} MB available, "
+                           "memory_reserve_mb {:.0f}): it runs alone", job_id, estimate_mb, free, self.reserve_mb)
+            self.waiting_for_memory = False
+            return True
+        if not self.waiting_for_memory:
+            logger.info("job {} waits for memory: needs ~{:.0f} MB, {:.0f} MB left after the running jobs' peaks",
+                        job_id, estimate_mb, max(room, 0.0))
+        self.waiting_for_memory = True
+        return False
+
+
+@dataclass(frozen=True)
+class JobSize:
+    """What admission knows of a job before it runs: its format key, model size and estimated peak."""
+    key: str
+    model_mb: float
+    estimate_mb: float
+
+
+def job_size(job: JobDir, history: MemoryHistory | None) -> JobSize:
+    try:
+        entries = list(job.manifest().get("entries", []))
+    except (OSError, ValueError):
+        entries = []
+    key, model_mb = format_key(entries), input_mb(job.input)
+    return JobSize(key, model_mb, history.estimate_mb(key, model_mb) if history else 0.0)
