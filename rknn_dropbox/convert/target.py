@@ -136,10 +136,11 @@ def _load_and_build(RKNN: Any, rknn: Any, b: TargetBuild, call: Callable[..., No
         stage = "quantize" if cand.quantize else "build"
         progress(stage, 0.3)
         with_dataset = (cand.quantize or cand.auto_hybrid) and spec.dataset
+        hybrid = {"auto_hybrid": True} if cand.auto_hybrid else {}  # toolkits before 2.3.2 have no such argument
         with toolkit_progress(b.raw_log, lambda f: progress(stage, f), 0.3, 0.85,
                               BUILD_PHASES_INT8 if cand.quantize else BUILD_PHASES_FP16):
             call("building", rknn.build, do_quantization=cand.quantize,
-                 dataset=str(spec.dataset) if with_dataset else None, auto_hybrid=cand.auto_hybrid)
+                 dataset=str(spec.dataset) if with_dataset else None, **hybrid)
     return rknn
 
 
