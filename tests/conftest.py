@@ -169,6 +169,17 @@ def daemon(daemon_factory: Callable[..., DaemonProcess]) -> DaemonProcess:
 
 
 @pytest.fixture(scope="session")
+def zoo_corpus(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The real-architecture corpus (tests/zoo.py): exported once, cached in the pytest cache per package versions."""
+    from zoo import build_corpus, corpus_available
+    why = corpus_available()
+    if why:
+        pytest.fail(f"the model corpus cannot be built: {why}")
+    cache = getattr(request.config, "cache", None)  # None with -p no:cacheprovider: build it for this session
+    return build_corpus(Path(cache.mkdir("zoo")) if cache is not None else tmp_path_factory.mktemp("zoo"))
+
+
+@pytest.fixture(scope="session")
 def shared_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
     """One daemon for the tests that only drop models and read what it did (status pages, submit): started once."""
     d = DaemonProcess(tmp_path_factory.mktemp("shared") / "box").start()

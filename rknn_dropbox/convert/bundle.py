@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rknn_dropbox.convert.calibration import calibration_dataset, is_calibration_file
+from rknn_dropbox.convert.calibration import calibration_dataset, is_calibration_file, verification_dataset
 from rknn_dropbox.convert.options import (
     ConvertOptions, ModelConfigRefs, OptionsError, is_model_config, model_config_to_options, parse_convert_options,
     read_yaml_mapping,
@@ -40,6 +40,7 @@ class ModelSpec:
     model_files: list[Path] = field(default_factory=list)  # the files that make the model (the cache key)
     root: Path | None = None          # where the bundle's files are (an archive: where it was unpacked)
     facts: Any = None                 # what the format's check read (an ONNX graph's shapes, outputs, QDQ nodes)
+    verify_dataset: Path | None = None  # held-out samples verification runs on first (a dataset.txt)
 
     @property
     def fmt(self) -> Format:
@@ -202,11 +203,12 @@ def inspect_bundle(input_dir: Path, bundle_name: str, defaults: ConvertOptions, 
                               f"{fmt.display}")
     facts = _check_model_file(fmt, model, weights)
     try:
-        dataset, n = calibration_dataset(root, opts, files, work)
+        held_out = verification_dataset(root, opts, work)
+        dataset, n = calibration_dataset(root, opts, files, work, held_out)
     except FormatError as exc:
         raise BundleError(exc.error, exc.hint) from None
     return ModelSpec(fmt_name, model, weights, opts, dataset, n, sidecar, files,
-                     fmt.model_files(model, weights, files), root, facts)
+                     fmt.model_files(model, weights, files), root, facts, held_out)
 
 
 def _check_model_file(fmt: Format, model: Path, weights: Path | None) -> Any:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,11 @@ from rknn_dropbox.convert.bundle import ModelSpec, inspect_bundle
 from rknn_dropbox.convert.cache import ResultCache, cache_key
 from rknn_dropbox.convert.faults import inject_fault, injected_toolkit_crash
 from rknn_dropbox.convert.options import ConvertOptions, OptionsError, check_fp16_platforms, effective_quantization
-from rknn_dropbox.convert.target import TargetBuild, build_target, sha256_file, target_error, target_name
+from rknn_dropbox.convert.accuracy import TargetAccuracy
+from rknn_dropbox.convert.simulator import bound_heap_growth, peak_rss_mb, reset_peak_rss
+from rknn_dropbox.convert.target import (
+    TargetBuild, build_target, sha256_file, shape_references, target_error, target_name,
+)
 from rknn_dropbox.convert.toolkit_log import (  # noqa: F401 (re-exported: the worker and the CLI import them here)
     ConversionError, captured_output, explain_toolkit_error, last_error_lines, working_directory,
 )
@@ -130,10 +135,13 @@ def _cache_key(spec: ModelSpec, q: Quantization, toolkit_version: str) -> str:
     config = {**spec.options.to_json(), "format": spec.format, "quantize": q.quantize}
     config.pop("dataset", None)  # a path; the samples' bytes go into the key instead
     config.pop("callback_url", None)  # where to report, not how to convert
+    config.pop("verify_dataset", None)  # a path: its samples' bytes decide what repair delivers, so they go in
     for how_chosen in ("toolkit_version", "runtime_version"):  # the toolkit used is in the key itself
         config.pop(how_chosen, None)
     roles = [(spec.fmt.cache_role(f, spec.model), f) for f in spec.model_files]
-    return cache_key(roles, config, toolkit_version, spec.dataset_samples if q.quantize else [])
+    held_out = [Path(i) for line in spec.verify_dataset.read_text(encoding="utf-8").splitlines()
+                for i in line.split()] if spec.verify_dataset else []
+    return cache_key(roles, config, toolkit_version, (spec.dataset_samples if q.quantize else []) + held_out)
 
 
 def _from_cache(cache: ResultCache, key: str, name: str, platforms: tuple[str, ...], job: JobDir,
@@ -162,10 +170,33 @@ def _from_cache(cache: ResultCache, key: str, name: str, platforms: tuple[str, .
     if meta.get("workarounds"):
         result.extra["workarounds"] = meta["workarounds"]
     result.extra.update({"cached": True, "cache_of": meta.get("job_id"), "cache_key": key})
-    if meta.get("verification") is not None:
-        result.extra["verification"] = meta["verification"]
+    for extra in ("verification", "accuracy"):
+        if meta.get(extra) is not None:
+            result.extra[extra] = meta[extra]
     print(f"cache hit {key[:16]}: outputs of job {meta.get('job_id')} ({meta.get('name')}) reused")
     return True
+
+
+@dataclass
+class TargetsOutcome:
+    """What the targets' builds add to result.json beside their entries."""
+    verification: dict[str, Any] = field(default_factory=dict)
+    accuracy: dict[str, Any] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)   # build, verify, analysis, repair (summed)
+
+    def add(self, platform: str, acc: TargetAccuracy, result: ConversionResult) -> None:
+        if acc.verification is not None:
+            self.verification[platform] = acc.verification
+        if acc.accuracy:
+            self.accuracy[platform] = acc.accuracy
+        for k, v in acc.seconds.items():
+            self.seconds[k] = round(self.seconds.get(k, 0.0) + v, 3)
+        v = acc.verification or {}
+        if v.get("status") == "below_threshold":
+            result.warnings.append(
+                f"{platform}: verification below verify_min_cosine {v['min_cosine']}: cosine "
+                f"{', '.join(str(o['cosine']) for o in v['outputs'])}")
+        result.warnings.extend(acc.warnings)
 
 
 def _record_workaround(result: ConversionResult, workaround: dict[str, Any], warning: str) -> None:
@@ -177,29 +208,24 @@ def _record_workaround(result: ConversionResult, workaround: dict[str, Any], war
 
 
 def _build_targets(RKNN: Any, build: TargetBuild, name: str, result: ConversionResult,
-                   progress: ProgressFn) -> dict[str, Any]:
+                   progress: ProgressFn) -> TargetsOutcome:
     """Every target platform in turn; with several, one that fails is recorded and the others still build."""
     platforms = build.spec.options.target_platform
     share = 90.0 / len(platforms)
-    verifications: dict[str, Any] = {}
+    outcome = TargetsOutcome()
     for i, platform in enumerate(platforms):
         base = 5.0 + i * share
         try:
             reason = target_error(build.spec, platform, build.quantize)
             if reason:
                 raise ConversionError(reason, "drop this platform from target_platform or change quantized_dtype")
-            target, verification, workaround = build_target(
+            target, acc, workaround = build_target(
                 RKNN, build, platform, target_name(name, platforms, platform),
                 lambda stage, frac: progress(stage, base + frac * share))
             result.targets.append(target)
             if workaround is not None:
                 _record_workaround(result, workaround.to_json(), workaround.warning())
-            if verification is not None:
-                verifications[platform] = verification
-                if verification.get("status") == "below_threshold":
-                    result.warnings.append(
-                        f"{platform}: verification below verify_min_cosine {verification['min_cosine']}: cosine "
-                        f"{', '.join(str(o['cosine']) for o in verification['outputs'])}")
+            outcome.add(platform, acc, result)
         except ConversionError as exc:
             if len(platforms) == 1:
                 raise
@@ -210,7 +236,7 @@ def _build_targets(RKNN: Any, build: TargetBuild, name: str, result: ConversionR
         errors = "; ".join(f"{t['platform']}: {t['error']}" for t in result.targets)
         crashed = all(t.get("toolkit_crash") for t in result.targets)  # another version may build them all
         raise ConversionError(f"every target failed: {errors}", crash={"error": errors} if crashed else None)
-    return verifications
+    return outcome
 
 
 def _convert(job: JobDir, name: str, defaults: ConvertOptions, progress: ProgressFn,
@@ -244,22 +270,32 @@ def _convert(job: JobDir, name: str, defaults: ConvertOptions, progress: Progres
     with _as_conversion_error():
         prepared = spec.fmt.prepare(spec, scratch)
     result.warnings.extend(spec.fmt.warnings(spec, prepared, q.quantize))
+    # before any build: its memory is freed before the toolkit's peak, and the targets share it
+    references = shape_references(spec, prepared, spec.verify_dataset) if spec.options.verify else []
+    reference = references[0][1] if references else None
     build = TargetBuild(spec, q.quantize, q.prequantized, prepared, job.output, job.job_id,
-                        job.root / "conversion.raw", settings.lock_dir)
+                        job.root / "conversion.raw", settings.lock_dir, reference, references)
     try:
-        verifications = _build_targets(RKNN, build, name, result, progress)
+        outcome = _build_targets(RKNN, build, name, result, progress)
     except ConversionError as exc:
         if exc.crash is not None:  # what the fallback needs to pick the next version (toolkits.next_fallback)
             exc.crash.update(toolkit=toolkit_version, toolkit_version=spec.options.toolkit_version,
                              runtime_version=spec.options.runtime_version)
         raise
+    verifications = outcome.verification
     if verifications:
         result.extra["verification"] = verifications
+    if outcome.accuracy:
+        result.extra["accuracy"] = outcome.accuracy
+    if references:
+        outcome.seconds["reference"] = round(sum(ref.seconds for _, ref in references), 3)
+    result.extra["timings"] = outcome.seconds
     if cache is not None and key and all(t.get("ok") for t in result.targets) and not any(
             v.get("status") in ("below_threshold", "error") for v in verifications.values()):
         files = {t["platform"]: job.output / t["file"] for t in result.targets}
         cache.store(key, {"job_id": job.job_id, "name": name, "targets": result.targets,
                           "warnings": result.warnings, "verification": verifications or None,
+                          "accuracy": outcome.accuracy or None,
                           "workarounds": result.extra.get("workarounds")}, files)
     progress("export", 97.0)
     return result
@@ -273,7 +309,15 @@ def convert_job(job: JobDir, name: str, defaults: ConvertOptions, progress: Prog
     try:
         with captured_output(job.root / "conversion.raw"), working_directory(job.root / "tmp"):
             print(f"rknn-dropbox {__version__}: job {job.job_id} ({name})")
-            return _convert(job, name, defaults, progress, settings)
+            bound_heap_growth()  # freed tensors go back to the system (see convert/simulator.py)
+            reset_peak_rss()  # the worker lives on: this job's own high-water mark
+            started = time.monotonic()
+            result = _convert(job, name, defaults, progress, settings)
+            result.extra.setdefault("timings", {})["total"] = round(time.monotonic() - started, 3)
+            peak = peak_rss_mb()
+            if peak is not None:
+                result.extra["peak_rss_mb"] = peak
+            return result
     finally:
         finish_log(job)
 

@@ -44,6 +44,11 @@ class ConvertOptions:
     verify: bool = True
     verify_strict: bool = False           # a verification below verify_min_cosine fails the job (else: a warning)
     verify_min_cosine: float | None = None  # None: 0.98 for int8 builds, 0.999 for fp16
+    verify_samples: int = 4               # how many real samples verification runs on
+    verify_dataset: str | None = None     # held-out samples (a dataset.txt) verified on before the calibration set
+    accuracy_repair: str = "auto"         # auto: rebuild an int8 model below the threshold with the toolkit's remedies
+    repair_budget_seconds: float | None = None  # None: 3x the first build, at least 60 s
+    accuracy_fallback: str = "none"       # fp16: deliver the fp16 build when no int8 candidate passes
     # which rknn-toolkit2 builds the job (toolkits.py): exactly toolkit_version, or the newest installed one whose
     # models the board's librknnrt runtime_version can load; neither: the first of [toolkits] versions
     toolkit_version: str | None = None
@@ -150,6 +155,22 @@ def _parse_value(where: str, key: str, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not -1.0 <= value <= 1.0:
             raise _fail(where, key, f"expected a number between -1 and 1, got {value!r}")
         return float(value)
+    if key == "verify_samples":
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 64:
+            raise _fail(where, key, f"expected a whole number from 1 to 64, got {value!r}")
+        return value
+    if key == "verify_dataset":
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            raise _fail(where, key, f"expected a path to a dataset.txt of held-out samples, got {value!r}")
+        return value
+    if key == "accuracy_repair":
+        return _choice(where, key, value, ("auto", "off"))
+    if key == "accuracy_fallback":
+        return _choice(where, key, value, ("none", "fp16"))
+    if key == "repair_budget_seconds":
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
+            raise _fail(where, key, f"expected a number of seconds (0 or more), got {value!r}")
+        return None if value is None else float(value)
     if key == "quantized_algorithm":
         return _choice(where, key, value, QUANTIZED_ALGORITHMS)
     if key == "quantized_method":
@@ -193,8 +214,9 @@ def parse_convert_options(raw: Any, where: str, base: ConvertOptions | None = No
         if not isinstance(key, str) or key not in allowed:
             raise OptionsError(f"{where}: unknown key {key!r} (allowed: {', '.join(ALLOWED_KEYS)})")
         changes[key] = _parse_value(where, key, value)
-    if base_dir is not None and changes.get("dataset") and not os.path.isabs(changes["dataset"]):
-        changes["dataset"] = str(base_dir / changes["dataset"])
+    for path_key in ("dataset", "verify_dataset"):
+        if base_dir is not None and changes.get(path_key) and not os.path.isabs(changes[path_key]):
+            changes[path_key] = str(base_dir / changes[path_key])
     opts = replace(base or ConvertOptions(), **changes)
     if opts.do_quantization is not False and (opts.do_quantization is True or "quantized_dtype" in changes):
         # one target: refuse now; several: refuse only when none can take the dtype (the rest fail per target)

@@ -1,11 +1,14 @@
-"""One target platform of a job: configure the toolkit, let the format load the model, build, export, verify."""
+"""One target platform of a job: configure the toolkit, let the format load the model, build, export, verify
+(and rebuild with the accuracy repair's candidates)."""
 
 from __future__ import annotations
 
 import hashlib
 import os
 import shutil
-from dataclasses import dataclass, replace
+import sys
+import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -19,7 +22,9 @@ from rknn_dropbox.convert.toolkit_keys import toolkit_config_kwargs
 from rknn_dropbox.convert.toolkit_log import (
     BUILD_PHASES_FP16, BUILD_PHASES_INT8, LOAD_PHASES, ConversionError, toolkit_caller, toolkit_progress,
 )
-from rknn_dropbox.convert.verify import verify_target
+from rknn_dropbox.convert.accuracy import TargetAccuracy, TargetContext, settle
+from rknn_dropbox.convert.verify import Reference, prepare_reference, strict_failure, threshold, verify_session
+from rknn_dropbox.convert.repair import Candidate
 from rknn_dropbox.formats import FormatError
 from rknn_dropbox.toolkits import loaded_toolkit_version
 
@@ -37,6 +42,9 @@ class TargetBuild:
     job_id: str
     raw_log: Path
     lock_dir: Path | None
+    reference: Reference | None = None  # the job's verification samples and the source runtime's outputs
+    # dynamic_input: one (shape set, reference) per set verification runs at; `reference` is the first one's
+    shape_references: list[tuple[Any, Reference]] = field(default_factory=list)
 
 
 def sha256_file(path: Path) -> str:
@@ -73,7 +81,8 @@ def _named_for_toolkit(model: Path, ext: str | None) -> Path:
     return alias
 
 
-def _toolkit_config(b: TargetBuild, platform: str, disable_rules: list[str]) -> dict[str, Any]:
+def _toolkit_config(b: TargetBuild, platform: str, disable_rules: list[str], overrides: dict[str, Any]
+                    ) -> dict[str, Any]:
     o = b.spec.options
     config: dict[str, Any] = dict(target_platform=platform, optimization_level=o.optimization_level,
                                   quantized_dtype=o.quantized_dtype, quantized_algorithm=o.quantized_algorithm,
@@ -87,10 +96,33 @@ def _toolkit_config(b: TargetBuild, platform: str, disable_rules: list[str]) -> 
     for flag in ("quant_img_RGB2BGR", "single_core_mode", "compress_weight"):
         if getattr(o, flag):
             config[flag] = True
+    config.update(overrides)
     return config
 
 
-def _load_and_build(rknn: Any, b: TargetBuild, call: Callable[..., None], progress: StageProgress) -> None:
+def _hybrid_build(RKNN: Any, rknn: Any, b: TargetBuild, call: Callable[..., None], cand: Candidate) -> Any:
+    """The toolkit's two-step hybrid quantization with `cand.custom_hybrid` kept out of int8; the new session."""
+    cwd = Path.cwd()
+    for old in [*cwd.glob("*.quantization.cfg"), *cwd.glob("*.model"), *cwd.glob("*.data")]:
+        old.unlink(missing_ok=True)
+    call("hybrid quantization step 1", rknn.hybrid_quantization_step1, dataset=str(b.spec.dataset),
+         proposal=False, custom_hybrid=[list(r) for r in cand.custom_hybrid])
+    cfg = next(cwd.glob("*.quantization.cfg"))
+    stem = cfg.name[: -len(".quantization.cfg")]
+    rknn.release()
+    second = RKNN(verbose=False)
+    try:
+        call("hybrid quantization step 2", second.hybrid_quantization_step2, model_input=str(cwd / f"{stem}.model"),
+             data_input=str(cwd / f"{stem}.data"), model_quantization_cfg=str(cfg))
+    except BaseException:
+        second.release()
+        raise
+    return second
+
+
+def _load_and_build(RKNN: Any, rknn: Any, b: TargetBuild, call: Callable[..., None], progress: StageProgress,
+                    cand: Candidate) -> Any:
+    """Load and build (or hybrid-build) in `rknn`; returns the session holding the built model."""
     spec, fmt = b.spec, b.spec.fmt
     # the format's lock (TensorFlow's loaders share the fixed /tmp/optimized_tf.pb: one such build at a time)
     with fmt.toolkit_lock(b.lock_dir):
@@ -99,12 +131,58 @@ def _load_and_build(rknn: Any, b: TargetBuild, call: Callable[..., None], progre
                 fmt.load(rknn, spec, call, str(_named_for_toolkit(spec.model, fmt.toolkit_ext)), b.prepared)
             except FormatError as exc:
                 raise ConversionError(exc.error, exc.hint) from None
-        stage = "quantize" if b.quantize else "build"
+        if cand.custom_hybrid:
+            return _hybrid_build(RKNN, rknn, b, call, cand)
+        stage = "quantize" if cand.quantize else "build"
         progress(stage, 0.3)
+        with_dataset = (cand.quantize or cand.auto_hybrid) and spec.dataset
+        hybrid = {"auto_hybrid": True} if cand.auto_hybrid else {}  # toolkits before 2.3.2 have no such argument
         with toolkit_progress(b.raw_log, lambda f: progress(stage, f), 0.3, 0.85,
-                              BUILD_PHASES_INT8 if b.quantize else BUILD_PHASES_FP16):
-            call("building", rknn.build, do_quantization=b.quantize,
-                 dataset=str(spec.dataset) if b.quantize and spec.dataset else None)
+                              BUILD_PHASES_INT8 if cand.quantize else BUILD_PHASES_FP16):
+            call("building", rknn.build, do_quantization=cand.quantize,
+                 dataset=str(spec.dataset) if with_dataset else None, **hybrid)
+    return rknn
+
+
+def _advised_build(b: TargetBuild, attempt: Callable[[list[str]], Any]) -> AdvisedBuild[Any]:
+    """attempt(disable_rules) retried with the rules the toolkit's log says to disable."""
+    try:
+        return build_with_advice(attempt, LogWindow(b.raw_log), b.spec.options.disable_rules, ConversionError,
+                                 loaded_toolkit_version())
+    except RuleCrash as crash:  # no retry fixed it: another toolkit version may (the job's fallback)
+        error, hint = rule_crash_error(crash.rule, crash.where, crash.exception, crash.tried)
+        raise ConversionError(error, hint, crash={"error": error}) from None
+
+
+def _build_session(RKNN: Any, b: TargetBuild, platform: str, cand: Candidate, export: Path,
+                   progress: StageProgress) -> tuple[Any, float, Workaround | None]:
+    """Configure, load, build (retried on the toolkit's disable_rules advice) and export one candidate to `export`;
+    the live session, its build seconds and the toolkit workaround it needed (if any)."""
+    call = toolkit_caller(b.raw_log, f"{b.spec.fmt.display} {b.spec.model.name}")
+    started = time.monotonic()
+
+    def attempt(disable_rules: list[str]) -> Any:
+        rknn = RKNN(verbose=False)
+        try:
+            call("configuring", rknn.config, **_toolkit_config(b, platform, disable_rules, cand.config))
+            progress("load", 0.1)
+            return _load_and_build(RKNN, rknn, b, call, progress, cand)
+        except BaseException:
+            _release(rknn)
+            raise
+    built = _advised_build(b, attempt)
+    rknn = built.value
+    try:
+        progress("export", 0.85)
+        tmp = export.with_name(f".{export.name}.part")
+        call("exporting", rknn.export_rknn, export_path=str(tmp))
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, export)
+        return rknn, time.monotonic() - started, built.workaround
+    except BaseException:
+        _release(rknn)
+        raise
 
 
 def describe_rknn(path: Path) -> dict[str, Any]:
@@ -116,55 +194,23 @@ def describe_rknn(path: Path) -> dict[str, Any]:
         return {"error": str(exc)}
 
 
-def _strict_failure(platform: str, verification: dict[str, Any]) -> ConversionError:
-    return ConversionError(
-        f"verification failed on {platform}: cosine "
-        f"{', '.join(str(r['cosine']) for r in verification['outputs'])} is below verify_min_cosine "
-        f"{verification['min_cosine']} (verify_strict)", "see conversion.log; set verify_strict = false to "
-        "deliver such models with a warning")
-
-
-def _release(rknn: Any) -> None:
-    try:
-        rknn.release()
-    except Exception:  # noqa: BLE001 - release of a failed session
-        pass
-
-
-def _advised_build(RKNN: Any, b: TargetBuild, platform: str, call: Callable[..., None],
-                   progress: StageProgress) -> AdvisedBuild[Any]:
-    """A toolkit session configured, loaded and built; retried with the rules the toolkit's log says to disable."""
-    def attempt(disable_rules: list[str]) -> Any:
-        rknn = RKNN(verbose=False)
-        try:
-            call("configuring", rknn.config, **_toolkit_config(b, platform, disable_rules))
-            progress("load", 0.1)
-            _load_and_build(rknn, b, call, progress)
-        except BaseException:
-            _release(rknn)
-            raise
-        return rknn
-    try:
-        return build_with_advice(attempt, LogWindow(b.raw_log), b.spec.options.disable_rules, ConversionError,
-                                 loaded_toolkit_version())
-    except RuleCrash as crash:  # no retry fixed it: another toolkit version may (the job's fallback)
-        error, hint = rule_crash_error(crash.rule, crash.where, crash.exception, crash.tried)
-        raise ConversionError(error, hint, crash={"error": error}) from None
-
-
-def _verify(rknn: Any, b: TargetBuild) -> dict[str, Any] | None:
-    """verify_target at each of the prepared shape sets (dynamic_input: every one; the worst one leads)."""
-    sets = getattr(b.prepared, "verify_shapes", None) or []
+def shape_references(spec: Any, prepared: Any, verify_dataset: Path | None) -> list[tuple[Any, Reference]]:
+    """The reference at each shape set verification runs at (dynamic_input: every one; otherwise the one)."""
+    sets = getattr(prepared, "verify_shapes", None) or []
     if len(sets) <= 1:
-        return verify_target(rknn, b.spec, b.prepared, b.quantize, b.prequantized)
+        return [(None, prepare_reference(spec, prepared, verify_dataset))]
+    return [(shapes, prepare_reference(spec, replace(prepared, verify_shapes=[shapes]), verify_dataset))
+            for shapes in sets]
+
+
+def _verify_shapes(rknn: Any, b: TargetBuild, min_cos: float) -> tuple[dict[str, Any], Reference]:
+    """verify_session at each shape set; the combined verification (the worst set leads) and that set's reference."""
     per_shape = []
-    for shapes in sets:
-        one = verify_target(rknn, b.spec, replace(b.prepared, verify_shapes=[shapes]), b.quantize, b.prequantized)
-        if one is None:
-            return None
-        per_shape.append({"shapes": shapes, **one})
-    worst = next((v for v in per_shape if v.get("status") != "passed"), per_shape[0])
-    return {**{k: v for k, v in worst.items() if k != "shapes"}, "per_shape": per_shape}
+    for shapes, ref in b.shape_references:
+        per_shape.append({"shapes": shapes, **verify_session(rknn, b.spec, ref, min_cos)})
+    worst = next((i for i, v in enumerate(per_shape) if v.get("status") != "passed"), 0)
+    lead = {k: v for k, v in per_shape[worst].items() if k != "shapes"}
+    return {**lead, "per_shape": per_shape}, b.shape_references[worst][1]
 
 
 def _refuse_unproven(workaround: Workaround | None, verification: dict[str, Any] | None, final: Path) -> None:
@@ -176,34 +222,96 @@ def _refuse_unproven(workaround: Workaround | None, verification: dict[str, Any]
     raise ConversionError(error, hint, crash={"error": error})  # the workaround broke it: another version may not
 
 
-def build_target(RKNN: Any, b: TargetBuild, platform: str, out_name: str, progress: StageProgress
-                 ) -> tuple[dict[str, Any], dict[str, Any] | None, Workaround | None]:
-    """Build `out_name` for `platform` into the output folder; its result.json target entry, verification and the
-    toolkit workaround it needed (if any)."""
-    spec = b.spec
-    call = toolkit_caller(b.raw_log, f"{spec.fmt.display} {spec.model.name}")
-    print(f"--- target {platform}: building {out_name}")
-    built = _advised_build(RKNN, b, platform, call, progress)
-    rknn = built.value
+def _release(rknn: Any) -> None:
     try:
-        progress("export", 0.85)
-        tmp = b.output / f".{out_name}.part"
-        call("exporting", rknn.export_rknn, export_path=str(tmp))
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        final = b.output / out_name
-        os.replace(tmp, final)
-        described = describe_rknn(final)
-        progress("verify", 0.9)
-        verification = _verify(rknn, b)
-        if verification is not None:
-            print(f"verification {platform}: {verification}")
-        _refuse_unproven(built.workaround, verification, final)
-        if verification and verification.get("status") == "below_threshold" and spec.options.verify_strict:
-            final.unlink(missing_ok=True)
-            raise _strict_failure(platform, verification)
-        progress("export", 1.0)
-        return ({"platform": platform, "ok": True, "file": out_name, "size": final.stat().st_size,
-                 "sha256": sha256_file(final), "rknn": described}, verification, built.workaround)
+        rknn.release()
+    except Exception:  # noqa: BLE001 - release of a failed or already released session
+        pass
+
+
+def _log_size(raw_log: Path) -> int:
+    try:
+        return raw_log.stat().st_size
+    except OSError:
+        return 0
+
+
+def _log_since(raw_log: Path, offset: int) -> str:
+    sys.stdout.flush()
+    try:
+        with open(raw_log, "rb") as fh:
+            fh.seek(offset)
+            return fh.read(4 << 20).decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+def _settle(RKNN: Any, b: TargetBuild, platform: str, rknn: Any, final: Path, seconds: float, build_log: str,
+            workarounds: dict[str, Workaround | None]) -> TargetAccuracy:
+    spec = b.spec
+    o, fmt = spec.options, spec.fmt
+    min_cos = threshold(o.verify_min_cosine, b.quantize or (b.prequantized and fmt.int8_threshold_when_prequantized))
+    several = len(o.target_platform) > 1
+    report_dir = b.output / "accuracy" / platform if several else b.output / "accuracy"
+    reference = b.reference or Reference(error="no reference")
+    per_shape = None
+    if len(b.shape_references) > 1:  # dynamic_input: every shape set; a repair works on the worst one
+        t0 = time.monotonic()
+        per_shape, reference = _verify_shapes(rknn, b, min_cos)
+        if per_shape.get("status") != "below_threshold":
+            return TargetAccuracy(per_shape, seconds={"verify": round(time.monotonic() - t0, 3)})
+    ctx = TargetContext(spec, reference, platform, b.quantize, min_cos, final, report_dir, Path.cwd(), seconds,
+                        build_log)
+
+    def build(cand: Candidate, path: Path) -> tuple[Any, float, str]:
+        start = _log_size(b.raw_log)
+        session, seconds, workaround = _build_session(RKNN, b, platform, cand, path, lambda stage, frac: None)
+        workarounds[path.name] = workaround
+        return session, seconds, _log_since(b.raw_log, start)
+    acc = settle(rknn, ctx, build)
+    if per_shape is not None and not (acc.accuracy and acc.accuracy.get("delivered")):
+        acc.verification = per_shape  # the build as configured was delivered: its check at every shape set
+    return acc
+
+
+def _verified(RKNN: Any, b: TargetBuild, platform: str, rknn: Any, final: Path, seconds: float, log_start: int,
+              first_workaround: Workaround | None) -> tuple[TargetAccuracy, Workaround | None]:
+    """The accuracy step for the first build's session (released here); the delivered build's workaround."""
+    acc = TargetAccuracy(None, seconds={"build": round(seconds, 3)})
+    workarounds: dict[str, Workaround | None] = {}
+    try:
+        if b.spec.options.verify:
+            acc = _settle(RKNN, b, platform, rknn, final, seconds, _log_since(b.raw_log, log_start), workarounds)
+            acc.seconds["build"] = round(seconds, 3)
+            print(f"verification {platform}: {acc.verification}")
     finally:
         _release(rknn)
+    delivered = (acc.accuracy or {}).get("delivered") or 0
+    return acc, workarounds.get(f"{final.name}.attempt{delivered}") if delivered else first_workaround
+
+
+def build_target(RKNN: Any, b: TargetBuild, platform: str, out_name: str, progress: StageProgress
+                 ) -> tuple[dict[str, Any], TargetAccuracy, Workaround | None]:
+    """Build `out_name` for `platform`, verify it (repair it below the threshold); its result.json entry, the
+    accuracy step's outcome and the toolkit workaround the delivered build needed (if any)."""
+    print(f"--- target {platform}: building {out_name}")
+    final = b.output / out_name
+    log_start = _log_size(b.raw_log)
+    first = Candidate("as configured", quantize=b.quantize)
+    rknn, seconds, first_workaround = _build_session(RKNN, b, platform, first, final, progress)
+    progress("verify", 0.9)
+    acc, workaround = _verified(RKNN, b, platform, rknn, final, seconds, log_start, first_workaround)
+    _refuse_unproven(workaround, acc.verification, final)
+    failure = strict_failure(acc.verification)
+    if failure and b.spec.options.verify_strict:
+        final.unlink(missing_ok=True)
+        raise ConversionError(f"verification failed on {platform}: {failure} (verify_strict)",
+                              "see conversion.log; set verify_strict = false to deliver such models with a warning")
+    if failure and acc.verification and acc.verification.get("status") != "below_threshold":
+        acc.warnings.append(f"{platform}: {failure}; the model was delivered unverified")
+    progress("export", 1.0)
+    entry = {"platform": platform, "ok": True, "file": out_name, "size": final.stat().st_size,
+             "sha256": sha256_file(final), "rknn": describe_rknn(final)}
+    if acc.accuracy and acc.accuracy.get("delivered"):  # a repaired build: how it was built differs from options
+        entry["build_settings"] = acc.accuracy["attempts"][acc.accuracy["delivered"]]["settings"]
+    return entry, acc, workaround

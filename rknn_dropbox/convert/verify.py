@@ -1,30 +1,30 @@
-"""Verified conversions: the toolkit's simulator against the source framework's runtime, as cosine per output."""
+"""Verified conversions: the toolkit's simulator against the source framework's runtime on real samples, as the
+cosine per output and sample."""
 
 from __future__ import annotations
 
+import math
+import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from rknn_dropbox.convert.samples import InputLayout, SampleSet, collect_samples
+from rknn_dropbox.convert.simulator import lean_sessions
+
 INT8_MIN_COSINE = 0.98
 FP16_MIN_COSINE = 0.999
-SEED = 20240601
+# a format without a runtime here says "no <Format> runtime": not a failure under verify_strict
+NO_RUNTIME = re.compile(r"^no \w+ runtime")
 
 
-@dataclass
-class Verification:
-    """What result.json records under "verification" for one target."""
-    status: str                                   # passed | below_threshold | skipped | error
-    reference: str | None = None                  # onnxruntime | torch | tensorflow
-    input: str | None = None                      # the calibration sample used, or "seeded random"
-    min_cosine: float | None = None               # the threshold applied
-    outputs: list[dict[str, Any]] = field(default_factory=list)  # {"name", "shape", "cosine"}
-    reason: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if v is not None and v != []}
+def threshold(configured: float | None, quantized: bool) -> float:
+    if configured is not None:
+        return configured
+    return INT8_MIN_COSINE if quantized else FP16_MIN_COSINE
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -40,121 +40,121 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / (na * nb))
 
 
-def threshold(configured: float | None, quantized: bool) -> float:
-    if configured is not None:
-        return configured
-    return INT8_MIN_COSINE if quantized else FP16_MIN_COSINE
+def output_cosine(got: Any, want: Any) -> float:
+    """Cosine of one output; the toolkit may hand back NHWC for an NCHW model or the reverse."""
+    got, want = np.asarray(got), np.asarray(want)
+    c = cosine(got, want)
+    if got.size == want.size and got.shape != want.shape and got.ndim == 4 and want.ndim == 4:
+        alt = got.transpose(0, 3, 1, 2) if got.transpose(0, 3, 1, 2).shape == want.shape else \
+            got.transpose(0, 2, 3, 1)
+        c = max(c, cosine(alt, want)) if not math.isnan(c) else cosine(alt, want)
+    return c
 
 
-def _per_input(values: list[list[float]] | None, i: int, channels: int, axis_last: bool) -> np.ndarray | None:
-    if not values:
-        return None
-    row = values[i] if i < len(values) else values[-1]
-    arr = np.asarray(row, dtype=np.float32)
-    if arr.size == 1:
-        return arr.reshape(())
-    if arr.size != channels:
-        return None
-    return arr.reshape((1, 1, 1, channels) if axis_last else (1, channels, 1, 1))
+def _rounded(c: float) -> float | None:
+    return None if math.isnan(c) or math.isinf(c) else round(c, 6)
 
 
-def make_inputs(shapes: list[list[int]], mean: list[list[float]] | None, std: list[list[float]] | None,
-                channels_last: bool, dataset: Path | None) -> tuple[list[np.ndarray], list[np.ndarray], str]:
-    """Raw inputs (what the .rknn takes: before mean/std) and normalized ones (what the source model takes)."""
-    raw: list[np.ndarray] = []
-    source = "seeded random"
-    first_line: list[str] = []
-    if dataset is not None:
-        try:
-            lines = [ln.split() for ln in dataset.read_text(encoding="utf-8").splitlines() if ln.strip()]
-            first_line = lines[0] if lines else []
-        except OSError:
-            first_line = []
-    rng = np.random.default_rng(SEED)
-    for i, shape in enumerate(shapes):
-        x = None
-        if i < len(first_line) and first_line[i].endswith(".npy"):
-            try:
-                arr = np.load(first_line[i]).astype(np.float32)
-                if arr.size == int(np.prod(shape)):
-                    x = arr.reshape(shape)
-                    source = f"calibration sample {Path(first_line[i]).name}"
-            except (OSError, ValueError):
-                x = None
-        if x is None:
-            scale = 255.0 if std and max(max(r) for r in std) > 1.5 else 1.0
-            x = (rng.random(tuple(shape), dtype=np.float32) * scale).astype(np.float32)
-        raw.append(x)
-    norm = []
-    for i, x in enumerate(raw):
-        y = x.astype(np.float32)
-        if x.ndim == 4:
-            channels = x.shape[-1] if channels_last else x.shape[1]
-            m = _per_input(mean, i, channels, channels_last)
-            s = _per_input(std, i, channels, channels_last)
-            if m is not None:
-                y = y - m
-            if s is not None:
-                y = y / s
-        norm.append(y.astype(np.float32))
-    return raw, norm, source
+@dataclass
+class Reference:
+    """Per job: the verification samples and the source runtime's outputs on each (computed once, before builds)."""
+    samples: SampleSet | None = None
+    outputs: list[list[np.ndarray]] = field(default_factory=list)
+    names: list[str] | None = None
+    skipped: str | None = None        # why nothing is verified
+    error: str | None = None          # the reference runtime failed
+    seconds: float = 0.0
 
 
-def compare(rknn_outputs: list[np.ndarray], ref_outputs: list[np.ndarray], names: list[str] | None,
-            min_cos: float) -> tuple[list[dict[str, Any]], bool]:
-    rows = []
-    ok = True
-    for i, (got, want) in enumerate(zip(rknn_outputs, ref_outputs)):
-        got = np.asarray(got)
-        want = np.asarray(want)
-        if got.size == want.size and got.shape != want.shape and got.ndim == 4 and want.ndim == 4:
-            # the toolkit may hand back NHWC for an NCHW model or the reverse
-            if got.transpose(0, 3, 1, 2).shape == want.shape:
-                alt = got.transpose(0, 3, 1, 2)
-            else:
-                alt = got.transpose(0, 2, 3, 1)
-            c = max(cosine(got, want), cosine(alt, want))
-        else:
-            c = cosine(got, want)
-        rows.append({"name": names[i] if names and i < len(names) else f"output{i}", "shape": list(want.shape),
-                     "cosine": round(c, 6)})
-        if not c >= min_cos:
-            ok = False
-    if len(rknn_outputs) != len(ref_outputs):
-        ok = False
-    return rows, ok
-
-
-def _error_reason(exc: Exception) -> str:
+def error_reason(exc: BaseException) -> str:
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text.splitlines()[-1][:200] if text else ''}"
 
 
-def verify_target(rknn: Any, spec: Any, prepared: Any, quantize: bool, prequantized: bool) -> dict[str, Any] | None:
-    """Run the simulator on one input and compare with the format's reference runtime; None when verify is off."""
+def prepare_reference(spec: Any, prepared: Any, verify_dataset: Path | None) -> Reference:
+    """Collect the samples and run the format's reference runtime on each; never raises."""
     o, fmt = spec.options, spec.fmt
-    if not o.verify:
-        return None
-    min_cos = threshold(o.verify_min_cosine, quantize or (prequantized and fmt.int8_threshold_when_prequantized))
+    started = time.monotonic()
     skipped = fmt.skip_verification()
     if skipped:
-        return Verification("skipped", reason=skipped).to_json()
+        return Reference(skipped=skipped)
     try:
         shapes, names = fmt.verify_io(spec, prepared)
         if not shapes or any(not d or any(x <= 0 for x in d) for d in shapes):
-            return Verification("skipped", reason="the input shapes are not fixed").to_json()
-        raw, norm, source = make_inputs(shapes, o.mean_values, o.std_values, fmt.channels_last,
-                                        spec.dataset if quantize else None)
-        ref_name = fmt.reference_name
-        if rknn.init_runtime() != 0:
-            return Verification("error", ref_name, reason="init_runtime() of the simulator failed").to_json()
-        sim_inputs, convert_outputs = fmt.simulator_io(spec, raw, norm)
-        got = rknn.inference(inputs=sim_inputs, data_format="nhwc" if fmt.channels_last else "nchw")
-        if got is None:
-            return Verification("error", ref_name, reason="the simulator returned no outputs").to_json()
-        if convert_outputs is not None:
-            got = convert_outputs(got)
-        rows, ok = compare(got, fmt.reference(spec, prepared, norm), names, min_cos)
-        return Verification("passed" if ok else "below_threshold", ref_name, source, min_cos, rows).to_json()
+            return Reference(skipped="the input shapes are not fixed")
+        layout = InputLayout([list(s) for s in shapes], fmt.channels_last, o.mean_values, o.std_values,
+                             o.quant_img_RGB2BGR)
+        samples = collect_samples(layout, verify_dataset, spec.dataset, o.verify_samples)
+        with lean_sessions():  # an onnxruntime arena would stay in the heap under the build
+            outputs = fmt.references(spec, prepared, [s.norm for s in samples.samples])
+        return Reference(samples, outputs, names, seconds=time.monotonic() - started)
     except Exception as exc:  # noqa: BLE001 - a verification problem must not lose a good .rknn
-        return Verification("error", reason=_error_reason(exc)).to_json()
+        return Reference(error=error_reason(exc), seconds=time.monotonic() - started)
+
+
+def _description(samples: SampleSet) -> str:
+    names = [s.name for s in samples.samples]
+    return f"{samples.source}: {', '.join(names)}" if samples.source != "seeded random" else \
+        f"seeded random ({len(names)} inputs)"
+
+
+def verify_session(rknn: Any, spec: Any, ref: Reference, min_cos: float) -> dict[str, Any]:
+    """Run the built session's simulator on every sample; result.json's verification of one target."""
+    fmt = spec.fmt
+    base: dict[str, Any] = {"reference": fmt.reference_name}
+    if ref.skipped:
+        return {"status": "skipped", "reason": ref.skipped}
+    if ref.error or ref.samples is None:
+        return {"status": "error", **base, "reason": ref.error or "no samples"}
+    per_output: list[list[float]] = []
+    shapes: list[list[int]] = []
+    try:
+        with lean_sessions():
+            if rknn.init_runtime() != 0:
+                return {"status": "error", **base, "reason": "init_runtime() of the simulator failed"}
+            for sample, want in zip(ref.samples.samples, ref.outputs):
+                sim_inputs, convert = fmt.simulator_io(spec, sample.raw, sample.norm)
+                got = rknn.inference(inputs=sim_inputs, data_format="nhwc" if fmt.channels_last else "nchw")
+                if got is None:
+                    return {"status": "error", **base, "reason": "the simulator returned no outputs"}
+                got = convert(got) if convert is not None else got
+                if len(got) != len(want):
+                    return {"status": "error", **base,
+                            "reason": f"the simulator returned {len(got)} outputs, the model has {len(want)}"}
+                for i, (g, w) in enumerate(zip(got, want)):
+                    if i == len(per_output):
+                        per_output.append([])
+                        shapes.append(list(np.asarray(w).shape))
+                    per_output[i].append(output_cosine(g, w))
+    except Exception as exc:  # noqa: BLE001 - a verification problem must not lose a good .rknn
+        return {"status": "error", **base, "reason": error_reason(exc)}
+    rows = []
+    for i, cosines in enumerate(per_output):
+        worst = min(cosines, key=lambda c: -2.0 if math.isnan(c) else c)
+        rows.append({"name": ref.names[i] if ref.names and i < len(ref.names) else f"output{i}",
+                     "shape": shapes[i], "cosine": _rounded(worst), "cosines": [_rounded(c) for c in cosines]})
+    ok = all(r["cosine"] is not None and r["cosine"] >= min_cos for r in rows)
+    return {"status": "passed" if ok else "below_threshold", **base, "input": _description(ref.samples),
+            "samples": ref.samples.to_json(), "min_cosine": min_cos, "outputs": rows}
+
+
+def lowest(verification: dict[str, Any]) -> float | None:
+    values = [r["cosine"] for r in verification.get("outputs", [])]
+    if not values:
+        return None
+    return min(-2.0 if v is None else v for v in values)
+
+
+def strict_failure(verification: dict[str, Any] | None) -> str | None:
+    """Why verify_strict fails the target, or None: below threshold, errored, or skipped with a runtime here."""
+    if verification is None:
+        return None
+    status = verification.get("status")
+    if status == "below_threshold":
+        cos = ", ".join(str(r["cosine"]) for r in verification["outputs"])
+        return f"cosine {cos} is below verify_min_cosine {verification['min_cosine']}"
+    if status == "error":
+        return f"the verification failed ({verification.get('reason')})"
+    if status == "skipped" and not NO_RUNTIME.match(verification.get("reason") or ""):
+        return f"the verification was skipped ({verification.get('reason')})"
+    return None

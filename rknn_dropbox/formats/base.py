@@ -87,6 +87,10 @@ class Format:
     def reference(self, spec: Any, prepared: Any, inputs: list[Any]) -> list[Any]:
         raise NotImplementedError
 
+    def references(self, spec: Any, prepared: Any, samples: list[list[Any]]) -> list[list[Any]]:
+        """The reference outputs of several samples (formats override it to load the model once)."""
+        return [list(self.reference(spec, prepared, inputs)) for inputs in samples]
+
 
 class IntegrityError(ValueError):
     """A weights file that does not match its network description; the message names the layer and byte counts."""

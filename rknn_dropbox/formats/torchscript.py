@@ -41,12 +41,18 @@ class TorchScript(Format):
         call("loading", rknn.load_pytorch, model=model, input_size_list=spec.options.input_size_list)
 
     def reference(self, spec: Any, prepared: Any, inputs: list[Any]) -> list[Any]:
+        return self.references(spec, prepared, [inputs])[0]
+
+    def references(self, spec: Any, prepared: Any, samples: list[list[Any]]) -> list[list[Any]]:
         import torch
         m = torch.jit.load(str(spec.model), map_location="cpu").eval()
+        results = []
         with torch.no_grad():
-            out = m(*[torch.from_numpy(x) for x in inputs])
-        outs = out if isinstance(out, (list, tuple)) else [out]
-        return [o.detach().numpy() for o in outs]
+            for inputs in samples:
+                out = m(*[torch.from_numpy(x) for x in inputs])
+                outs = out if isinstance(out, (list, tuple)) else [out]
+                results.append([o.detach().numpy() for o in outs])
+        return results
 
 
 FORMAT = TorchScript()

@@ -7,6 +7,7 @@ import shutil
 import signal
 import time
 from collections import deque
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -320,7 +321,8 @@ class Daemon:
                 "waiting_in_inbox": self.intake.waiting, "stopping": self.stopping,
                 "unwritable_folders": [str(f) for f in folders if not os.access(f, os.W_OK | os.X_OK)],
                 "callbacks_pending": self.callbacks.pending, "worker_toolkits": self.pool.toolkits(),
-                "waiting_for_memory": self.memory.waiting_for_memory}
+                "waiting_for_memory": self.memory.waiting_for_memory,
+                "job_costs": {k: replace(h, counts=list(h.counts)) for k, h in self.finisher.job_costs.items()}}
 
     def publish_snapshot(self) -> None:
         """Hand the status server a fresh snapshot (it never touches the pool or the watcher itself)."""

@@ -14,6 +14,7 @@ from rknn_dropbox import __version__
 from rknn_dropbox.intake.delivery import DeliveryError, deliver, deliver_report
 from rknn_dropbox.intake.workarea import JobDir, write_json_atomic
 from rknn_dropbox.service.callbacks import PENDING, CallbackSender
+from rknn_dropbox.status.metrics import new_job_costs, observe_job_costs
 from rknn_dropbox.store import CANCELLED, COMPLETED, FAILED, FINAL_STATUSES, JobRecord, JobStore
 
 DELIVERY_RETRY_SECONDS = 30.0
@@ -109,6 +110,7 @@ class Finisher:
         self.callbacks = callbacks
         self.callbacks_running = False  # before start-up ends, callbacks are marked pending and sent at its end
         self.pending: dict[str, PendingDelivery] = {}
+        self.job_costs = new_job_costs()  # verification/repair seconds and peak RSS of completed jobs (/metrics)
 
     def complete(self, job_id: str, result: dict[str, Any]) -> None:
         record = self._record(job_id)
@@ -116,6 +118,7 @@ class Finisher:
         self.store.record_conversion(job_id, result["format"], [o["name"] for o in payload["outputs"]],
                                      result["warnings"], ",".join(payload["target_platform"]),
                                      result.get("toolkit_version"), rknn_files(result))
+        observe_job_costs(self.job_costs, payload)
         self.deliver(job_id, True, payload)
 
     def fail(self, job_id: str, error: str, hint: str | None, stage: str | None = None) -> None:

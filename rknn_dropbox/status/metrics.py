@@ -2,12 +2,65 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 from rknn_dropbox.store import CANCELLED, COMPLETED, FAILED, JobStore
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 CONVERSION_BUCKETS = (1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
+STEP_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0)
+RSS_BUCKETS_MB = (256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0, 16384.0)
+
+
+@dataclass
+class Histogram:
+    """Cumulative-bucket histogram of values observed since the daemon started."""
+    bounds: tuple[float, ...]
+    counts: list[int] = field(default_factory=list)
+    count: int = 0
+    total: float = 0.0
+
+    def observe(self, value: float) -> None:
+        if not self.counts:
+            self.counts = [0] * len(self.bounds)
+        for i, bound in enumerate(self.bounds):
+            if value <= bound:
+                self.counts[i] += 1
+        self.count += 1
+        self.total += value
+
+
+# result.json field -> (metric name, help, buckets): what completed jobs cost, from their result.json
+JOB_COSTS = (
+    (("timings", "verify"), "rknn_dropbox_verification_seconds", "Time completed jobs spent verifying.", STEP_BUCKETS),
+    (("timings", "repair"), "rknn_dropbox_accuracy_repair_seconds", "Time completed jobs spent on accuracy repair.",
+     STEP_BUCKETS),
+    (("peak_rss_mb",), "rknn_dropbox_job_peak_rss_megabytes", "Peak resident memory of completed jobs' workers.",
+     RSS_BUCKETS_MB),
+)
+
+
+def new_job_costs() -> dict[str, Histogram]:
+    return {name: Histogram(bounds) for _, name, _, bounds in JOB_COSTS}
+
+
+def observe_job_costs(costs: dict[str, Histogram], result: dict[str, Any]) -> None:
+    """Add one completed job's verification/repair seconds and peak RSS (when its result.json has them)."""
+    for path, name, _, _ in JOB_COSTS:
+        value: Any = result
+        for key in path:
+            value = value.get(key) if isinstance(value, dict) else None
+        if isinstance(value, (int, float)) and name in costs:
+            costs[name].observe(float(value))
+
+
+def _histogram_lines(name: str, help_text: str, hist: Histogram) -> list[str]:
+    counts = hist.counts or [0] * len(hist.bounds)
+    lines = [f"# HELP {name} {help_text}", f"# TYPE {name} histogram"]
+    lines += [f'{name}_bucket{{le="{b!r}"}} {n}' for b, n in zip(hist.bounds, counts)]
+    return lines + [f'{name}_bucket{{le="+Inf"}} {hist.count}', f"{name}_sum {hist.total!r}",
+                    f"{name}_count {hist.count}"]
 
 
 def _number(value: float) -> str:
@@ -38,4 +91,7 @@ def render_metrics(store: JobStore, snapshot: dict[str, Any]) -> str:
     lines += [f'rknn_dropbox_conversion_seconds_bucket{{le="+Inf"}} {count}',
               f"rknn_dropbox_conversion_seconds_sum {total!r}",
               f"rknn_dropbox_conversion_seconds_count {count}"]
+    costs = snapshot.get("job_costs") or {}
+    for _, name, help_text, bounds in JOB_COSTS:
+        lines += _histogram_lines(name, help_text, costs.get(name) or Histogram(bounds))
     return "\n".join(lines) + "\n"

@@ -1,0 +1,182 @@
+"""A target's accuracy: its verification, and below the threshold the per-layer report and the repair search."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from rknn_dropbox.convert import repair as rp
+from rknn_dropbox.convert.analysis import LayerError, hybrid_ranges, run_analysis, worst_layers
+from rknn_dropbox.convert.simulator import lean_sessions
+from rknn_dropbox.convert.verify import Reference, error_reason, lowest, verify_session
+
+_FP16_OVERFLOW = re.compile(r"Tensor name:'([^']+)' value range exceeds Fp16 Max|out of the float16")
+
+
+def fp16_overflow(log_text: str) -> list[str] | None:
+    """Tensors the toolkit says exceed float16 (None: no such warning)."""
+    found = _FP16_OVERFLOW.findall(log_text)
+    if not found:
+        return None
+    return sorted({t for t in found if t})
+
+
+# ----------------------------------------------------------------------------------------------- one target
+CandidateBuilder = Callable[[rp.Candidate, Path], tuple[Any, float, str]]  # -> (session, build seconds, its log)
+
+
+@dataclass
+class TargetAccuracy:
+    """What the accuracy step decided for one target."""
+    verification: dict[str, Any] | None
+    accuracy: dict[str, Any] | None = None
+    warnings: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)   # verify, analysis, repair
+
+
+@dataclass
+class TargetContext:
+    """What settle() needs beside the first build: the job's reference, the options, where files go."""
+    spec: Any
+    ref: Reference
+    platform: str
+    quantize: bool
+    min_cos: float
+    final: Path                       # the delivered .rknn
+    report_dir: Path                  # where accuracy/error_analysis.txt goes
+    scratch: Path
+    first_seconds: float
+    build_log: str = ""               # the toolkit's output during the first build
+
+
+def _analysis(rknn: Any, ctx: TargetContext, out: dict[str, Any]) -> list[LayerError]:
+    sample = ctx.ref.samples.samples[0] if ctx.ref.samples and ctx.ref.samples.samples else None
+    files = sample.files if sample and sample.files else []
+    if sample and not files:  # seeded random: accuracy_analysis reads files; the source layout is what it wants
+        files = []
+        for i, x in enumerate(sample.raw):
+            f = ctx.scratch / f"analysis_input{i}.npy"
+            np.save(f, x)
+            files.append(f)
+    try:
+        with lean_sessions():
+            rows = run_analysis(rknn, files, ctx.scratch, ctx.report_dir)
+    except Exception as exc:  # noqa: BLE001 - the report is a help, not the delivery
+        out["analysis_error"] = error_reason(exc)
+        return []
+    out["report"] = str(ctx.report_dir.name + "/error_analysis.txt")
+    worst = worst_layers(rows)
+    out["worst_layers"] = [w.to_json() for w in worst]
+    return rows
+
+
+def _attempt_of(cand: rp.Candidate, verification: dict[str, Any], seconds: float, artifact: Any) -> rp.Attempt:
+    low = lowest(verification)
+    return rp.Attempt(cand, low, {r["name"]: r["cosine"] if r["cosine"] is not None else float("nan")
+                                  for r in verification.get("outputs", [])}, seconds,
+                      verification.get("status") == "passed", verification.get("reason")
+                      if verification.get("status") == "error" else None, (artifact, verification))
+
+
+def _candidate_runner(ctx: TargetContext, build: CandidateBuilder, overflow: set[str]
+                      ) -> Callable[[rp.Candidate], rp.Attempt]:
+    counter = iter(range(1, 1000))
+
+    def run(cand: rp.Candidate) -> rp.Attempt:
+        path = ctx.scratch / f"{ctx.final.name}.attempt{next(counter)}"
+        started = time.monotonic()
+        rknn = None
+        try:
+            rknn, seconds, log = build(cand, path)
+            overflow.update(fp16_overflow(log) or [])  # auto_hybrid names the tensors it moves out of float16
+            verification = verify_session(rknn, ctx.spec, ctx.ref, ctx.min_cos)
+            print(f"accuracy {ctx.platform} attempt {cand.label}: {verification.get('status')} "
+                  f"{[r['cosine'] for r in verification.get('outputs', [])]}")
+            return _attempt_of(cand, verification, seconds, path)
+        except Exception as exc:  # noqa: BLE001 - one candidate failing is one data point
+            path.unlink(missing_ok=True)
+            return rp.Attempt(cand, None, {}, time.monotonic() - started, False,
+                              getattr(exc, "error", None) or error_reason(exc))
+        finally:
+            if rknn is not None:
+                try:
+                    rknn.release()
+                except Exception:  # noqa: BLE001
+                    pass
+    return run
+
+
+def _candidates(ctx: TargetContext, rows: list[LayerError]) -> list[rp.Candidate]:
+    o = ctx.spec.options
+    if ctx.quantize:
+        ranges = hybrid_ranges(rows, worst_layers(rows)) if rows else []
+        return rp.int8_candidates(ctx.platform, o.quantized_algorithm, o.quantized_method, ranges)
+    if ctx.spec.dataset is not None:  # the toolkit's remedy for float16 overflow: those layers in int16
+        return rp.fp16_candidates()
+    return []
+
+
+def settle(rknn: Any, ctx: TargetContext, build: CandidateBuilder) -> TargetAccuracy:
+    """Verify the first build; below the threshold: per-layer report, repair within the budget, deliver the best.
+
+    `rknn` is the first build's session, released here before any rebuild (one session in memory at a time)."""
+    o = ctx.spec.options
+    t0 = time.monotonic()
+    verification = verify_session(rknn, ctx.spec, ctx.ref, ctx.min_cos)
+    result = TargetAccuracy(verification, seconds={"verify": round(time.monotonic() - t0, 3)})
+    if verification.get("status") != "below_threshold":
+        return result
+    accuracy: dict[str, Any] = {}
+    rows: list[LayerError] = []
+    if ctx.quantize:
+        t1 = time.monotonic()
+        rows = _analysis(rknn, ctx, accuracy)
+        result.seconds["analysis"] = round(time.monotonic() - t1, 3)
+    overflow = set(fp16_overflow(ctx.build_log) or [])
+    if overflow:
+        accuracy["fp16_overflow_tensors"] = sorted(overflow)
+    result.accuracy = accuracy
+    candidates = _candidates(ctx, rows) if o.accuracy_repair == "auto" else []
+    fallback = rp.fp16_fallback(ctx.platform) if ctx.quantize and o.accuracy_fallback == "fp16" else None
+    if not candidates and fallback is None:
+        return result
+    rknn.release()  # the first session's simulator holds its tensors; rebuilds get the memory
+    t2 = time.monotonic()
+    first = _attempt_of(rp.Candidate("as configured", quantize=ctx.quantize), verification, ctx.first_seconds,
+                        ctx.final)
+    outcome = rp.search(first, candidates, _candidate_runner(ctx, build, overflow),
+                        rp.budget_seconds(o.repair_budget_seconds, ctx.first_seconds), fallback)
+    result.seconds["repair"] = round(time.monotonic() - t2, 3)
+    accuracy.update(outcome.to_json())
+    if overflow:
+        accuracy["fp16_overflow_tensors"] = sorted(overflow)
+    _deliver(outcome, ctx, result)
+    return result
+
+
+def _deliver(outcome: rp.RepairOutcome, ctx: TargetContext, result: TargetAccuracy) -> None:
+    """Move the chosen attempt's .rknn to the target's file; remove the others."""
+    chosen = outcome.attempts[outcome.delivered]
+    for i, attempt in enumerate(outcome.attempts):
+        if i == 0 or not attempt.artifact:
+            continue
+        path, verification = attempt.artifact
+        if i == outcome.delivered:
+            os.replace(path, ctx.final)
+            result.verification = verification
+        else:
+            Path(path).unlink(missing_ok=True)
+    label = chosen.candidate.label
+    if outcome.passed and outcome.delivered:
+        result.warnings.append(f"{ctx.platform}: the build as configured verified at {outcome.attempts[0].min_cosine}"
+                               f"; delivered the repaired build ({label}) at {chosen.min_cosine}")
+    elif not outcome.passed:
+        tried = ", ".join(a.candidate.label for a in outcome.attempts[1:]) or "nothing"
+        result.warnings.append(f"{ctx.platform}: no build reached verify_min_cosine {ctx.min_cos} (tried {tried}); "
+                               f"delivered {label} at {chosen.min_cosine}")

@@ -1,0 +1,128 @@
+"""Issue 10, in-process: verification samples decoded like the toolkit, the per-layer report, the repair search."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import accuracygen as gen
+from rknn_dropbox.convert import repair as rp
+from rknn_dropbox.convert.analysis import hybrid_ranges, parse_report, worst_layers
+from rknn_dropbox.convert.samples import InputLayout, collect_samples
+from rknn_dropbox.convert.accuracy import fp16_overflow
+from rknn_dropbox.convert.verify import strict_failure
+from rknn_dropbox.status.metrics import new_job_costs, observe_job_costs, render_metrics
+
+REPORT = """
+layer_name                          simulator_error
+                                entire              single
+                             cos      euc        cos      euc
+-------------------------------------------------------------------
+[Input] x                  1.00000 | 0.00000   1.00000 | 0.00000
+[exDataConvert] x_int8     1.00000 | 0.00001   1.00000 | 0.00001
+[Conv] a
+[Relu] b                   0.99987 | 19.18947  0.99987 | 19.18947
+[Conv] c
+[Relu] d                   0.73799 | 10.20298  0.74140 | 10.17287
+[Conv] y_int8              0.76273 | 14.15784  0.99996 | 0.19414
+"""
+
+
+def test_images_are_decoded_rgb_resized_and_normalized_like_the_toolkit(tmp_path: Path) -> None:
+    import cv2
+    images = gen.write_natural_images(tmp_path / "img", n=5, size=48)
+    ds = gen.write_dataset(tmp_path / "dataset.txt", images)
+    layout = InputLayout([[1, 3, 32, 32]], False, [[10.0, 20.0, 30.0]], [[2.0, 2.0, 2.0]])
+    got = collect_samples(layout, None, ds, count=3)
+    assert got.source == "calibration set" and [s.name for s in got.samples] == ["img_00.png", "img_02.png",
+                                                                                  "img_04.png"]
+    first = got.samples[0]
+    want = cv2.resize(cv2.cvtColor(cv2.imread(str(images[0])), cv2.COLOR_BGR2RGB), (32, 32)).astype(np.float32)
+    assert np.array_equal(first.raw[0], want.transpose(2, 0, 1)[None])  # NCHW for an ONNX model
+    assert np.allclose(first.norm[0][0, 1], (want[..., 1] - 20.0) / 2.0)
+    bgr = collect_samples(InputLayout([[1, 32, 32, 3]], True, rgb2bgr=True), None, ds, count=1).samples[0]
+    assert np.array_equal(bgr.raw[0][0], want[..., ::-1])  # NHWC, and quant_img_RGB2BGR swaps back
+
+
+def test_verify_dataset_comes_first_and_random_inputs_follow_the_8_bit_range(tmp_path: Path) -> None:
+    calib = gen.write_dataset(tmp_path / "dataset.txt", gen.write_natural_images(tmp_path / "c", n=2))
+    held = gen.write_dataset(tmp_path / "verify.txt", gen.write_natural_images(tmp_path / "v", n=1, prefix="v"))
+    layout = InputLayout([[1, 3, 16, 16]], False)
+    assert collect_samples(layout, held, calib).source == "verify_dataset"
+    eight_bit = collect_samples(InputLayout([[1, 3, 16, 16]], False, std=[[58.0, 57.0, 57.0]]), None, None)
+    unit = collect_samples(layout, None, None)
+    assert eight_bit.source == unit.source == "seeded random"
+    assert eight_bit.samples[0].raw[0].max() > 100 and unit.samples[0].raw[0].max() <= 1.0
+    np.save(tmp_path / "bad.npy", np.zeros((2, 2), np.float32))
+    (tmp_path / "bad.txt").write_text("bad.npy\n")
+    with pytest.raises(ValueError, match="verify_dataset"):
+        collect_samples(layout, tmp_path / "bad.txt", calib)
+
+
+def test_the_report_ranks_layers_and_proposes_hybrid_ranges_that_cover_the_producer() -> None:
+    rows = parse_report(REPORT)
+    assert [r.name for r in rows] == ["x", "x_int8", "a", "b", "c", "d", "y_int8"]
+    worst = worst_layers(rows)
+    assert worst[0].name == "d" and worst[0].op == "Relu" and worst[0].single_cosine == 0.7414
+    assert "x" not in [w.name for w in worst]  # inputs are not layers that lose accuracy
+    # measured: [b, d] or [a, d] keeps conv a's int8 output (the loss); [x_int8, d] repairs to 0.9999
+    # the layers losing by themselves (single cosine < 0.99) first, then the worst few
+    assert hybrid_ranges(rows, worst) == [[["x_int8", "d"]], [["x_int8", "d"], ["x", "b"], ["b", "y_int8"]]]
+
+
+def _attempt(label: str, cos: float, seconds: float = 1.0) -> rp.Attempt:
+    return rp.Attempt(rp.Candidate(label), cos, {"y": cos}, seconds, cos >= 0.98)
+
+
+def test_the_search_stops_at_the_first_pass_and_keeps_to_its_budget() -> None:
+    first = _attempt("as configured", 0.90, seconds=10.0)
+    scores = {"custom_hybrid worst layer": 0.95, "w16a16i_dfp": 0.99}
+    built: list[str] = []
+
+    def build(c: rp.Candidate) -> rp.Attempt:
+        built.append(c.label)
+        return _attempt(c.label, scores.get(c.label, 0.5))
+    cands = rp.int8_candidates("rk3588", "normal", "channel", [[["x_int8", "d"]]])
+    out = rp.search(first, cands, build, budget=60.0)
+    assert built == ["custom_hybrid worst layer", "w16a16i_dfp"] and out.passed and out.delivered == 2
+    # mmse would take ~25 first builds: left out of a 60 s budget, and said so
+    built.clear()
+    scores.clear()
+    out = rp.search(first, cands, build, budget=60.0)
+    assert "mmse" not in built and any(s.startswith("mmse") for s in out.skipped)
+    assert not out.passed and out.attempts[out.delivered].min_cosine == 0.90  # the best: the first build
+    assert rp.higher_precision_dtype("rk3588") == "w16a16i_dfp" and rp.higher_precision_dtype("rk3562") == "w8a16"
+    assert rp.budget_seconds(None, 5.0) == 60.0 and rp.budget_seconds(None, 100.0) == 300.0
+
+
+def test_strict_fails_closed_except_where_no_runtime_exists() -> None:
+    assert strict_failure({"status": "error", "reason": "init_runtime() failed"})
+    assert strict_failure({"status": "skipped", "reason": "the input shapes are not fixed"})
+    assert strict_failure({"status": "skipped", "reason": "no Caffe runtime here; the weights were checked"}) is None
+    assert strict_failure({"status": "passed", "outputs": []}) is None
+
+
+def test_fp16_overflow_tensors_are_read_from_the_build_log() -> None:
+    log = ("W build: Tensor name:'b' value range exceeds Fp16 Max, convert it to Int16\n"
+           "W build: Tensor name:'y' value range exceeds Fp16 Max, convert it to Int16\n")
+    assert fp16_overflow(log) == ["b", "y"] and fp16_overflow("I rknn building done") is None
+
+
+def test_job_costs_become_metrics_histograms() -> None:
+    costs = new_job_costs()
+    observe_job_costs(costs, {"timings": {"verify": 0.3, "repair": 4.0}, "peak_rss_mb": 700.0})
+    observe_job_costs(costs, {"timings": {"verify": 12.0}})  # no repair, no peak: only what is there
+    class Store:
+        def counts(self) -> dict[str, int]:
+            return {}
+
+        def duration_histogram(self, bounds: tuple[float, ...]) -> tuple[list[int], int, float]:
+            return [0] * len(bounds), 0, 0.0
+    text = render_metrics(Store(), {"job_costs": costs})  # type: ignore[arg-type]
+    assert 'rknn_dropbox_verification_seconds_bucket{le="0.5"} 1' in text
+    assert "rknn_dropbox_verification_seconds_count 2" in text
+    assert "rknn_dropbox_accuracy_repair_seconds_count 1" in text
+    assert 'rknn_dropbox_job_peak_rss_megabytes_bucket{le="512.0"} 0' in text
+    assert 'rknn_dropbox_job_peak_rss_megabytes_bucket{le="1024.0"} 1' in text
