@@ -116,7 +116,11 @@ def _choice(where: str, key: str, value: Any, allowed: tuple[Any, ...]) -> Any:
     return value
 
 
-def _parse_value(where: str, key: str, value: Any) -> Any:
+_NOT_MINE = object()  # a key the topic parser below does not own
+
+
+def _parse_build_value(where: str, key: str, value: Any) -> Any:
+    """Keys of what is built: platforms, quantization, dataset, normalization, shapes, tensors."""
     if key == "target_platform":
         items = value if isinstance(value, list) else [value]
         if not items:
@@ -145,6 +149,24 @@ def _parse_value(where: str, key: str, value: Any) -> Any:
             raise _fail(where, key, f"{value!r} is refused by rknn-toolkit2 2.5.0; use "
                         f"{RENAMED_DTYPES[value]!r} (allowed: {', '.join(QUANTIZED_DTYPES)})")
         return _choice(where, key, value, QUANTIZED_DTYPES)
+    if key == "quantized_algorithm":
+        return _choice(where, key, value, QUANTIZED_ALGORITHMS)
+    if key == "quantized_method":
+        return _choice(where, key, value, QUANTIZED_METHODS)
+    if key == "optimization_level":
+        return _choice(where, key, value, OPTIMIZATION_LEVELS)
+    if key in ("inputs", "outputs"):
+        if value is None:
+            return None
+        items = value if isinstance(value, list) else [value]
+        if not items or not all(isinstance(v, str) and v for v in items):
+            raise _fail(where, key, f"expected a list of tensor names, got {value!r}")
+        return list(items)
+    return _NOT_MINE
+
+
+def _parse_verify_value(where: str, key: str, value: Any) -> Any:
+    """Switches, and the keys of verification and accuracy repair."""
     if key in ("quant_img_RGB2BGR", "single_core_mode", "compress_weight", "verify", "verify_strict"):
         if not isinstance(value, bool):
             raise _fail(where, key, f"expected true or false, got {value!r}")
@@ -171,19 +193,11 @@ def _parse_value(where: str, key: str, value: Any) -> Any:
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
             raise _fail(where, key, f"expected a number of seconds (0 or more), got {value!r}")
         return None if value is None else float(value)
-    if key == "quantized_algorithm":
-        return _choice(where, key, value, QUANTIZED_ALGORITHMS)
-    if key == "quantized_method":
-        return _choice(where, key, value, QUANTIZED_METHODS)
-    if key == "optimization_level":
-        return _choice(where, key, value, OPTIMIZATION_LEVELS)
-    if key in ("inputs", "outputs"):
-        if value is None:
-            return None
-        items = value if isinstance(value, list) else [value]
-        if not items or not all(isinstance(v, str) and v for v in items):
-            raise _fail(where, key, f"expected a list of tensor names, got {value!r}")
-        return list(items)
+    return _NOT_MINE
+
+
+def _parse_passthrough_value(where: str, key: str, value: Any) -> Any:
+    """callback_url, the toolkit version keys, and the toolkit's own config() keys."""
     if key == "callback_url":
         if value is not None and not (isinstance(value, str) and value.startswith(("http://", "https://"))
                                       and len(value) <= 2048 and not any(c.isspace() for c in value)):
@@ -200,6 +214,14 @@ def _parse_value(where: str, key: str, value: Any) -> Any:
             return parse_toolkit_key(key, value)
         except ToolkitKeyError as exc:
             raise _fail(where, key, str(exc)) from None
+    return _NOT_MINE
+
+
+def _parse_value(where: str, key: str, value: Any) -> Any:
+    for parse in (_parse_build_value, _parse_verify_value, _parse_passthrough_value):
+        parsed = parse(where, key, value)
+        if parsed is not _NOT_MINE:
+            return parsed
     raise _fail(where, key, f"unknown key (allowed: {', '.join(ALLOWED_KEYS)})")  # pragma: no cover
 
 
