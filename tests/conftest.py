@@ -220,3 +220,11 @@ def started() -> Iterator[list[Any]]:
     yield daemons
     for d in daemons:
         d.shutdown()
+
+
+def module_daemon(tmp_path_factory: pytest.TempPathFactory, name: str, extra_config: str = "") -> Iterator[DaemonProcess]:
+    """One daemon shared by a test module (starting one costs seconds), for a module fixture to `yield from`."""
+    d = DaemonProcess(tmp_path_factory.mktemp(name) / "box", extra_config=extra_config)
+    d.start()
+    yield d
+    d.stop(timeout=60)

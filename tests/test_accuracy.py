@@ -12,17 +12,14 @@ import numpy as np
 import pytest
 
 import accuracygen as gen
-from conftest import DaemonProcess
+from conftest import DaemonProcess, module_daemon
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
-    d = DaemonProcess(tmp_path_factory.mktemp("accuracy") / "box", extra_config="bundle_timeout_seconds = 8.0\n")
-    d.start()
-    yield d
-    d.stop(timeout=60)
+    yield from module_daemon(tmp_path_factory, "accuracy", "bundle_timeout_seconds = 8.0\n")
 
 
 def _drop(box: DaemonProcess, folder: Path) -> None:

@@ -14,7 +14,7 @@ from typing import Iterator
 import pytest
 
 import modelgen
-from conftest import DaemonProcess, wait_for
+from conftest import DaemonProcess, module_daemon, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -29,10 +29,7 @@ needs_tf = pytest.mark.skipif(not HAVE_TF, reason="TensorFlow is not importable 
 @pytest.fixture(scope="module")
 def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
     """One daemon for the module (starting one costs seconds): short bundle timeout, TF lock in its state dir."""
-    d = DaemonProcess(tmp_path_factory.mktemp("formats") / "box", extra_config="bundle_timeout_seconds = 8.0\n")
-    d.start()
-    yield d
-    d.stop(timeout=60)
+    yield from module_daemon(tmp_path_factory, "formats", "bundle_timeout_seconds = 8.0\n")
 
 
 def src(tmp_path: Path) -> Path:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ from rknn_dropbox.convert.target import (
     TargetBuild, build_target, sha256_file, shape_references, target_error, target_name,
 )
 from rknn_dropbox.convert.toolkit_log import (  # noqa: F401 (re-exported: the worker and the CLI import them here)
-    ConversionError, captured_output, explain_toolkit_error, last_error_lines, working_directory,
+    ConversionError, captured_output, working_directory,
 )
 from rknn_dropbox.formats import FormatError
 from rknn_dropbox.intake.workarea import JobDir

@@ -18,7 +18,7 @@ from typing import Any, Callable
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from rknn_dropbox import __version__
-from rknn_dropbox.status.delivered import DeliveredFiles, read_log  # noqa: F401 (read_log: for older importers)
+from rknn_dropbox.status.delivered import DeliveredFiles
 from rknn_dropbox.status.gate import ConnectionGate, GateLimits
 from rknn_dropbox.status.jobpage import LOG_LINES, render_job
 from rknn_dropbox.status.jobview import JobView
