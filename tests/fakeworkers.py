@@ -42,6 +42,17 @@ def by_name(conn: Connection, parent_pid: int) -> None:
             os._exit(1)
         elif name.startswith("hang"):
             time.sleep(3600)
+        elif name.startswith("slow"):  # a 2 s job that ends in a (fake) failure
+            time.sleep(2)
+            conn.send(JobDone(order.job_id, False, error="slept 2 s", hint=None))
+            return
+        elif name.startswith("killed-once"):  # waits to be killed on its first attempt, ends on the next
+            marker = os.path.join(order.root, "first-attempt")
+            if not os.path.exists(marker):
+                open(marker, "w").close()
+                time.sleep(3600)
+            conn.send(JobDone(order.job_id, False, error="second attempt ran", hint=None))
+            return
         elif name.startswith("hog"):  # holds 300 MB past the job, like a leaky toolkit build, then fails it
             _held.append(b"\1" * (300 << 20))
             time.sleep(1.2)

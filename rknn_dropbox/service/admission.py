@@ -156,6 +156,7 @@ class MemoryGate:
         self.admission = admission
         self.pool = pool
         self.sizes: dict[str, JobSize] = {}  # running jobs: what admission estimated, what they are learned under
+        self.alone: set[str] = set()  # jobs that start only when no other job runs (killed beside others before)
 
     @property
     def waiting_for_memory(self) -> bool:
@@ -163,6 +164,9 @@ class MemoryGate:
 
     def admit(self, job_id: str, job: JobDir) -> bool:
         """Start the job only if its estimated peak fits beside the running jobs' (always, without admission)."""
+        if job_id in self.alone and self.pool.busy():
+            return False
+        self.alone.discard(job_id)
         size = job_size(job, self.admission.history if self.admission else None)
         if self.admission is not None:
             running = [Running(self.sizes[j].estimate_mb if j in self.sizes else 0.0, self.pool.rss_of(j))
@@ -171,6 +175,10 @@ class MemoryGate:
                 return False
         self.sizes[job_id] = size
         return True
+
+    def run_alone(self, job_id: str) -> None:
+        """The job's next start waits until no other job runs."""
+        self.alone.add(job_id)
 
     def not_started(self, job_id: str) -> None:
         self.sizes.pop(job_id, None)

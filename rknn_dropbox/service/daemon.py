@@ -271,12 +271,36 @@ class Daemon:
         elif event.kind is EventKind.DIED and isinstance(detail, WorkerDeath):
             self.record_peak(event.job_id, None)
             self._finish_log(event.job_id)
-            self.finisher.fail(event.job_id, detail.cause, detail.hint or
-                               "the toolkit ended the worker process; see conversion.log for its last words")
+            if not self.retry_alone(event.job_id, detail):
+                self.finisher.fail(event.job_id, self.death_error(event.job_id, detail), detail.hint or
+                                   "the toolkit ended the worker process; see conversion.log for its last words")
         elif event.kind is EventKind.TIMEOUT and isinstance(detail, JobTimeout):
             self._finish_log(event.job_id)
             self.finisher.fail(event.job_id, f"timed out after {detail.seconds:.0f} s (timeout_seconds)",
                                "raise timeout_seconds for very large models")
+
+    def retry_alone(self, job_id: str, death: WorkerDeath) -> bool:
+        """A worker the kernel killed while other jobs ran (an OOM kill, most likely): the job goes back to the
+        queue's front, counted as an attempt, and starts only when no other job runs. Deaths that repeat on the
+        same input (a native crash, a kill while alone, the memory limit) fail at once. True if requeued."""
+        record = self.store.get(job_id)
+        if record is None or not death.kernel_kill_beside_others or record.attempts + 1 >= self.cfg.max_attempts:
+            return False
+        attempts = record.attempts + 1
+        self.store.record_interrupted_attempt(job_id, attempts, [*record.attempt_causes,
+                                                                 f"attempt {attempts}: {death.cause}"])
+        logger.warning("job {}: {} while other jobs ran: retrying it alone", job_id, death.cause)
+        self.store.mark_queued(job_id)
+        self.queue.appendleft(job_id)
+        self.memory.run_alone(job_id)
+        return True
+
+    def death_error(self, job_id: str, death: WorkerDeath) -> str:
+        """error.json's sentence for a job whose worker died: with the earlier attempts' causes when it had some."""
+        record = self.store.get(job_id)
+        if record is None or not record.attempt_causes:
+            return death.cause
+        return (f"{death.cause} (attempt {record.attempts + 1}; earlier: " + "; ".join(record.attempt_causes) + ")")
 
     def _job_dir(self, job_id: str) -> JobDir | None:
         record = self.store.get(job_id)

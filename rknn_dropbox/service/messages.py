@@ -62,6 +62,8 @@ class WorkerDeath:
     cause: str
     exitcode: int | None
     hint: str | None = None
+    kernel_kill_beside_others: bool = False  # SIGKILL from outside while other jobs ran: an OOM kill a run alone
+    #                                          may not meet (not the pool's own worker_memory_limit_mb kill)
 
 
 @dataclass(frozen=True)

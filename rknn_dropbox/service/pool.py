@@ -211,9 +211,10 @@ class WorkerPool:
                     cause = death_cause(slot.process.exitcode)
                     logger.error("worker {} (pid {}) died holding job {}: {}", slot.index, slot.process.pid,
                                  slot.job_id, cause)
+                    killed = slot.process.exitcode == -signal.SIGKILL
+                    others = any(s.job_id is not None for s in self.slots if s is not slot)
                     events.append(PoolEvent(EventKind.DIED, slot.job_id, WorkerDeath(
-                        cause, slot.process.exitcode, OUT_OF_MEMORY_HINT if slot.process.exitcode == -signal.SIGKILL
-                        else None)))
+                        cause, slot.process.exitcode, OUT_OF_MEMORY_HINT if killed else None, killed and others)))
                 elif not slot.stopping:
                     logger.warning("idle worker {} exited ({})", slot.index, death_cause(slot.process.exitcode))
                 self._replace(slot, self._after_death(slot))

@@ -95,3 +95,48 @@ def test_a_host_whose_claim_was_taken_drops_its_work(tmp_path: Path, started: li
     assert not d.pool.busy() and not d.finisher.pending
     assert os.listdir(cfg.outbox) == [] and os.listdir(cfg.failed) == []
     assert (other / record.id / "input" / "hang.onnx").is_file()
+
+
+def _step_until(d: Daemon, what: str, condition, timeout: float = 30):
+    return wait_for(lambda: (d.step(0.1), condition())[1], timeout, what=what)
+
+
+def test_a_worker_killed_beside_other_jobs_is_retried_alone(tmp_path: Path, started: list[Daemon]) -> None:
+    """An OOM kill while two builds ran: the job is tried again, alone, and that attempt counts."""
+    cfg = _config(tmp_path, workers=2, max_attempts=3)
+    d = Daemon(cfg)
+    d.pool.target = fakeworkers.by_name
+    started.append(d)
+    (cfg.inbox / "killed-once.onnx").write_bytes(b"model")
+    (cfg.inbox / "slow.onnx").write_bytes(b"model")
+    d.start()
+    _step_until(d, "both jobs converting", lambda: len(d.store.list(status=PROCESSING)) == 2)
+    victim = next(r for r in d.store.list(status=PROCESSING) if r.name == "killed-once")
+    os.kill(victim.worker_pid, 9)  # what the kernel's OOM killer does
+    _step_until(d, "the victim requeued", lambda: d.store.get(victim.id).attempts == 1)
+    assert d.store.get(victim.id).status != FAILED
+    assert d.store.get(next(r.id for r in d.store.list() if r.name == "slow")).status == PROCESSING, \
+        "the retry must wait for the other job"
+    _step_until(d, "the second attempt", lambda: d.store.get(victim.id).status == FAILED)
+    record, other = d.store.get(victim.id), next(r for r in d.store.list() if r.name == "slow")
+    assert record.error == "second attempt ran"
+    assert other.status == FAILED and other.finished_at <= record.started_at, "the retry ran beside the other job"
+    assert record.attempt_causes == ["attempt 1: worker killed by signal 9 (SIGKILL): most likely the machine ran out "
+                                     "of memory during the toolkit's build (the kernel's OOM killer ends the largest "
+                                     "process)"]
+
+
+def test_a_worker_killed_while_alone_fails_at_once(tmp_path: Path, started: list[Daemon]) -> None:
+    """Alone, an OOM kill would happen again: no retry burns another build."""
+    cfg = _config(tmp_path, workers=2, max_attempts=3)
+    d = Daemon(cfg)
+    d.pool.target = fakeworkers.by_name
+    started.append(d)
+    (cfg.inbox / "killed-once.onnx").write_bytes(b"model")
+    d.start()
+    record = _step_until(d, "the job converting", lambda: next(iter(d.store.list(status=PROCESSING)), None))
+    os.kill(record.worker_pid, 9)
+    _step_until(d, "the job failed", lambda: d.store.get(record.id).status == FAILED)
+    error = json.loads((cfg.failed / "killed-once" / "error.json").read_text())
+    assert error["error"].startswith("worker killed by signal 9 (SIGKILL)")
+    assert d.store.get(record.id).attempt_causes == []
