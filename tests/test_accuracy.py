@@ -13,6 +13,7 @@ import pytest
 
 import accuracygen as gen
 from conftest import DaemonProcess, module_daemon
+from rknn_dropbox.convert import repair
 
 pytestmark = pytest.mark.slow
 
@@ -56,6 +57,9 @@ def test_int8_below_threshold_is_repaired_with_its_worst_layers(box: DaemonProce
     assert first["min_cosine"] < 0.98 and not first["passed"], first
     assert delivered["passed"] and delivered["min_cosine"] >= 0.98 and acc["delivered"] > 0, acc
     assert result["verification"]["rk3588"]["status"] == "passed"
+    q = result["quantization"]  # what was delivered, not what was asked for
+    assert q["configured_dtype"] == "w8a8" and q["repaired"] == ["rk3588"], q
+    assert q["dtype"] == repair.delivered_dtype(delivered["settings"], "w8a8") != "w8a8", q
     assert all({"label", "settings", "build_seconds"} <= set(a) for a in acc["attempts"])
     worst = acc["worst_layers"]
     assert worst[0]["single_cosine"] < 0.9 and {"name", "op", "cosine", "single_cosine"} <= set(worst[0])

@@ -84,6 +84,8 @@ EXTRA_RECIPES: dict[str, Recipe] = {
     "yolov8n-640": Recipe("ultralytics", "yolov8n.yaml", 640, "yolo-detect", "rule-retry"),
     "deeplabv3_mobilenet_v3": Recipe("torchvision", "deeplabv3_mobilenet_v3_large", 256, "segmentation",
                                      "converts"),
+    "deeplabv3_mobilenet_v3-512": Recipe("torchvision", "deeplabv3_mobilenet_v3_large", 512, "segmentation",
+                                         "converts"),  # ~9 GB at its peak: what memory admission is for
     "mobilenet_v3_large": Recipe("torchvision", "mobilenet_v3_large", 224, "classification", "converts"),
     "efficientnet_b0": Recipe("torchvision", "efficientnet_b0", 224, "classification", "converts"),
 }

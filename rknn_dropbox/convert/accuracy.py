@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
 import time
@@ -122,6 +123,20 @@ def _candidates(ctx: TargetContext, rows: list[LayerError]) -> list[rp.Candidate
     return []
 
 
+def _supported(candidates: list[rp.Candidate], rknn: Any) -> tuple[list[rp.Candidate], list[str]]:
+    """The candidates this toolkit can build, and why the others are left out (build()'s auto_hybrid came in
+    rknn-toolkit2 2.3.2)."""
+    try:
+        has_auto_hybrid = "auto_hybrid" in inspect.signature(rknn.build).parameters
+    except (TypeError, ValueError):
+        has_auto_hybrid = True
+    if has_auto_hybrid:
+        return candidates, []
+    return ([c for c in candidates if not c.auto_hybrid],
+            [f"{c.label}: this rknn-toolkit2's build() has no auto_hybrid (2.3.2 and later have it)"
+             for c in candidates if c.auto_hybrid])
+
+
 def settle(rknn: Any, ctx: TargetContext, build: CandidateBuilder) -> TargetAccuracy:
     """Verify the first build; below the threshold: per-layer report, repair within the budget, deliver the best.
 
@@ -142,7 +157,9 @@ def settle(rknn: Any, ctx: TargetContext, build: CandidateBuilder) -> TargetAccu
     if overflow:
         accuracy["fp16_overflow_tensors"] = sorted(overflow)
     result.accuracy = accuracy
-    candidates = _candidates(ctx, rows) if o.accuracy_repair == "auto" else []
+    candidates, unsupported = _supported(_candidates(ctx, rows) if o.accuracy_repair == "auto" else [], rknn)
+    if unsupported:
+        accuracy["not_tried"] = unsupported
     fallback = rp.fp16_fallback(ctx.platform) if ctx.quantize and o.accuracy_fallback == "fp16" else None
     if not candidates and fallback is None:
         return result
@@ -154,6 +171,8 @@ def settle(rknn: Any, ctx: TargetContext, build: CandidateBuilder) -> TargetAccu
                         rp.budget_seconds(o.repair_budget_seconds, ctx.first_seconds), fallback)
     result.seconds["repair"] = round(time.monotonic() - t2, 3)
     accuracy.update(outcome.to_json())
+    if unsupported:
+        accuracy["not_tried"] = unsupported + accuracy.get("not_tried", [])
     if overflow:
         accuracy["fp16_overflow_tensors"] = sorted(overflow)
     _deliver(outcome, ctx, result)

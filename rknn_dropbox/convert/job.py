@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterator
 
 from rknn_dropbox import __version__
 from rknn_dropbox.convert.bundle import ModelSpec, inspect_bundle
+from rknn_dropbox.convert.repair import delivered_quantization
 from rknn_dropbox.convert.cache import ResultCache, cache_key
 from rknn_dropbox.convert.faults import inject_fault, injected_toolkit_crash
 from rknn_dropbox.convert.options import ConvertOptions, OptionsError, check_fp16_platforms, effective_quantization
@@ -165,7 +166,7 @@ def _from_cache(cache: ResultCache, key: str, name: str, platforms: tuple[str, .
             entry["file"] = out_name
         targets.append(entry)
     result.targets.extend(targets)
-    result.warnings.extend(meta.get("warnings", []))
+    result.warnings.extend(w for w in meta.get("warnings", []) if w not in result.warnings)
     if meta.get("workarounds"):
         result.extra["workarounds"] = meta["workarounds"]
     result.extra.update({"cached": True, "cache_of": meta.get("job_id"), "cache_key": key})
@@ -286,6 +287,7 @@ def _convert(job: JobDir, name: str, defaults: ConvertOptions, progress: Progres
         result.extra["verification"] = verifications
     if outcome.accuracy:
         result.extra["accuracy"] = outcome.accuracy
+        result.quantization = delivered_quantization(result.quantization, result.targets)
     if references:
         outcome.seconds["reference"] = round(sum(ref.seconds for _, ref in references), 3)
     result.extra["timings"] = outcome.seconds

@@ -164,3 +164,30 @@ def search(first: Attempt, candidates: list[Candidate], build: BuildFn, budget: 
         if attempt.error is None:
             return RepairOutcome(attempts, len(attempts) - 1, attempt.passed, skipped)
     return RepairOutcome(attempts, _best(attempts), False, skipped)
+
+
+def delivered_dtype(settings: dict[str, Any], configured: str) -> str:
+    """The precision a repaired build was delivered at, from its build settings."""
+    if not settings.get("do_quantization", True):
+        return "float16 (int16 where auto_hybrid moved layers)" if settings.get("auto_hybrid") else "float16"
+    dtype = settings.get("quantized_dtype", configured)
+    if settings.get("custom_hybrid") or settings.get("auto_hybrid"):
+        return f"{dtype} hybrid (some layers in float16)"
+    return dtype
+
+
+def delivered_quantization(configured: dict[str, Any], targets: list[dict[str, Any]]) -> dict[str, Any]:
+    """result.json's quantization after repair: what was delivered (per target when they differ), and what the
+    options asked for as `configured_dtype`."""
+    delivered = {t["platform"]: delivered_dtype(t["build_settings"], configured["dtype"])
+                 for t in targets if t.get("ok") and t.get("build_settings")}
+    if not delivered:
+        return configured
+    dtypes = {t["platform"]: delivered.get(t["platform"], configured["dtype"]) for t in targets if t.get("ok")}
+    out = {**configured, "configured_dtype": configured["dtype"], "repaired": sorted(delivered)}
+    if len(set(dtypes.values())) == 1:
+        out["dtype"] = next(iter(dtypes.values()))
+    else:
+        out["dtype"], out["per_target"] = "mixed", dtypes
+    out["quantized"] = any(not d.startswith("float16") for d in dtypes.values())
+    return out

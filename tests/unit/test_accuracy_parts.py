@@ -126,3 +126,36 @@ def test_job_costs_become_metrics_histograms() -> None:
     assert "rknn_dropbox_accuracy_repair_seconds_count 1" in text
     assert 'rknn_dropbox_job_peak_rss_megabytes_bucket{le="512.0"} 0' in text
     assert 'rknn_dropbox_job_peak_rss_megabytes_bucket{le="1024.0"} 1' in text
+
+
+def test_result_quantization_says_what_a_repair_delivered() -> None:
+    configured = {"quantized": True, "dtype": "w8a8", "dataset_size": 8, "reason": "dataset given"}
+    one = [{"platform": "rk3588", "ok": True, "build_settings": {"do_quantization": True,
+                                                                "quantized_dtype": "w16a16i_dfp"}}]
+    q = rp.delivered_quantization(configured, one)
+    assert (q["dtype"], q["configured_dtype"], q["quantized"], q["repaired"]) == \
+        ("w16a16i_dfp", "w8a8", True, ["rk3588"])
+    fallback = [{"platform": "rk3588", "ok": True, "build_settings": {"do_quantization": False}},
+                {"platform": "rk3566", "ok": True}]
+    q = rp.delivered_quantization(configured, fallback)
+    assert q["dtype"] == "mixed" and q["per_target"] == {"rk3588": "float16", "rk3566": "w8a8"} and q["quantized"]
+    assert rp.delivered_quantization(configured, [{"platform": "rk3588", "ok": True}]) is configured
+    hybrid = {"do_quantization": True, "custom_hybrid": [["a", "b"]]}
+    assert rp.delivered_dtype(hybrid, "w8a8") == "w8a8 hybrid (some layers in float16)"
+
+
+def test_auto_hybrid_is_left_out_on_toolkits_whose_build_lacks_it() -> None:
+    from rknn_dropbox.convert.accuracy import _supported
+
+    class Toolkit230:
+        def build(self, do_quantization=True, dataset=None, rknn_batch_size=None):  # rknn-toolkit2 2.3.0's
+            ...
+
+    class Toolkit232:
+        def build(self, do_quantization=True, dataset=None, rknn_batch_size=None, auto_hybrid=False):
+            ...
+    candidates = rp.int8_candidates("rk3588", "normal", "channel", [])
+    kept, why = _supported(candidates, Toolkit230())
+    assert [c.label for c in kept] == [c.label for c in candidates if not c.auto_hybrid] and len(kept) < len(candidates)
+    assert why == ["auto_hybrid: this rknn-toolkit2's build() has no auto_hybrid (2.3.2 and later have it)"]
+    assert _supported(candidates, Toolkit232()) == (candidates, [])
