@@ -70,12 +70,12 @@ class Config:
     # service, a power loss) fails, listing every attempt's cause, instead of being retried without end.
     max_attempts: int = 3
     # Memory admission: a queued job starts only when the estimated peaks of the running jobs plus its own fit in
-    # MemAvailable minus memory_reserve_mb (estimates learned per format in state_dir/memory.json). workers stays
-    # the upper bound. A worker whose resident memory after a job stays above worker_max_rss_mb (0: never) is
-    # replaced by a fresh one.
+    # MemAvailable minus memory_reserve_mb (estimates learned per model and format in state_dir/memory.json).
+    # workers stays the upper bound. A worker whose resident memory after a job stays above worker_max_rss_mb
+    # (0: never) is replaced by a fresh one: the toolkit's heap keeps most of a big build's peak.
     memory_admission: bool = True
     memory_reserve_mb: int = 1024
-    worker_max_rss_mb: int = 0
+    worker_max_rss_mb: int = 2048
     cache: bool = True  # reuse the outputs of an earlier job with the same model bytes + config + toolkit
     cache_max_bytes: int = 2 * 1024 * 1024 * 1024  # the cache (state_dir/cache) evicts least recently used entries
     http: HttpConfig = field(default_factory=HttpConfig)

@@ -14,13 +14,15 @@ from rknn_dropbox.intake.scanner import split_name
 from rknn_dropbox.intake.workarea import JobDir, write_json_atomic
 
 MEMORY_FILE = "memory.json"
-# A worker with the toolkit imported, before any model (measured: bench/memory.py prints it).
+# A worker with the toolkit imported, before any model (replaced by the measured size of a fresh worker).
 DEFAULT_BASE_MB = 600.0
-# First time for a format: peak growth per MB of model bytes over the base. Conservative: measured growth on real
-# networks ranges from ~3x (large classifiers, weights dominate) to ~60x (small segmentation nets at 512x512,
-# activations dominate); bench/memory.py prints the ratios of this machine's corpus.
-DEFAULT_RATIO = 60.0
+# First time for a model of a format: peak growth per MB of model bytes over the base. Conservative: bench/memory.py
+# measured ~2-5 for classifiers and detectors up to 320x320 (resnet18, mobilenet_v2, yolov8n; int8) and ~194 for
+# deeplabv3_mobilenet_v3_large at 512x512 (44 MB of model, 8.9 GB at its peak), where activations dominate.
+DEFAULT_RATIO = 200.0
 HISTORY = 8  # ratios kept per format; the estimate is their maximum
+KNOWN_MODELS = 500  # measured peaks kept per model (format and byte size): a model dropped again is estimated exactly
+KNOWN_MARGIN = 1.1
 
 
 def mem_available_mb() -> float | None:
@@ -57,6 +59,7 @@ class MemoryHistory:
     path: Path
     base_mb: float = DEFAULT_BASE_MB
     ratios: dict[str, list[float]] = field(default_factory=dict)
+    models: dict[str, float] = field(default_factory=dict)  # "<format key> <model MB>" -> its last measured peak
 
     @classmethod
     def load(cls, state_dir: Path) -> "MemoryHistory":
@@ -64,23 +67,37 @@ class MemoryHistory:
         try:
             raw = json.loads(path.read_text(encoding="utf-8"))
             return cls(path, float(raw.get("base_mb", DEFAULT_BASE_MB)),
-                       {str(k): [float(x) for x in v][-HISTORY:] for k, v in raw.get("ratios", {}).items()})
+                       {str(k): [float(x) for x in v][-HISTORY:] for k, v in raw.get("ratios", {}).items()},
+                       {str(k): float(v) for k, v in raw.get("models", {}).items()})
         except (OSError, ValueError, TypeError, AttributeError):
             return cls(path)
 
+    @staticmethod
+    def model_id(key: str, model_mb: float) -> str:
+        """The same architecture at the same input size exports to the same number of bytes, whatever its weights."""
+        return f"{key} {model_mb:.4f}"
+
     def estimate_mb(self, key: str, model_mb: float) -> float:
+        known = self.models.get(self.model_id(key, model_mb))
+        if known:
+            return known * KNOWN_MARGIN
         ratios = self.ratios.get(key)
         ratio = max(ratios) if ratios else DEFAULT_RATIO
         return self.base_mb + ratio * model_mb
 
-    def learn(self, key: str, model_mb: float, peak_mb: float, idle_mb: float | None = None) -> None:
-        """Record a finished job's measured peak (and a worker's idle size, the base)."""
-        if idle_mb:
-            self.base_mb = max(idle_mb, 0.0)
+    def learn(self, key: str, model_mb: float, peak_mb: float, fresh_worker_mb: float | None = None) -> None:
+        """Record a finished job's measured peak (and a fresh worker's size, the base)."""
+        if fresh_worker_mb:
+            self.base_mb = max(fresh_worker_mb, 0.0)
         ratio = max(peak_mb - self.base_mb, 0.0) / max(model_mb, 0.1)
         self.ratios[key] = (self.ratios.get(key, []) + [round(ratio, 2)])[-HISTORY:]
+        self.models.pop(self.model_id(key, model_mb), None)
+        self.models[self.model_id(key, model_mb)] = round(peak_mb, 1)
+        while len(self.models) > KNOWN_MODELS:
+            self.models.pop(next(iter(self.models)))
         try:
-            write_json_atomic(self.path, {"base_mb": round(self.base_mb, 1), "ratios": self.ratios})
+            write_json_atomic(self.path, {"base_mb": round(self.base_mb, 1), "ratios": self.ratios,
+                                          "models": self.models})
         except OSError as exc:
             logger.warning("cannot save memory history {}: {}", self.path, exc.strerror)
 
@@ -146,7 +163,7 @@ class PoolMemory(Protocol):
     def busy(self) -> dict[str, Any]: ...
     def rss_of(self, job_id: str) -> float: ...
     def take_peak(self, job_id: str) -> float | None: ...
-    def idle_rss_mb(self) -> float | None: ...
+    def fresh_worker_rss_mb(self) -> float | None: ...
 
 
 class MemoryGate:
@@ -194,5 +211,5 @@ class MemoryGate:
             return None
         extra.setdefault("peak_rss_mb", round(peak, 1))
         if self.admission is not None and size is not None:
-            self.admission.history.learn(size.key, size.model_mb, peak, self.pool.idle_rss_mb())
+            self.admission.history.learn(size.key, size.model_mb, peak, self.pool.fresh_worker_rss_mb())
         return peak

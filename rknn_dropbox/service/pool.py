@@ -78,6 +78,7 @@ class WorkerPool:
         self.toolkit_folder = toolkit_folder  # version -> the folder to put first on the worker's sys.path
         self.broken_toolkits: set[str] = set()  # versions whose worker died before it was ready
         self.max_rss_mb = max_rss_mb  # 0: never; else a worker above it after a job is replaced (recycled)
+        self.fresh_worker_mb = 0.0  # the last worker's resident memory when it said ready (toolkit imported)
         self.peaks: dict[str, float] = {}  # job id -> peak resident MB sampled, for jobs that ended
         self._last_sample = 0.0
         self.memory_limit_mb = memory_limit_mb  # 0: none; else a busy worker over it is killed
@@ -262,6 +263,7 @@ class WorkerPool:
                 break
             if isinstance(message, WorkerReady):
                 slot.ready = True
+                self.fresh_worker_mb = tree_rss_mb(slot.process.pid) or self.fresh_worker_mb
             elif isinstance(message, JobProgress) and message.job_id == slot.job_id:
                 events.append(PoolEvent(EventKind.PROGRESS, message.job_id, message))
             elif isinstance(message, JobDone) and message.job_id == slot.job_id:
@@ -308,10 +310,10 @@ class WorkerPool:
         slot = self.busy().get(job_id)
         return tree_rss_mb(slot.process.pid) if slot else 0.0
 
-    def idle_rss_mb(self) -> float | None:
-        """The largest idle ready worker (the toolkit imported, no model): the base a job's memory adds to."""
-        idle = [tree_rss_mb(s.process.pid) for s in self.idle_slots()]
-        return max(idle) if idle else None
+    def fresh_worker_rss_mb(self) -> float | None:
+        """A fresh worker's size (the toolkit imported, no model yet; measured when it said ready): the base a
+        job's memory adds to. Not a worker's size after a job: the toolkit's heap keeps much of a build's peak."""
+        return self.fresh_worker_mb or None
 
     def _recycle(self, slot: WorkerSlot, why: str = "") -> None:
         logger.info("recycling worker {} after {} jobs{}", slot.index, slot.jobs_done, f": {why}" if why else "")

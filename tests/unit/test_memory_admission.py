@@ -78,3 +78,21 @@ def test_peak_is_recorded_learned_and_a_large_worker_recycled(tmp_path: Path, st
     assert learned["ratios"][".onnx"], learned
     wait_for(lambda: (d.step(0.1), d.pool.slots and d.pool.slots[0].process.pid != pid)[1], 10,
              what="the worker holding 300 MB replaced")
+    assert learned["models"] == {".onnx 0.0000": record.peak_rss_mb}, learned
+    # the base is a fresh worker's size, not that of a worker still holding a build's heap
+    assert learned["base_mb"] < 300, learned
+
+
+def test_a_model_seen_before_is_estimated_from_its_own_peak(tmp_path: Path) -> None:
+    from rknn_dropbox.service.admission import DEFAULT_RATIO, KNOWN_MARGIN, MemoryHistory
+    history = MemoryHistory(tmp_path / "memory.json", base_mb=400.0)
+    first_time = history.estimate_mb(".onnx", 44.0)
+    assert first_time == 400.0 + DEFAULT_RATIO * 44.0  # conservative: what deeplabv3 at 512 grows (bench/memory.py)
+    history.learn(".onnx", 44.0, 8900.0, 400.0)    # deeplabv3 at 512: 8.9 GB
+    history.learn(".onnx", 46.7, 620.0, 400.0)     # resnet18: 0.6 GB, about the same number of model bytes
+    assert history.estimate_mb(".onnx", 46.7) == 620.0 * KNOWN_MARGIN
+    assert history.estimate_mb(".onnx", 44.0) == 8900.0 * KNOWN_MARGIN
+    unknown = history.estimate_mb(".onnx", 20.0)   # a model never seen: the format's largest growth per MB
+    assert abs(unknown - (400.0 + (8900.0 - 400.0) / 44.0 * 20.0)) < 1.0
+    again = MemoryHistory.load(tmp_path)
+    assert again.estimate_mb(".onnx", 46.7) == 620.0 * KNOWN_MARGIN
