@@ -45,6 +45,9 @@ def corpus(cache: Path, names: list[str] | None) -> dict[str, tuple[Path, list[i
         print("tests/zoo.py is not here: only the built-in nets")
     outlier = accuracygen.write_outlier_channel_net(cache / "outlier_channel.onnx", size=64)
     out["outlier_channel"] = (outlier, [1, 3, 64, 64], [0.0, 0.0, 0.0], [255.0, 255.0, 255.0])
+    if not names or "conv_stack" in names:  # the heavy case: 8 x 256-channel 3x3 convs at 224x224
+        stack = accuracygen.write_conv_stack(cache / "conv_stack.onnx")
+        out["conv_stack"] = (stack, [1, 3, 224, 224], [0.0, 0.0, 0.0], [255.0, 255.0, 255.0])
     return {k: v for k, v in out.items() if not names or k in names}
 
 

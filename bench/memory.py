@@ -91,15 +91,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="rknn-bench-memory-") as tmp:
         sizes = corpus(args.corpus_cache, Path(tmp) / "drops", args.big)
         runs = {}
+        # admission runs first and again last: the first run of a process tree pays for cold caches
         for label, workers, admission in (("admission, workers=2", 2, True), ("plain workers=2", 2, False),
-                                          ("plain workers=1", 1, False)):
+                                          ("plain workers=1", 1, False), ("admission again", 2, True)):
             runs[label] = run(Path(tmp) / "drops", Path(tmp) / label.replace(" ", "_").replace(",", ""), workers,
                               admission)
             r = runs[label]
             print(f"{label:22s}: {r['wall']:6.1f} s, OOM kills {r['oom']}, failed {r['failed']}", flush=True)
         best_plain = min(runs["plain workers=2"]["wall"], runs["plain workers=1"]["wall"])
-        print(f"admission / better plain run: {runs['admission, workers=2']['wall'] / best_plain:.2f} "
-              "(goal <= 1.10)")
+        admitted = (runs["admission, workers=2"]["wall"] + runs["admission again"]["wall"]) / 2
+        print(f"admission (mean of its two runs) / better plain run: {admitted / best_plain:.2f} (goal <= 1.10)")
         exact = runs["plain workers=1"]
         base = runs["admission, workers=2"]["memory"].get("base_mb") or 0.0
         print(f"peak RSS per job (workers=1), and growth per model MB over a worker's idle size ({base:.0f} MB):")

@@ -99,3 +99,20 @@ def write_fp16_overflow_net(path: Path, size: int = 16) -> Path:
              helper.make_node("Conv", ["b", "w2"], ["y"], kernel_shape=[1, 1])]
     return _save(path, nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, size, size])],
                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, size, size])], inits)
+
+
+def write_conv_stack(path: Path, layers: int = 8, channels: int = 256, size: int = 224) -> Path:
+    """x (1,3,size,size) -> conv 3x3 to `channels` -> (layers - 1) x [conv 3x3 channels->channels, relu]: large
+    activations (51 MB each at 256 x 224 x 224), what verification's memory is measured on."""
+    from onnx import TensorProto, helper
+    rng = np.random.default_rng(5)
+    inits: dict[str, np.ndarray] = {}
+    nodes, prev = [], "x"
+    for i in range(layers):
+        cin = 3 if i == 0 else channels
+        inits[f"w{i}"] = (rng.standard_normal((channels, cin, 3, 3)) * (2.0 / (9 * cin)) ** 0.5).astype(np.float32)
+        nodes.append(helper.make_node("Conv", [prev, f"w{i}"], [f"c{i}"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]))
+        nodes.append(helper.make_node("Relu", [f"c{i}"], [f"r{i}"]))
+        prev = f"r{i}"
+    return _save(path, nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, size, size])],
+                 [helper.make_tensor_value_info(prev, TensorProto.FLOAT, [1, channels, size, size])], inits)

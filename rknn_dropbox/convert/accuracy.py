@@ -15,7 +15,7 @@ import numpy as np
 from rknn_dropbox.convert import repair as rp
 from rknn_dropbox.convert.analysis import LayerError, hybrid_ranges, run_analysis, worst_layers
 from rknn_dropbox.convert.simulator import lean_sessions
-from rknn_dropbox.convert.verify import Reference, error_reason, lowest, verify_session
+from rknn_dropbox.convert.verify import Reference, error_reason, lowest, timed_verification, verify_session
 
 _FP16_OVERFLOW = re.compile(r"Tensor name:'([^']+)' value range exceeds Fp16 Max|out of the float16")
 
@@ -142,9 +142,8 @@ def settle(rknn: Any, ctx: TargetContext, build: CandidateBuilder) -> TargetAccu
 
     `rknn` is the first build's session, released here before any rebuild (one session in memory at a time)."""
     o = ctx.spec.options
-    t0 = time.monotonic()
-    verification = verify_session(rknn, ctx.spec, ctx.ref, ctx.min_cos)
-    result = TargetAccuracy(verification, seconds={"verify": round(time.monotonic() - t0, 3)})
+    verification, seconds = timed_verification(rknn, ctx.spec, ctx.ref, ctx.min_cos, ctx.first_seconds)
+    result = TargetAccuracy(verification, seconds={"verify": seconds})
     if verification.get("status") != "below_threshold":
         return result
     accuracy: dict[str, Any] = {}

@@ -44,7 +44,9 @@ class ConvertOptions:
     verify: bool = True
     verify_strict: bool = False           # a verification below verify_min_cosine fails the job (else: a warning)
     verify_min_cosine: float | None = None  # None: 0.98 for int8 builds, 0.999 for fp16
-    verify_samples: int = 4               # how many real samples verification runs on
+    verify_samples: int = 4               # how many real samples verification runs on (at most)
+    verify_time_share: float = 0.15       # fewer samples when all of them would take longer than this share of the
+    #                                       build (at least one; every sample when verification takes under 5 s)
     verify_dataset: str | None = None     # held-out samples (a dataset.txt) verified on before the calibration set
     accuracy_repair: str = "auto"         # auto: rebuild an int8 model below the threshold with the toolkit's remedies
     repair_budget_seconds: float | None = None  # None: 3x the first build, at least 60 s
@@ -181,6 +183,11 @@ def _parse_verify_value(where: str, key: str, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 64:
             raise _fail(where, key, f"expected a whole number from 1 to 64, got {value!r}")
         return value
+    if key == "verify_time_share":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            raise _fail(where, key, f"expected a share of the build's time above 0 (1.0: as long as the build), "
+                                    f"got {value!r}")
+        return float(value)
     if key == "verify_dataset":
         if value is not None and (not isinstance(value, str) or not value.strip()):
             raise _fail(where, key, f"expected a path to a dataset.txt of held-out samples, got {value!r}")

@@ -29,8 +29,8 @@ class SampleSet:
     source: str                                 # verify_dataset | calibration set | seeded random
     skipped: list[str] = field(default_factory=list)  # lines that could not be decoded, with why
 
-    def to_json(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"source": self.source, "names": [s.name for s in self.samples]}
+    def to_json(self, count: int | None = None) -> dict[str, Any]:
+        d: dict[str, Any] = {"source": self.source, "names": [s.name for s in self.samples[:count]]}
         if self.skipped:
             d["skipped"] = self.skipped
         return d

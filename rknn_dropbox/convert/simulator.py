@@ -17,7 +17,7 @@ import threading
 from pathlib import Path
 from typing import Any, Iterator
 
-_patch_lock = threading.Lock()
+_patch_lock = threading.RLock()  # re-entrant: verification nests the source runtime inside the simulator's
 
 
 @contextlib.contextmanager

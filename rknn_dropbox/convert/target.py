@@ -23,7 +23,7 @@ from rknn_dropbox.convert.toolkit_log import (
     BUILD_PHASES_FP16, BUILD_PHASES_INT8, LOAD_PHASES, ConversionError, toolkit_caller, toolkit_progress,
 )
 from rknn_dropbox.convert.accuracy import TargetAccuracy, TargetContext, settle
-from rknn_dropbox.convert.verify import Reference, prepare_reference, strict_failure, threshold, verify_session
+from rknn_dropbox.convert.verify import Reference, prepare_reference, strict_failure, threshold, timed_verification
 from rknn_dropbox.convert.repair import Candidate
 from rknn_dropbox.formats import FormatError
 from rknn_dropbox.toolkits import loaded_toolkit_version
@@ -203,14 +203,18 @@ def shape_references(spec: Any, prepared: Any, verify_dataset: Path | None) -> l
             for shapes in sets]
 
 
-def _verify_shapes(rknn: Any, b: TargetBuild, min_cos: float) -> tuple[dict[str, Any], Reference]:
-    """verify_session at each shape set; the combined verification (the worst set leads) and that set's reference."""
-    per_shape = []
+def _verify_shapes(rknn: Any, b: TargetBuild, min_cos: float, build_seconds: float
+                   ) -> tuple[dict[str, Any], Reference, float]:
+    """verify_session at each shape set; the combined verification (the worst set leads), that set's reference and
+    the simulator's seconds."""
+    per_shape, seconds = [], 0.0
     for shapes, ref in b.shape_references:
-        per_shape.append({"shapes": shapes, **verify_session(rknn, b.spec, ref, min_cos)})
+        verification, took = timed_verification(rknn, b.spec, ref, min_cos, build_seconds)
+        per_shape.append({"shapes": shapes, **verification})
+        seconds += took
     worst = next((i for i, v in enumerate(per_shape) if v.get("status") != "passed"), 0)
     lead = {k: v for k, v in per_shape[worst].items() if k != "shapes"}
-    return {**lead, "per_shape": per_shape}, b.shape_references[worst][1]
+    return {**lead, "per_shape": per_shape}, b.shape_references[worst][1], round(seconds, 3)
 
 
 def _refuse_unproven(workaround: Workaround | None, verification: dict[str, Any] | None, final: Path) -> None:
@@ -256,10 +260,9 @@ def _settle(RKNN: Any, b: TargetBuild, platform: str, rknn: Any, final: Path, se
     reference = b.reference or Reference(error="no reference")
     per_shape = None
     if len(b.shape_references) > 1:  # dynamic_input: every shape set; a repair works on the worst one
-        t0 = time.monotonic()
-        per_shape, reference = _verify_shapes(rknn, b, min_cos)
+        per_shape, reference, verify_seconds = _verify_shapes(rknn, b, min_cos, seconds)
         if per_shape.get("status") != "below_threshold":
-            return TargetAccuracy(per_shape, seconds={"verify": round(time.monotonic() - t0, 3)})
+            return TargetAccuracy(per_shape, seconds={"verify": verify_seconds})
     ctx = TargetContext(spec, reference, platform, b.quantize, min_cos, final, report_dir, Path.cwd(), seconds,
                         build_log)
 

@@ -8,7 +8,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -55,15 +55,59 @@ def _rounded(c: float) -> float | None:
     return None if math.isnan(c) or math.isinf(c) else round(c, 6)
 
 
+VERIFY_MIN_SECONDS = 5.0  # verification this short runs every sample, whatever the build took
+
+
 @dataclass
 class Reference:
-    """Per job: the verification samples and the source runtime's outputs on each (computed once, before builds)."""
+    """Per job: the verification samples and the source runtime's outputs on each, computed when first needed (the
+    source model is loaded after the build, not beside its peak) and kept for every target and repair attempt."""
     samples: SampleSet | None = None
-    outputs: list[list[np.ndarray]] = field(default_factory=list)
     names: list[str] | None = None
     skipped: str | None = None        # why nothing is verified
     error: str | None = None          # the reference runtime failed
     seconds: float = 0.0
+    runner: Callable[[], Callable[[list[np.ndarray]], list[np.ndarray]]] | None = None  # loads the source model
+    outputs: list[list[np.ndarray]] = field(default_factory=list)
+    limit: int | None = None          # samples verified: fewer than collected when each costs too much
+    limited: str | None = None        # why
+    _run: Callable[[list[np.ndarray]], list[np.ndarray]] | None = None
+
+    def output(self, i: int) -> list[np.ndarray]:
+        """The source runtime's outputs on sample i (computed once); the model is dropped after the last one."""
+        while len(self.outputs) <= i:
+            started = time.monotonic()
+            with lean_sessions():  # no onnxruntime arena left in the heap
+                if self._run is None and self.runner is not None:
+                    self._run = self.runner()
+                if self._run is None:
+                    raise RuntimeError("no reference runtime")
+                self.outputs.append(self._run(self.samples.samples[len(self.outputs)].norm))
+            self.seconds += time.monotonic() - started
+            if len(self.outputs) >= self.count:
+                self._run = self.runner = None
+        return self.outputs[i]
+
+    @property
+    def count(self) -> int:
+        n = len(self.samples.samples) if self.samples else 0
+        return n if self.limit is None else min(n, self.limit)
+
+    def bound_samples(self, per_sample_seconds: float, build_seconds: float | None, share: float) -> None:
+        """After the first sample: verify only as many as fit in `share` of the build's time (at least one; all of
+        them when the whole verification is short)."""
+        n = len(self.samples.samples) if self.samples else 0
+        if self.limit is not None or build_seconds is None or n <= 1:
+            return
+        budget = max(VERIFY_MIN_SECONDS, share * build_seconds)
+        if per_sample_seconds * n <= budget:
+            return
+        self.limit = max(1, int(budget // max(per_sample_seconds, 1e-6)))
+        self.limited = (f"{self.limit} of {n} samples: each took {per_sample_seconds:.1f} s (source runtime + "
+                        f"simulator); verification is kept within {share:.0%} of the {build_seconds:.0f} s build "
+                        "(verify_time_share)")
+        if len(self.outputs) >= self.count:
+            self._run = self.runner = None
 
 
 def error_reason(exc: BaseException) -> str:
@@ -72,7 +116,7 @@ def error_reason(exc: BaseException) -> str:
 
 
 def prepare_reference(spec: Any, prepared: Any, verify_dataset: Path | None) -> Reference:
-    """Collect the samples and run the format's reference runtime on each; never raises."""
+    """Collect the samples; the format's reference runtime runs on them when verification asks. Never raises."""
     o, fmt = spec.options, spec.fmt
     started = time.monotonic()
     skipped = fmt.skip_verification()
@@ -85,21 +129,22 @@ def prepare_reference(spec: Any, prepared: Any, verify_dataset: Path | None) -> 
         layout = InputLayout([list(s) for s in shapes], fmt.channels_last, o.mean_values, o.std_values,
                              o.quant_img_RGB2BGR)
         samples = collect_samples(layout, verify_dataset, spec.dataset, o.verify_samples)
-        with lean_sessions():  # an onnxruntime arena would stay in the heap under the build
-            outputs = fmt.references(spec, prepared, [s.norm for s in samples.samples])
-        return Reference(samples, outputs, names, seconds=time.monotonic() - started)
+        return Reference(samples, names, seconds=time.monotonic() - started,
+                         runner=lambda: fmt.reference_runner(spec, prepared))
     except Exception as exc:  # noqa: BLE001 - a verification problem must not lose a good .rknn
         return Reference(error=error_reason(exc), seconds=time.monotonic() - started)
 
 
-def _description(samples: SampleSet) -> str:
-    names = [s.name for s in samples.samples]
+def _description(samples: SampleSet, count: int) -> str:
+    names = [s.name for s in samples.samples[:count]]
     return f"{samples.source}: {', '.join(names)}" if samples.source != "seeded random" else \
         f"seeded random ({len(names)} inputs)"
 
 
-def verify_session(rknn: Any, spec: Any, ref: Reference, min_cos: float) -> dict[str, Any]:
-    """Run the built session's simulator on every sample; result.json's verification of one target."""
+def verify_session(rknn: Any, spec: Any, ref: Reference, min_cos: float, build_seconds: float | None = None
+                   ) -> dict[str, Any]:
+    """Run the built session's simulator on the samples; result.json's verification of one target. With the
+    build's time given, the first verification of a job decides how many samples fit (Reference.bound_samples)."""
     fmt = spec.fmt
     base: dict[str, Any] = {"reference": fmt.reference_name}
     if ref.skipped:
@@ -112,7 +157,11 @@ def verify_session(rknn: Any, spec: Any, ref: Reference, min_cos: float) -> dict
         with lean_sessions():
             if rknn.init_runtime() != 0:
                 return {"status": "error", **base, "reason": "init_runtime() of the simulator failed"}
-            for sample, want in zip(ref.samples.samples, ref.outputs):
+            i = 0
+            while i < ref.count:
+                started = time.monotonic()
+                want = ref.output(i)
+                sample = ref.samples.samples[i]
                 sim_inputs, convert = fmt.simulator_io(spec, sample.raw, sample.norm)
                 got = rknn.inference(inputs=sim_inputs, data_format="nhwc" if fmt.channels_last else "nchw")
                 if got is None:
@@ -121,21 +170,35 @@ def verify_session(rknn: Any, spec: Any, ref: Reference, min_cos: float) -> dict
                 if len(got) != len(want):
                     return {"status": "error", **base,
                             "reason": f"the simulator returned {len(got)} outputs, the model has {len(want)}"}
-                for i, (g, w) in enumerate(zip(got, want)):
-                    if i == len(per_output):
+                for j, (g, w) in enumerate(zip(got, want)):
+                    if j == len(per_output):
                         per_output.append([])
                         shapes.append(list(np.asarray(w).shape))
-                    per_output[i].append(output_cosine(g, w))
+                    per_output[j].append(output_cosine(g, w))
+                if i == 0:
+                    ref.bound_samples(time.monotonic() - started, build_seconds, spec.options.verify_time_share)
+                i += 1
     except Exception as exc:  # noqa: BLE001 - a verification problem must not lose a good .rknn
         return {"status": "error", **base, "reason": error_reason(exc)}
     rows = []
-    for i, cosines in enumerate(per_output):
+    for j, cosines in enumerate(per_output):
         worst = min(cosines, key=lambda c: -2.0 if math.isnan(c) else c)
-        rows.append({"name": ref.names[i] if ref.names and i < len(ref.names) else f"output{i}",
-                     "shape": shapes[i], "cosine": _rounded(worst), "cosines": [_rounded(c) for c in cosines]})
+        rows.append({"name": ref.names[j] if ref.names and j < len(ref.names) else f"output{j}",
+                     "shape": shapes[j], "cosine": _rounded(worst), "cosines": [_rounded(c) for c in cosines]})
     ok = all(r["cosine"] is not None and r["cosine"] >= min_cos for r in rows)
-    return {"status": "passed" if ok else "below_threshold", **base, "input": _description(ref.samples),
-            "samples": ref.samples.to_json(), "min_cosine": min_cos, "outputs": rows}
+    out = {"status": "passed" if ok else "below_threshold", **base, "input": _description(ref.samples, ref.count),
+           "samples": ref.samples.to_json(ref.count), "min_cosine": min_cos, "outputs": rows}
+    if ref.limited:
+        out["samples_limited"] = ref.limited
+    return out
+
+
+def timed_verification(rknn: Any, spec: Any, ref: Reference, min_cos: float, build_seconds: float | None = None
+                       ) -> tuple[dict[str, Any], float]:
+    """verify_session and the seconds it took beside the source runtime's (timings: verify vs reference)."""
+    started, ref_before = time.monotonic(), ref.seconds
+    verification = verify_session(rknn, spec, ref, min_cos, build_seconds)
+    return verification, round(time.monotonic() - started - (ref.seconds - ref_before), 3)
 
 
 def lowest(verification: dict[str, Any]) -> float | None:

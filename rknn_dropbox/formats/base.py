@@ -87,9 +87,9 @@ class Format:
     def reference(self, spec: Any, prepared: Any, inputs: list[Any]) -> list[Any]:
         raise NotImplementedError
 
-    def references(self, spec: Any, prepared: Any, samples: list[list[Any]]) -> list[list[Any]]:
-        """The reference outputs of several samples (formats override it to load the model once)."""
-        return [list(self.reference(spec, prepared, inputs)) for inputs in samples]
+    def reference_runner(self, spec: Any, prepared: Any) -> Callable[[list[Any]], list[Any]]:
+        """The reference outputs of one sample at a time (formats override it to load the model once)."""
+        return lambda inputs: list(self.reference(spec, prepared, inputs))
 
 
 class IntegrityError(ValueError):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from rknn_dropbox.formats.base import Format, FormatError, ToolkitCall
 
@@ -41,18 +41,18 @@ class TorchScript(Format):
         call("loading", rknn.load_pytorch, model=model, input_size_list=spec.options.input_size_list)
 
     def reference(self, spec: Any, prepared: Any, inputs: list[Any]) -> list[Any]:
-        return self.references(spec, prepared, [inputs])[0]
+        return self.reference_runner(spec, prepared)(inputs)
 
-    def references(self, spec: Any, prepared: Any, samples: list[list[Any]]) -> list[list[Any]]:
+    def reference_runner(self, spec: Any, prepared: Any) -> Callable[[list[Any]], list[Any]]:
         import torch
         m = torch.jit.load(str(spec.model), map_location="cpu").eval()
-        results = []
-        with torch.no_grad():
-            for inputs in samples:
+
+        def run(inputs: list[Any]) -> list[Any]:
+            with torch.no_grad():
                 out = m(*[torch.from_numpy(x) for x in inputs])
-                outs = out if isinstance(out, (list, tuple)) else [out]
-                results.append([o.detach().numpy() for o in outs])
-        return results
+            outs = out if isinstance(out, (list, tuple)) else [out]
+            return [o.detach().numpy() for o in outs]
+        return run
 
 
 FORMAT = TorchScript()

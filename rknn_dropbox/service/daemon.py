@@ -20,12 +20,12 @@ from rknn_dropbox.intake.parked import ParkedEntries
 from rknn_dropbox.intake.scanner import InboxScanner
 from rknn_dropbox.intake.watcher import InboxWatcher
 from rknn_dropbox.intake.workarea import JobDir, write_json_atomic
-from rknn_dropbox.joblog import finish_log
 from rknn_dropbox.logsetup import setup_logging
 from rknn_dropbox.service.admission import MemoryAdmission, MemoryGate, MemoryHistory
 from rknn_dropbox.service.callbacks import CallbackSender
+from rknn_dropbox.service.endings import JobEndings
 from rknn_dropbox.service.intake_loop import InboxIntake
-from rknn_dropbox.service.messages import EventKind, JobDone, JobProgress, JobTimeout, PoolEvent, WorkerDeath, WorkOrder
+from rknn_dropbox.service.messages import WorkOrder
 from rknn_dropbox.service.pool import WorkerPool
 from rknn_dropbox.service.recovery import Recovery
 from rknn_dropbox.service.reload import apply_live, changed_keys, push_live_settings
@@ -61,6 +61,8 @@ class Daemon:
         self.finisher = Finisher(self.store, cfg.outbox, cfg.failed, self.callbacks)
         self.intake = InboxIntake(self.scanner, ParkedEntries(cfg.inbox, cfg.state_dir), self.store, self.finisher,
                                   self.queue, lambda: self.cfg, lambda: len(self.pool.busy()))
+        self.endings = JobEndings(self.store, self.queue, self.pool, self.memory, self.router, self.finisher,
+                                  lambda: self.cfg)
         self.recovery = Recovery(self.store, self.finisher, self.queue, self.intake.report_unclaimable)
         self.watcher: InboxWatcher | None = None
         self.server: Any = None
@@ -150,14 +152,14 @@ class Daemon:
         """One turn: worker events, inbox changes, reload, deliveries, cancellations, dispatch, keep-alive."""
         timeout = self.intake.wait_at_most(timeout)
         for event in self.pool.wait_events(timeout):
-            self.handle_event(event)
+            self.endings.handle_event(event)
         if self.intake.needs_scan(self.watcher.drain() if self.watcher else False):
             self.intake.scan_inbox()
         if self.reload_requested:
             self.reload_requested = False
             self.reload()
         self.finisher.retry_due(time.monotonic())
-        self.apply_cancellations()
+        self.endings.apply_cancellations()
         self.dispatch()
         self.keep_alive(time.monotonic())
         self.publish_snapshot()
@@ -240,102 +242,10 @@ class Daemon:
         for toolkit, count in waiting.items():
             self.pool.make_room(toolkit, count, set(waiting))
 
-    def record_peak(self, job_id: str, result: dict[str, Any] | None) -> None:
-        """A job ended: its peak memory into the store and its result, and the admission's history."""
-        peak = self.memory.job_peak(job_id, result)
-        if peak:
-            self.store.record_peak_rss(job_id, peak)
-
     def work_order(self, record: JobRecord) -> WorkOrder:
         return WorkOrder(record.id, record.work_path, record.name, self.cfg.convert.to_json(),
                          str(self.cfg.cache_dir) if self.cfg.cache else None, self.cfg.cache_max_bytes,
                          str(self.cfg.state_dir), **self.router.order_fields(record.id))
-
-    # ---- what workers report, and cancellation ----------------------------------------------------------------
-    def handle_event(self, event: PoolEvent) -> None:
-        detail = event.detail
-        if event.kind is EventKind.PROGRESS and isinstance(detail, JobProgress):
-            self.store.raise_progress(event.job_id, min(99.0, detail.progress), detail.stage)
-        elif event.kind is EventKind.DONE and isinstance(detail, JobDone):
-            self.record_peak(event.job_id, detail.result if detail.ok else None)
-            retry = self.router.retry(event.job_id, detail)  # another toolkit version: back to the queue's front
-            if retry is not None:
-                logger.warning("job {}: {}", event.job_id, retry.reason)
-                self.store.mark_queued(event.job_id)
-                self.queue.appendleft(event.job_id)
-            elif detail.ok and detail.result is not None:
-                self.router.forget(event.job_id)
-                self.finisher.complete(event.job_id, detail.result)
-            else:
-                self.finisher.fail(event.job_id, self.router.final_error(event.job_id, detail), detail.hint)
-        elif event.kind is EventKind.DIED and isinstance(detail, WorkerDeath):
-            self.record_peak(event.job_id, None)
-            self._finish_log(event.job_id)
-            if not self.retry_alone(event.job_id, detail):
-                self.finisher.fail(event.job_id, self.death_error(event.job_id, detail), detail.hint or
-                                   "the toolkit ended the worker process; see conversion.log for its last words")
-        elif event.kind is EventKind.TIMEOUT and isinstance(detail, JobTimeout):
-            self._finish_log(event.job_id)
-            self.finisher.fail(event.job_id, f"timed out after {detail.seconds:.0f} s (timeout_seconds)",
-                               "raise timeout_seconds for very large models")
-
-    def retry_alone(self, job_id: str, death: WorkerDeath) -> bool:
-        """A worker the kernel killed while other jobs ran (an OOM kill, most likely): the job goes back to the
-        queue's front, counted as an attempt, and starts only when no other job runs. Deaths that repeat on the
-        same input (a native crash, a kill while alone, the memory limit) fail at once. True if requeued."""
-        record = self.store.get(job_id)
-        if record is None or not death.kernel_kill_beside_others or record.attempts + 1 >= self.cfg.max_attempts:
-            return False
-        attempts = record.attempts + 1
-        self.store.record_interrupted_attempt(job_id, attempts, [*record.attempt_causes,
-                                                                 f"attempt {attempts}: {death.cause}"])
-        logger.warning("job {}: {} while other jobs ran: retrying it alone", job_id, death.cause)
-        self.store.mark_queued(job_id)
-        self.queue.appendleft(job_id)
-        self.memory.run_alone(job_id)
-        return True
-
-    def death_error(self, job_id: str, death: WorkerDeath) -> str:
-        """error.json's sentence for a job whose worker died: with the earlier attempts' causes when it had some."""
-        record = self.store.get(job_id)
-        if record is None or not record.attempt_causes:
-            return death.cause
-        return (f"{death.cause} (attempt {record.attempts + 1}; earlier: " + "; ".join(record.attempt_causes) + ")")
-
-    def _job_dir(self, job_id: str) -> JobDir | None:
-        record = self.store.get(job_id)
-        return JobDir(Path(record.work_path)) if record and record.work_path else None
-
-    def _finish_log(self, job_id: str) -> None:
-        job = self._job_dir(job_id)
-        if job:
-            try:
-                finish_log(job)
-            except OSError as exc:  # a full disk: the job still fails and delivers, with the raw log
-                logger.warning("job {}: cannot finish conversion.log: {}", job_id, exc.strerror)
-
-    def apply_cancellations(self) -> None:
-        """Cancel what `rknn-dropbox cancel` flagged in the store: a queued job leaves the queue, a running one
-        loses its worker; either way its inputs go to failed/ and the task reads "cancelled"."""
-        for job_id in self.store.cancel_requested_ids():
-            if job_id in self.finisher.pending:
-                continue  # it finished already; only its delivery is pending
-            if job_id in self.queue:
-                self.queue.remove(job_id)
-                self.finisher.cancel(job_id, "queued")
-            elif self.pool.kill_job(job_id, "cancel"):
-                self._discard_partial_work(job_id)
-                self.finisher.cancel(job_id, "running")
-            # else: not held by this daemon
-
-    def _discard_partial_work(self, job_id: str) -> None:
-        """A killed conversion's half-written outputs and scratch files; its log is kept."""
-        job = self._job_dir(job_id)
-        if job:
-            finish_log(job)
-            for part in job.output.glob(".*.part"):
-                part.unlink(missing_ok=True)
-            shutil.rmtree(job.root / "tmp", ignore_errors=True)
 
     # ---- status and shutdown ----------------------------------------------------------------------------------
     def status_snapshot(self) -> dict[str, Any]:
@@ -365,8 +275,8 @@ class Daemon:
         if self.watcher:
             self.watcher.stop()
         self.heartbeat.stop()
-        for job_id in self.pool.stop(self.cfg.drain_seconds if self.started else 0.0, self.handle_event):
-            job = self._job_dir(job_id)
+        for job_id in self.pool.stop(self.cfg.drain_seconds if self.started else 0.0, self.endings.handle_event):
+            job = self.endings.job_dir(job_id)
             if job:
                 shutil.rmtree(job.output, ignore_errors=True)
                 shutil.rmtree(job.root / "tmp", ignore_errors=True)

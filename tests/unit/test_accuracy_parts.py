@@ -159,3 +159,28 @@ def test_auto_hybrid_is_left_out_on_toolkits_whose_build_lacks_it() -> None:
     assert [c.label for c in kept] == [c.label for c in candidates if not c.auto_hybrid] and len(kept) < len(candidates)
     assert why == ["auto_hybrid: this rknn-toolkit2's build() has no auto_hybrid (2.3.2 and later have it)"]
     assert _supported(candidates, Toolkit232()) == (candidates, [])
+
+
+def test_expensive_samples_are_bounded_by_the_builds_time_and_the_source_model_loads_once() -> None:
+    from rknn_dropbox.convert.samples import Sample, SampleSet
+    from rknn_dropbox.convert.verify import Reference
+    loads: list[int] = []
+
+    def runner():
+        loads.append(1)
+        return lambda inputs: [inputs[0] * 2]
+    samples = SampleSet([Sample(f"s{i}", [np.full((1, 2), i, np.float32)], [np.full((1, 2), i, np.float32)])
+                         for i in range(4)], "calibration set")
+    cheap = Reference(samples, ["y"], runner=runner)
+    cheap.bound_samples(per_sample_seconds=0.2, build_seconds=4.0, share=0.15)  # 0.8 s in all: under 5 s
+    assert cheap.count == 4 and cheap.limited is None
+    heavy = Reference(samples, ["y"], runner=runner)
+    assert heavy.output(0)[0].tolist() == [[0.0, 0.0]]
+    heavy.bound_samples(per_sample_seconds=12.6, build_seconds=75.0, share=0.15)  # 4 x 12.6 s beside a 75 s build
+    assert heavy.count == 1 and heavy.limited.startswith("1 of 4 samples: each took 12.6 s"), heavy.limited
+    assert heavy.runner is None  # its one sample is computed: the source model is let go
+    mid = Reference(samples, ["y"], runner=runner)
+    mid.bound_samples(per_sample_seconds=4.0, build_seconds=60.0, share=0.25)  # 15 s of budget: 3 samples
+    assert mid.count == 3
+    assert [mid.output(i)[0][0, 0] for i in range(3)] == [0.0, 2.0, 4.0] and mid.runner is None
+    assert len(loads) == 2  # heavy and mid each loaded the model once; cheap never needed it
