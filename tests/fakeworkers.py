@@ -74,3 +74,16 @@ def broken_unless_default(conn: Connection, parent_pid: int, toolkit_folder: str
     if toolkit_folder:
         os._exit(1)
     reports_toolkit(conn, parent_pid)
+
+
+def start_daemon(cfg, started: list, drops: tuple[str, ...] = (), target=by_name):
+    """An in-process Daemon on `cfg` whose workers are `target`, with `drops` (model names) in its inbox, started
+    and appended to the test's `started` list (shut down after the test)."""
+    from rknn_dropbox.service.daemon import Daemon
+    d = Daemon(cfg)
+    d.pool.target = target
+    started.append(d)
+    for name in drops:
+        (cfg.inbox / f"{name}.onnx").write_bytes(b"model")
+    d.start()
+    return d

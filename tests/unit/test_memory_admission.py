@@ -63,11 +63,7 @@ def test_a_job_bigger_than_the_box_runs_alone(tmp_path: Path, started: list[Daem
 
 def test_peak_is_recorded_learned_and_a_large_worker_recycled(tmp_path: Path, started: list[Daemon]) -> None:
     cfg = _config(tmp_path, workers=1, worker_max_rss_mb=200)
-    d = Daemon(cfg)
-    d.pool.target = fakeworkers.by_name
-    started.append(d)
-    (cfg.inbox / "hog.onnx").write_bytes(b"model")
-    d.start()
+    d = fakeworkers.start_daemon(cfg, started, ("hog",))
     wait_for(lambda: (d.step(0.1), _statuses(d).get("hog") == PROCESSING)[1], 30, what="hog started")
     pid = d.pool.slots[0].process.pid
     wait_for(lambda: (d.step(0.1), _statuses(d).get("hog") == FAILED)[1], 30, what="hog finished")

@@ -80,11 +80,7 @@ def test_heartbeat_age_is_read_on_the_file_servers_clock(tmp_path: Path, monkeyp
 
 def test_a_host_whose_claim_was_taken_drops_its_work(tmp_path: Path, started: list[Daemon]) -> None:
     cfg = _config(tmp_path, stale_claim_seconds=1.0)
-    d = Daemon(cfg)
-    d.pool.target = fakeworkers.by_name
-    started.append(d)
-    (cfg.inbox / "hang.onnx").write_bytes(b"model")
-    d.start()
+    d = fakeworkers.start_daemon(cfg, started, ("hang",))
     record = wait_for(lambda: (d.step(0.1), next(iter(d.store.list(status=PROCESSING)), None))[1], 30,
                       what="the job converting")
     other = cfg.claim_dir.parent / "there"
@@ -104,14 +100,10 @@ def _step_until(d: Daemon, what: str, condition, timeout: float = 30):
 def test_a_worker_killed_beside_other_jobs_is_retried_alone(tmp_path: Path, started: list[Daemon]) -> None:
     """An OOM kill while two builds ran: the job is tried again, alone, and that attempt counts."""
     cfg = _config(tmp_path, workers=2, max_attempts=3)
-    d = Daemon(cfg)
-    d.pool.target = fakeworkers.by_name
-    started.append(d)
-    (cfg.inbox / "killed-once.onnx").write_bytes(b"model")
-    (cfg.inbox / "slow.onnx").write_bytes(b"model")
-    d.start()
+    d = fakeworkers.start_daemon(cfg, started, ("killed-once", "slow"))
     _step_until(d, "both jobs converting", lambda: len(d.store.list(status=PROCESSING)) == 2)
     victim = next(r for r in d.store.list(status=PROCESSING) if r.name == "killed-once")
+    wait_for(lambda: (Path(victim.work_path) / "first-attempt").exists(), 30, what="the victim's worker at work")
     os.kill(victim.worker_pid, 9)  # what the kernel's OOM killer does
     _step_until(d, "the victim requeued", lambda: d.store.get(victim.id).attempts == 1)
     assert d.store.get(victim.id).status != FAILED
@@ -129,11 +121,7 @@ def test_a_worker_killed_beside_other_jobs_is_retried_alone(tmp_path: Path, star
 def test_a_worker_killed_while_alone_fails_at_once(tmp_path: Path, started: list[Daemon]) -> None:
     """Alone, an OOM kill would happen again: no retry burns another build."""
     cfg = _config(tmp_path, workers=2, max_attempts=3)
-    d = Daemon(cfg)
-    d.pool.target = fakeworkers.by_name
-    started.append(d)
-    (cfg.inbox / "killed-once.onnx").write_bytes(b"model")
-    d.start()
+    d = fakeworkers.start_daemon(cfg, started, ("killed-once",))
     record = _step_until(d, "the job converting", lambda: next(iter(d.store.list(status=PROCESSING)), None))
     os.kill(record.worker_pid, 9)
     _step_until(d, "the job failed", lambda: d.store.get(record.id).status == FAILED)
