@@ -159,14 +159,17 @@ class JobStore:
         self._conn().execute(f"UPDATE jobs SET {', '.join(sets)} WHERE id = ?", (*values, job_id))
 
     # ---- named state changes: every status a job goes through is set by one of these ----------------------
-    def mark_queued(self, job_id: str, attempts: int | None = None) -> None:
+    def mark_queued(self, job_id: str) -> None:
         """Waiting for a worker (claimed, resumed after a restart, or left unfinished by a shutdown)."""
-        extra = {} if attempts is None else {"attempts": attempts}
-        self.update(job_id, status=QUEUED, stage="queued", progress=0.0, **extra)
+        self.update(job_id, status=QUEUED, stage="queued", progress=0.0)
 
-    def record_interrupted_attempt(self, job_id: str, attempts: int, causes: list[str]) -> None:
-        """An attempt ended without an outcome (the daemon died under it): counted, with its cause."""
-        self.update(job_id, attempts=attempts, attempt_causes=causes)
+    def record_interrupted_attempt(self, record: JobRecord, cause: str) -> list[str]:
+        """An attempt ended without an outcome (the daemon or its worker died under it): counted, with its cause;
+        every attempt's cause so far."""
+        attempts = record.attempts + 1
+        causes = [*record.attempt_causes, f"attempt {attempts}: {cause}"]
+        self.update(record.id, attempts=attempts, attempt_causes=causes)
+        return causes
 
     def record_peak_rss(self, job_id: str, peak_rss_mb: float) -> None:
         self.update(job_id, peak_rss_mb=round(peak_rss_mb, 1))

@@ -74,9 +74,7 @@ class JobEndings:
         record = self.store.get(job_id)
         if record is None or not death.kernel_kill_beside_others or record.attempts + 1 >= self.config().max_attempts:
             return False
-        attempts = record.attempts + 1
-        self.store.record_interrupted_attempt(job_id, attempts, [*record.attempt_causes,
-                                                                 f"attempt {attempts}: {death.cause}"])
+        self.store.record_interrupted_attempt(record, death.cause)
         logger.warning("job {}: {} while other jobs ran: retrying it alone", job_id, death.cause)
         self.store.mark_queued(job_id)
         self.queue.appendleft(job_id)

@@ -105,9 +105,8 @@ class Recovery:
     def _count_interrupted_attempt(self, cfg: Config, record: JobRecord, left_by: str) -> bool:
         """A conversion the daemon died under counts as an attempt; at max_attempts the job fails, listing every
         attempt's cause (a model that takes the whole service down is not retried without end). True if it failed."""
-        attempts = record.attempts + 1
-        causes = [*record.attempt_causes, f"attempt {attempts}: {INTERRUPTED} (left by {left_by})"]
-        self.store.record_interrupted_attempt(record.id, attempts, causes)
+        causes = self.store.record_interrupted_attempt(record, f"{INTERRUPTED} (left by {left_by})")
+        attempts = len(causes)
         if attempts < cfg.max_attempts:
             return False
         self.finisher.fail(record.id, f"gave up after {attempts} attempts (max_attempts): " + "; ".join(causes),
