@@ -60,10 +60,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_convert(args: argparse.Namespace) -> int:
     """Convert once, in this process, with the same converter code the workers use."""
-    from rknn_dropbox.convert.job import ConversionError, JobSettings, convert_job
-    from rknn_dropbox.toolkits import ToolkitMismatch, fallback_exhausted, next_fallback
     from rknn_dropbox.convert.options import parse_convert_options
-    from rknn_dropbox.intake.claims import claim_bundle
     cfg = _load(args)
     setup_logging(cfg.log_level)
     defaults = cfg.convert
@@ -78,48 +75,58 @@ def cmd_convert(args: argparse.Namespace) -> int:
             logger.error("{}: no such file", src)
             failures += 1
             continue
-        name = src.name if src.is_dir() else split_name(src.name)[0]
         with tempfile.TemporaryDirectory(prefix="rknn-dropbox-") as tmp:
-            staging = Path(tmp) / "inbox"
-            staging.mkdir()
-            entries = [src.name]
-            for partner in _partners(src):
-                entries.append(partner.name)
-            for entry in entries:
-                s = src.parent / entry
-                (shutil.copytree if s.is_dir() else shutil.copy2)(s, staging / entry)
-            job = claim_bundle(staging, Path(tmp) / "work", name, entries, "file")
-            assert job is not None
-            crashed = json.loads(args.crashed) if args.crashed else []
-            try:
-                result = convert_job(job, name, defaults, lambda stage, pct: None,
-                                     JobSettings(default_toolkit=cfg.toolkits.default, toolkit=args.toolkit,
-                                                 crashed=tuple(crashed)))
-            except ToolkitMismatch as exc:  # this process holds another toolkit: convert in a child of that one
-                failures += _convert_in_child(args, src, exc.wanted.sys_path_entry())
-                continue
-            except ConversionError as exc:
-                if exc.crash is not None:
-                    toolkit, crashed = next_fallback(exc.crash, crashed)
-                    if toolkit is not None:  # another installed version may build it: a child of that one tries
-                        logger.warning("{}: {}; trying rknn-toolkit2 {}", src.name, exc.error, toolkit.version)
-                        failures += _convert_in_child(args, src, toolkit.sys_path_entry(), toolkit.version, crashed)
-                        continue
-                    exc.error = fallback_exhausted(exc.error, crashed)
-                logger.error("{}: {}{}", src.name, exc.error, f" (hint: {exc.hint})" if exc.hint else "")
-                log = job.log
-                if log.exists():
-                    shutil.copy2(log, out_dir / f"{name}.conversion.log")
-                failures += 1
-                continue
-            for target in result.targets:
-                if target.get("ok"):
-                    shutil.copy2(job.output / target["file"], out_dir / target["file"])
-                    logger.success("{} -> {}", src.name, out_dir / target["file"])
-                else:
-                    logger.error("{} for {}: {}", src.name, target["platform"], target["error"])
-            (out_dir / f"{name}.result.json").write_text(json.dumps(asdict(result), indent=2, default=str))
+            failures += _convert_one(args, cfg, defaults, src, Path(tmp), out_dir)
     return 1 if failures else 0
+
+
+def _stage_bundle(src: Path, tmp: Path) -> tuple[Any, str]:
+    """The model (with its partners and sidecar) claimed as a job in `tmp`, as the daemon would; and its name."""
+    from rknn_dropbox.intake.claims import claim_bundle
+    name = src.name if src.is_dir() else split_name(src.name)[0]
+    staging = tmp / "inbox"
+    staging.mkdir()
+    entries = [src.name, *(partner.name for partner in _partners(src))]
+    for entry in entries:
+        s = src.parent / entry
+        (shutil.copytree if s.is_dir() else shutil.copy2)(s, staging / entry)
+    job = claim_bundle(staging, tmp / "work", name, entries, "file")
+    assert job is not None
+    return job, name
+
+
+def _convert_one(args: argparse.Namespace, cfg: Any, defaults: Any, src: Path, tmp: Path, out_dir: Path) -> int:
+    """One model converted into out_dir (in a child process of another toolkit version when it needs one); 1 if
+    it failed."""
+    from rknn_dropbox.convert.job import ConversionError, JobSettings, convert_job
+    from rknn_dropbox.toolkits import ToolkitMismatch, fallback_exhausted, next_fallback
+    job, name = _stage_bundle(src, tmp)
+    crashed = json.loads(args.crashed) if args.crashed else []
+    try:
+        result = convert_job(job, name, defaults, lambda stage, pct: None,
+                             JobSettings(default_toolkit=cfg.toolkits.default, toolkit=args.toolkit,
+                                         crashed=tuple(crashed)))
+    except ToolkitMismatch as exc:  # this process holds another toolkit: convert in a child of that one
+        return _convert_in_child(args, src, exc.wanted.sys_path_entry())
+    except ConversionError as exc:
+        if exc.crash is not None:
+            toolkit, crashed = next_fallback(exc.crash, crashed)
+            if toolkit is not None:  # another installed version may build it: a child of that one tries
+                logger.warning("{}: {}; trying rknn-toolkit2 {}", src.name, exc.error, toolkit.version)
+                return _convert_in_child(args, src, toolkit.sys_path_entry(), toolkit.version, crashed)
+            exc.error = fallback_exhausted(exc.error, crashed)
+        logger.error("{}: {}{}", src.name, exc.error, f" (hint: {exc.hint})" if exc.hint else "")
+        if job.log.exists():
+            shutil.copy2(job.log, out_dir / f"{name}.conversion.log")
+        return 1
+    for target in result.targets:
+        if target.get("ok"):
+            shutil.copy2(job.output / target["file"], out_dir / target["file"])
+            logger.success("{} -> {}", src.name, out_dir / target["file"])
+        else:
+            logger.error("{} for {}: {}", src.name, target["platform"], target["error"])
+    (out_dir / f"{name}.result.json").write_text(json.dumps(asdict(result), indent=2, default=str))
+    return 0
 
 
 _CHILD = "import sys; sys.path.insert(0, sys.argv[1]) if sys.argv[1] else None; " \
