@@ -43,6 +43,7 @@ class JobRecord:
     peak_rss_mb: float | None = None  # the worker's peak resident memory during the job (its last attempt)
     toolkit_version: str | None = None  # the rknn-toolkit2 that built the outputs
     rknn_files: list[dict[str, Any]] = field(default_factory=list)  # each .rknn as read back from the file itself
+    toolkit_plan: str | None = None  # JSON: the version a fallback or handover sends the job to (service/routing.py)
 
     @property
     def duration(self) -> float | None:
@@ -58,6 +59,7 @@ class JobRecord:
         d["task_id"] = d.pop("id")
         d["duration"] = self.duration
         d.pop("callback_url", None)  # may carry a token
+        d.pop("toolkit_plan", None)  # the daemon's routing state
         d.pop("work_path", None)  # no absolute server paths: the job folder's name in outbox/ or failed/ instead
         d["output_dir"] = Path(self.output_dir).name if self.output_dir else None
         return d
@@ -72,7 +74,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     target TEXT, created_at REAL, started_at REAL, finished_at REAL, error TEXT, hint TEXT, work_path TEXT,
     output_dir TEXT, outputs TEXT, warnings TEXT, attempts INTEGER, cancel_requested INTEGER, worker_pid INTEGER,
     updated_at REAL, callback_url TEXT, callback_status TEXT, toolkit_version TEXT, rknn_files TEXT,
-    attempt_causes TEXT, peak_rss_mb REAL
+    attempt_causes TEXT, peak_rss_mb REAL, toolkit_plan TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status);
 CREATE INDEX IF NOT EXISTS jobs_created ON jobs(created_at);
@@ -115,7 +117,7 @@ class JobStore:
             have = {row["name"] for row in conn.execute("PRAGMA table_info(jobs)")}
             for column, kind in (("callback_url", "TEXT"), ("callback_status", "TEXT"), ("toolkit_version", "TEXT"),
                                  ("rknn_files", "TEXT"), ("attempt_causes", "TEXT"),
-                                 ("peak_rss_mb", "REAL")):  # stores older than these columns
+                                 ("peak_rss_mb", "REAL"), ("toolkit_plan", "TEXT")):  # stores older than these
                 if column not in have:
                     conn.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
 

@@ -49,7 +49,7 @@ class Daemon:
         open_store_path(cfg)
         self.store = JobStore(cfg.store_path)
         self.scanner = InboxScanner(cfg.inbox, cfg.stable_seconds, cfg.bundle_timeout_seconds, cfg.max_file_size)
-        self.router = ToolkitRouter(cfg.toolkits.default)
+        self.router = ToolkitRouter(cfg.toolkits.default, self.store)
         self.pool = WorkerPool(cfg.workers, cfg.timeout_seconds, cfg.max_jobs_per_worker,
                                memory_limit_mb=cfg.worker_memory_limit_mb, max_rss_mb=cfg.worker_max_rss_mb,
                                default_toolkit=cfg.toolkits.default, toolkit_folder=toolkit_folder)

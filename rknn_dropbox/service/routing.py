@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from rknn_dropbox.service.messages import JobDone
+from rknn_dropbox.store import JobStore
 from rknn_dropbox.toolkits import fallback_exhausted, installed_names, installed_toolkits, next_fallback
 
 MAX_HANDOVERS = 3  # a job handed to a worker of another version more often than this fails (a broken install)
@@ -27,34 +29,49 @@ class Retry:
 
 
 class ToolkitRouter:
-    """Plans per job; the daemon asks it where a queued job goes and what a worker's answer means."""
+    """Plans per job, kept in the job store too (a restarted daemon resumes a fallback where it was); the daemon
+    asks it where a queued job goes and what a worker's answer means."""
 
-    def __init__(self, default_toolkit: str) -> None:
+    def __init__(self, default_toolkit: str, store: JobStore | None = None) -> None:
         self.default_toolkit = default_toolkit
+        self.store = store
         self.plans: dict[str, ToolkitPlan] = {}
 
+    def _plan(self, job_id: str) -> ToolkitPlan | None:
+        if job_id not in self.plans and self.store is not None:
+            record = self.store.get(job_id)
+            if record is not None and record.toolkit_plan:
+                try:
+                    self.plans[job_id] = ToolkitPlan(**json.loads(record.toolkit_plan))
+                except (ValueError, TypeError):
+                    pass  # unreadable: the default, as for a new job
+        return self.plans.get(job_id)
+
     def toolkit_of(self, job_id: str) -> str:
-        plan = self.plans.get(job_id)
+        plan = self._plan(job_id)
         return plan.toolkit if plan and plan.toolkit else self.default_toolkit
 
     def order_fields(self, job_id: str) -> dict[str, Any]:
         """The WorkOrder fields that say which toolkit builds the job."""
-        plan = self.plans.get(job_id) or ToolkitPlan()
+        plan = self._plan(job_id) or ToolkitPlan()
         return {"default_toolkit": self.default_toolkit, "toolkit": plan.toolkit, "crashed": tuple(plan.crashed)}
 
     def retry(self, job_id: str, done: JobDone) -> Retry | None:
         """A worker's answer that sends the job to another version: it needs one, or its toolkit crashed."""
-        plan = self.plans.setdefault(job_id, ToolkitPlan())
+        plan = self._plan(job_id) or self.plans.setdefault(job_id, ToolkitPlan())
+        retry = None
         if done.needs_toolkit and plan.handovers < MAX_HANDOVERS:
             plan.toolkit, plan.handovers = done.needs_toolkit, plan.handovers + 1
-            return Retry(done.needs_toolkit, f"needs rknn-toolkit2 {done.needs_toolkit}: handed to a worker of it")
-        if not done.ok and done.crash is not None:
+            retry = Retry(done.needs_toolkit, f"needs rknn-toolkit2 {done.needs_toolkit}: handed to a worker of it")
+        if retry is None and not done.ok and done.crash is not None:
             toolkit, plan.crashed = next_fallback(done.crash, plan.crashed)
             if toolkit is not None:
                 plan.toolkit = toolkit.version
-                return Retry(toolkit.version, f"rknn-toolkit2 {done.crash['toolkit']} crashed ({done.error}); "
-                                              f"trying rknn-toolkit2 {toolkit.version}")
-        return None
+                retry = Retry(toolkit.version, f"rknn-toolkit2 {done.crash['toolkit']} crashed ({done.error}); "
+                                               f"trying rknn-toolkit2 {toolkit.version}")
+        if retry is not None and self.store is not None:
+            self.store.update(job_id, toolkit_plan=json.dumps(asdict(plan)))
+        return retry
 
     def final_error(self, job_id: str, done: JobDone) -> str:
         """The failed job's error, naming every version that crashed on it; forgets the job."""

@@ -75,3 +75,23 @@ def test_versions_are_read_from_sidecars_the_toml_and_model_config() -> None:
     assert cfg.toolkits.default == "2.3.2" and cfg.convert.runtime_version == "2.3.0"
     with pytest.raises(ConfigError, match="toolkits.versions"):
         config_from_mapping({"toolkits": {"versions": []}}, Path("/tmp"))
+
+
+def test_a_fallback_survives_a_daemon_restart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The job was sent to 2.3.2 after 2.5.0 crashed; the daemon restarts before it ran: it still goes to 2.3.2,
+    naming the crash, instead of crashing 2.5.0 once more."""
+    from rknn_dropbox.service import routing
+    from rknn_dropbox.service.messages import JobDone
+    from rknn_dropbox.store import JobRecord, JobStore
+    monkeypatch.setattr(routing, "next_fallback", lambda crash, before: next_fallback(crash, before, INSTALLED))
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    store.add(JobRecord(id="j1", name="yolo"))
+    crash = {"toolkit": "2.5.0", "toolkit_version": None, "runtime_version": None, "error": "building failed: X"}
+    before = routing.ToolkitRouter("2.5.0", store)
+    retry = before.retry("j1", JobDone("j1", False, error="building failed: X", crash=crash))
+    assert retry is not None and retry.toolkit == "2.3.2"
+    after = routing.ToolkitRouter("2.5.0", JobStore(tmp_path / "jobs.sqlite3"))  # a new daemon, the same store
+    assert after.toolkit_of("j1") == "2.3.2"
+    assert after.order_fields("j1")["crashed"] == ({"toolkit": "2.5.0", "error": "building failed: X"},)
+    assert "toolkit_plan" not in store.get("j1").to_task()
+    assert routing.ToolkitRouter("2.5.0", store).toolkit_of("other") == "2.5.0"
