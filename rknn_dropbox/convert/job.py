@@ -270,7 +270,7 @@ def _convert(job: JobDir, name: str, defaults: ConvertOptions, progress: Progres
     with _as_conversion_error():
         prepared = spec.fmt.prepare(spec, scratch)
     result.warnings.extend(spec.fmt.warnings(spec, prepared, q.quantize))
-    # before any build: its memory is freed before the toolkit's peak, and the targets share it
+    # the samples, shared by the targets; the source runtime runs on them when verification asks, after the build
     references = shape_references(spec, prepared, spec.verify_dataset) if spec.options.verify else []
     reference = references[0][1] if references else None
     build = TargetBuild(spec, q.quantize, q.prequantized, prepared, job.output, job.job_id,
@@ -282,24 +282,37 @@ def _convert(job: JobDir, name: str, defaults: ConvertOptions, progress: Progres
             exc.crash.update(toolkit=toolkit_version, toolkit_version=spec.options.toolkit_version,
                              runtime_version=spec.options.runtime_version)
         raise
-    verifications = outcome.verification
-    if verifications:
-        result.extra["verification"] = verifications
+    _record_accuracy(result, outcome, references)
+    if cache is not None and key:
+        _store_in_cache(cache, key, job, name, result, outcome)
+    progress("export", 97.0)
+    return result
+
+
+def _record_accuracy(result: ConversionResult, outcome: TargetsOutcome,
+                     references: list[tuple[Any, Any]]) -> None:
+    """The targets' verification, accuracy step and timings into the result (quantization as delivered)."""
+    if outcome.verification:
+        result.extra["verification"] = outcome.verification
     if outcome.accuracy:
         result.extra["accuracy"] = outcome.accuracy
         result.quantization = delivered_quantization(result.quantization, result.targets)
     if references:
         outcome.seconds["reference"] = round(sum(ref.seconds for _, ref in references), 3)
     result.extra["timings"] = outcome.seconds
-    if cache is not None and key and all(t.get("ok") for t in result.targets) and not any(
+
+
+def _store_in_cache(cache: ResultCache, key: str, job: JobDir, name: str, result: ConversionResult,
+                    outcome: TargetsOutcome) -> None:
+    """A job whose every target built and verified is reused by the next identical drop."""
+    verifications = outcome.verification
+    if not all(t.get("ok") for t in result.targets) or any(
             v.get("status") in ("below_threshold", "error") for v in verifications.values()):
-        files = {t["platform"]: job.output / t["file"] for t in result.targets}
-        cache.store(key, {"job_id": job.job_id, "name": name, "targets": result.targets,
-                          "warnings": result.warnings, "verification": verifications or None,
-                          "accuracy": outcome.accuracy or None,
-                          "workarounds": result.extra.get("workarounds")}, files)
-    progress("export", 97.0)
-    return result
+        return
+    files = {t["platform"]: job.output / t["file"] for t in result.targets}
+    cache.store(key, {"job_id": job.job_id, "name": name, "targets": result.targets,
+                      "warnings": result.warnings, "verification": verifications or None,
+                      "accuracy": outcome.accuracy or None, "workarounds": result.extra.get("workarounds")}, files)
 
 
 def convert_job(job: JobDir, name: str, defaults: ConvertOptions, progress: ProgressFn,
