@@ -93,28 +93,28 @@ class ConvertOptions:
 ALLOWED_KEYS = tuple(f.name for f in fields(ConvertOptions))
 
 
-def _fail(where: str, key: str, msg: str) -> OptionsError:
+def option_error(where: str, key: str, msg: str) -> OptionsError:
     return OptionsError(f"{where}: {key}: {msg}")
 
 
 def _number_lists(where: str, key: str, value: Any, kind: type) -> list[list[Any]]:
     """Accept [a, b, c] (one input) or [[a, b, c], [..]] (one list per input)."""
     if not isinstance(value, list) or not value:
-        raise _fail(where, key, f"expected a list of numbers or a list of such lists, got {value!r}")
+        raise option_error(where, key, f"expected a list of numbers or a list of such lists, got {value!r}")
     rows = value if all(isinstance(v, list) for v in value) else [value]
     out: list[list[Any]] = []
     for row in rows:
         if not row or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in row):
-            raise _fail(where, key, f"expected numbers, got {row!r}")
+            raise option_error(where, key, f"expected numbers, got {row!r}")
         if kind is int and not all(isinstance(x, int) for x in row):
-            raise _fail(where, key, f"expected whole numbers, got {row!r}")
+            raise option_error(where, key, f"expected whole numbers, got {row!r}")
         out.append([kind(x) for x in row])
     return out
 
 
 def _choice(where: str, key: str, value: Any, allowed: tuple[Any, ...]) -> Any:
     if isinstance(value, bool) or value not in allowed:
-        raise _fail(where, key, f"{value!r} is not one of: {', '.join(map(str, allowed))}")
+        raise option_error(where, key, f"{value!r} is not one of: {', '.join(map(str, allowed))}")
     return value
 
 
@@ -126,7 +126,7 @@ def _parse_build_value(where: str, key: str, value: Any) -> Any:
     if key == "target_platform":
         items = value if isinstance(value, list) else [value]
         if not items:
-            raise _fail(where, key, "an empty list; name at least one platform")
+            raise option_error(where, key, "an empty list; name at least one platform")
         out = []
         for item in items:
             item = item.lower() if isinstance(item, str) else item
@@ -135,12 +135,12 @@ def _parse_build_value(where: str, key: str, value: Any) -> Any:
     if key == "do_quantization":
         if value in (True, False) or value == "auto":
             return value
-        raise _fail(where, key, f"{value!r} is not one of: true, false, auto")
+        raise option_error(where, key, f"{value!r} is not one of: true, false, auto")
     if key == "dataset":
         if value is None:
             return None
         if not isinstance(value, str) or not value.strip():
-            raise _fail(where, key, f"expected a path to a dataset.txt, got {value!r}")
+            raise option_error(where, key, f"expected a path to a dataset.txt, got {value!r}")
         return value
     if key in ("mean_values", "std_values"):
         return None if value is None else _number_lists(where, key, value, float)
@@ -148,7 +148,7 @@ def _parse_build_value(where: str, key: str, value: Any) -> Any:
         return None if value is None else _number_lists(where, key, value, int)
     if key == "quantized_dtype":
         if isinstance(value, str) and value in RENAMED_DTYPES:
-            raise _fail(where, key, f"{value!r} is refused by rknn-toolkit2 2.5.0; use "
+            raise option_error(where, key, f"{value!r} is refused by rknn-toolkit2 2.5.0; use "
                         f"{RENAMED_DTYPES[value]!r} (allowed: {', '.join(QUANTIZED_DTYPES)})")
         return _choice(where, key, value, QUANTIZED_DTYPES)
     if key == "quantized_algorithm":
@@ -162,7 +162,7 @@ def _parse_build_value(where: str, key: str, value: Any) -> Any:
             return None
         items = value if isinstance(value, list) else [value]
         if not items or not all(isinstance(v, str) and v for v in items):
-            raise _fail(where, key, f"expected a list of tensor names, got {value!r}")
+            raise option_error(where, key, f"expected a list of tensor names, got {value!r}")
         return list(items)
     return _NOT_MINE
 
@@ -171,26 +171,26 @@ def _parse_verify_value(where: str, key: str, value: Any) -> Any:
     """Switches, and the keys of verification and accuracy repair."""
     if key in ("quant_img_RGB2BGR", "single_core_mode", "compress_weight", "verify", "verify_strict"):
         if not isinstance(value, bool):
-            raise _fail(where, key, f"expected true or false, got {value!r}")
+            raise option_error(where, key, f"expected true or false, got {value!r}")
         return value
     if key == "verify_min_cosine":
         if value is None:
             return None
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not -1.0 <= value <= 1.0:
-            raise _fail(where, key, f"expected a number between -1 and 1, got {value!r}")
+            raise option_error(where, key, f"expected a number between -1 and 1, got {value!r}")
         return float(value)
     if key == "verify_samples":
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 64:
-            raise _fail(where, key, f"expected a whole number from 1 to 64, got {value!r}")
+            raise option_error(where, key, f"expected a whole number from 1 to 64, got {value!r}")
         return value
     if key == "verify_time_share":
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-            raise _fail(where, key, f"expected a share of the build's time above 0 (1.0: as long as the build), "
+            raise option_error(where, key, f"expected a share of the build's time above 0 (1.0: as long as the build), "
                                     f"got {value!r}")
         return float(value)
     if key == "verify_dataset":
         if value is not None and (not isinstance(value, str) or not value.strip()):
-            raise _fail(where, key, f"expected a path to a dataset.txt of held-out samples, got {value!r}")
+            raise option_error(where, key, f"expected a path to a dataset.txt of held-out samples, got {value!r}")
         return value
     if key == "accuracy_repair":
         return _choice(where, key, value, ("auto", "off"))
@@ -198,7 +198,7 @@ def _parse_verify_value(where: str, key: str, value: Any) -> Any:
         return _choice(where, key, value, ("none", "fp16"))
     if key == "repair_budget_seconds":
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
-            raise _fail(where, key, f"expected a number of seconds (0 or more), got {value!r}")
+            raise option_error(where, key, f"expected a number of seconds (0 or more), got {value!r}")
         return None if value is None else float(value)
     return _NOT_MINE
 
@@ -208,7 +208,7 @@ def _parse_passthrough_value(where: str, key: str, value: Any) -> Any:
     if key == "callback_url":
         if value is not None and not (isinstance(value, str) and value.startswith(("http://", "https://"))
                                       and len(value) <= 2048 and not any(c.isspace() for c in value)):
-            raise _fail(where, key, f"expected an http:// or https:// URL, got {value!r}")
+            raise option_error(where, key, f"expected an http:// or https:// URL, got {value!r}")
         return value
     if key in ("toolkit_version", "runtime_version"):
         from rknn_dropbox.toolkits import ToolkitError, check_version
@@ -220,7 +220,7 @@ def _parse_passthrough_value(where: str, key: str, value: Any) -> Any:
         try:
             return parse_toolkit_key(key, value)
         except ToolkitKeyError as exc:
-            raise _fail(where, key, str(exc)) from None
+            raise option_error(where, key, str(exc)) from None
     return _NOT_MINE
 
 
@@ -229,7 +229,7 @@ def _parse_value(where: str, key: str, value: Any) -> Any:
         parsed = parse(where, key, value)
         if parsed is not _NOT_MINE:
             return parsed
-    raise _fail(where, key, f"unknown key (allowed: {', '.join(ALLOWED_KEYS)})")  # pragma: no cover
+    raise option_error(where, key, f"unknown key (allowed: {', '.join(ALLOWED_KEYS)})")  # pragma: no cover
 
 
 def parse_convert_options(raw: Any, where: str, base: ConvertOptions | None = None,
@@ -331,119 +331,3 @@ def check_fp16_platforms(opts: ConvertOptions, quantize: bool) -> None:
         raise OptionsError(
             f"{', '.join(bad)} cannot run fp16 models and no calibration dataset was found: give a dataset "
             "(sidecar `dataset:`, a dataset.txt or images in the folder) for an int8 build")
-
-
-
-
-# ---- the toolkit's own `python -m rknn.api.rknn_convert` model_config.yml, read as a sidecar ------------------------
-
-MODEL_CONFIG_KEYS = ("name", "platform", "model_file_path", "pt_file_path", "prototxt_file_path",
-                     "caffemodel_file_path", "darknet_cfg_path", "darknet_weights_path", "quantize", "dataset",
-                     "configs", "subgraphs", "toolkit_version", "runtime_version")
-MODEL_CONFIG_CONFIGS = ("quantized_dtype", "mean_values", "std_values", "channel_mean_value", "quant_img_RGB2BGR",
-                        "quantized_algorithm", "quantized_method", "optimization_level", "target_platform",
-                        "single_core_mode", "compress_weight")
-# the toolkit's model_config `platform:` -> our format names
-MODEL_CONFIG_PLATFORMS = {"onnx": "onnx", "tflite": "tflite", "caffe": "caffe", "darknet": "darknet",
-                          "tensorflow": "tensorflow", "pytorch": "pytorch"}
-
-
-@dataclass(frozen=True)
-class ModelConfigRefs:
-    """What a model_config.yml says about the model itself: its format and files (paths relative to the yml)."""
-    platform: str | None = None
-    files: tuple[str, ...] = ()
-
-
-def is_model_config(raw: Any) -> bool:
-    """A sidecar written for rknn_convert: a `models:` mapping, or its keys at the top level."""
-    if not isinstance(raw, dict):
-        return False
-    if set(raw) == {"models"} and isinstance(raw["models"], dict):
-        return True
-    return bool(set(raw) & {"platform", "model_file_path", "prototxt_file_path", "darknet_cfg_path", "configs",
-                            "subgraphs", "quantize", "pt_file_path"})
-
-
-def _str_bool(where: str, key: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
-        return value.lower() in ("true", "yes", "1")
-    raise _fail(where, key, f"expected true or false, got {value!r}")
-
-
-def _size_list(where: str, value: Any) -> list[list[int]]:
-    """rknn_convert's input_size_list: ["1,3,224,224", ...] (a 3-dim entry gets a batch of 1) or lists of ints."""
-    items = value if isinstance(value, list) else [value]
-    out = []
-    for item in items:
-        if isinstance(item, str):
-            try:
-                dims = [int(x) for x in item.replace(" ", "").split(",") if x]
-            except ValueError:
-                raise _fail(where, "subgraphs.input_size_list", f"expected \"1,3,224,224\", got {item!r}") from None
-        elif isinstance(item, list) and all(isinstance(x, int) and not isinstance(x, bool) for x in item):
-            dims = list(item)
-        else:
-            raise _fail(where, "subgraphs.input_size_list", f"expected \"1,3,224,224\", got {item!r}")
-        if len(dims) == 3:
-            dims.insert(0, 1)
-        out.append(dims)
-    return out
-
-
-def model_config_to_options(raw: dict[str, Any], where: str) -> tuple[dict[str, Any], ModelConfigRefs]:
-    """Normalise a model_config.yml mapping into native sidecar keys (+ the model's format and files)."""
-    model = raw["models"] if set(raw) == {"models"} else raw
-    if not isinstance(model, dict):
-        raise OptionsError(f"{where}: models: expected a mapping")
-    native: dict[str, Any] = {}
-    for key in model:
-        if key not in MODEL_CONFIG_KEYS:
-            raise OptionsError(f"{where}: unknown model_config key {key!r} (allowed: {', '.join(MODEL_CONFIG_KEYS)})")
-    platform = model.get("platform")
-    if platform is not None and platform not in MODEL_CONFIG_PLATFORMS:
-        raise _fail(where, "platform", f"{platform!r} is not one of: {', '.join(MODEL_CONFIG_PLATFORMS)}")
-    files = tuple(str(model[k]) for k in ("model_file_path", "pt_file_path", "prototxt_file_path",
-                                          "caffemodel_file_path", "darknet_cfg_path", "darknet_weights_path")
-                  if model.get(k))
-    if "quantize" in model:
-        native["do_quantization"] = _str_bool(where, "quantize", model["quantize"])
-    if model.get("dataset"):
-        native["dataset"] = model["dataset"]
-    for key in ("toolkit_version", "runtime_version"):  # no such key in rknn_convert: ours, beside quantize
-        if model.get(key) is not None:
-            native[key] = model[key]
-    configs = model.get("configs") or {}
-    if not isinstance(configs, dict):
-        raise OptionsError(f"{where}: configs: expected a mapping")
-    for key, value in configs.items():
-        if key not in MODEL_CONFIG_CONFIGS:
-            raise OptionsError(f"{where}: configs: unknown key {key!r} (allowed: {', '.join(MODEL_CONFIG_CONFIGS)})")
-        if key == "quantized_dtype" and value in ("asymmetric_quantized-8", "asymmetric_quantized-u8"):
-            value = "w8a8"  # the toolkit 1 name rknn_model_zoo configs still use
-        if key == "channel_mean_value":  # "m0 m1 m2 scale", the toolkit-1 spelling of mean/std
-            try:
-                nums = [float(x) for x in str(value).split()]
-            except ValueError:
-                raise _fail(where, "configs.channel_mean_value", f"expected \"0 0 0 255\", got {value!r}") from None
-            if len(nums) < 2:
-                raise _fail(where, "configs.channel_mean_value", f"expected \"0 0 0 255\", got {value!r}")
-            native.setdefault("mean_values", nums[:-1])
-            native.setdefault("std_values", [nums[-1]] * (len(nums) - 1))
-            continue
-        if key in ("quant_img_RGB2BGR", "single_core_mode", "compress_weight"):
-            value = _str_bool(where, f"configs.{key}", value)
-        native[key] = value
-    subgraphs = model.get("subgraphs") or {}
-    if not isinstance(subgraphs, dict):
-        raise OptionsError(f"{where}: subgraphs: expected a mapping")
-    for key, value in subgraphs.items():
-        if key in ("input_size_list", "input-size-list"):
-            native["input_size_list"] = _size_list(where, value)
-        elif key in ("inputs", "outputs"):
-            native[key] = value
-        else:
-            raise OptionsError(f"{where}: subgraphs: unknown key {key!r} (allowed: input_size_list, inputs, outputs)")
-    return native, ModelConfigRefs(MODEL_CONFIG_PLATFORMS.get(platform) if platform else None, files)
