@@ -59,8 +59,7 @@ def run(drops: Path, root: Path, workers: int, admission: bool) -> dict:
         time.sleep(8)  # warm workers (the toolkit imported)
         staging = root / "inbox" / ".staging"
         shutil.copytree(drops, staging)
-        names = sorted(p.name.removesuffix(".yaml").removesuffix(".onnx") for p in staging.iterdir())
-        names = sorted(set(names))
+        names = sorted({p.name.removesuffix(".yaml").removesuffix(".onnx") for p in staging.iterdir()})
         t0 = time.monotonic()
         for entry in sorted(staging.iterdir(), key=lambda p: p.suffix != ".yaml"):  # sidecars first
             entry.rename(root / "inbox" / entry.name)

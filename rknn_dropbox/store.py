@@ -248,6 +248,13 @@ class JobStore:
             args.append(int(limit))
         return [_from_row(r) for r in self._conn().execute(sql, args)]
 
+    def toolkit_plans(self) -> dict[str, str]:
+        """Unfinished jobs' toolkit plans (JSON), for a daemon starting up."""
+        final = ",".join("?" for _ in FINAL_STATUSES)
+        rows = self._conn().execute(f"SELECT id, toolkit_plan FROM jobs WHERE toolkit_plan IS NOT NULL AND status NOT "
+                                    f"IN ({final})", tuple(FINAL_STATUSES))
+        return {r["id"]: r["toolkit_plan"] for r in rows}
+
     def list_named(self, name: str, limit: int | None = None) -> list[JobRecord]:
         """The jobs of one drop name, newest first."""
         sql = "SELECT * FROM jobs WHERE name = ? ORDER BY created_at DESC, id DESC"

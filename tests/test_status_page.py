@@ -75,13 +75,19 @@ def test_the_list_shows_builds_cosines_warnings_and_failures(jobs: dict[str, Any
     assert 'href="/?status=failed"' in page.dom
 
 
-def test_a_two_target_job_page_shows_each_targets_cosines_as_bars(jobs: dict[str, Any], browser: Browser,
-                                                                 tmp_path: Path) -> None:
-    task = jobs["tasks"]["twin"]
+def _job_page(jobs: dict[str, Any], browser: Browser, tmp_path: Path, name: str, height: int = 2000
+              ) -> tuple[dict[str, Any], Rendered]:
+    """The job's task JSON and its rendered page (a screenshot of it kept in tmp_path)."""
+    task = jobs["tasks"][name]
     url = f"{jobs['url']}/tasks/{task['task_id']}"
     page = Rendered(browser.dom(url))
-    browser.screenshot(url, tmp_path / "twin.png")
-    print(f"screenshot: {tmp_path / 'twin.png'}")
+    print(f"screenshot: {browser.screenshot(url, tmp_path / f'{name}.png', height)}")
+    return task, page
+
+
+def test_a_two_target_job_page_shows_each_targets_cosines_as_bars(jobs: dict[str, Any], browser: Browser,
+                                                                 tmp_path: Path) -> None:
+    task, page = _job_page(jobs, browser, tmp_path, "twin")
     result = jobs["results"]["twin"]
     for platform in ("rk3588", "rk3566"):
         assert f"{platform} built" in page.text
@@ -100,10 +106,7 @@ def test_a_two_target_job_page_shows_each_targets_cosines_as_bars(jobs: dict[str
 
 def test_an_int8_job_page_shows_its_calibration_and_verification(jobs: dict[str, Any], browser: Browser,
                                                                 tmp_path: Path) -> None:
-    task = jobs["tasks"]["quant8"]
-    url = f"{jobs['url']}/tasks/{task['task_id']}"
-    page = Rendered(browser.dom(url))
-    browser.screenshot(url, tmp_path / "quant8.png")
+    _, page = _job_page(jobs, browser, tmp_path, "quant8")
     result = jobs["results"]["quant8"]
     assert "int8" in page.text and result["quantization"]["reason"] in page.text
     assert "verification passed" in page.text and "threshold 0.9800" in page.text
@@ -113,11 +116,7 @@ def test_an_int8_job_page_shows_its_calibration_and_verification(jobs: dict[str,
 
 def test_a_failed_job_page_shows_the_error_and_the_hint_in_full(jobs: dict[str, Any], browser: Browser,
                                                                tmp_path: Path) -> None:
-    task = jobs["tasks"]["broken"]
-    url = f"{jobs['url']}/tasks/{task['task_id']}"
-    page = Rendered(browser.dom(url))
-    browser.screenshot(url, tmp_path / "broken.png", 1400)
-    print(f"screenshot: {tmp_path / 'broken.png'}")
+    _, page = _job_page(jobs, browser, tmp_path, "broken", 1400)
     error = jobs["results"]["broken"]
     assert error["error"] in page.text and error["hint"] in page.text
     assert "format onnx (by its extension)" in page.text

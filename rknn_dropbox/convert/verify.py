@@ -84,9 +84,13 @@ class Reference:
                     raise RuntimeError("no reference runtime")
                 self.outputs.append(self._run(self.samples.samples[len(self.outputs)].norm))
             self.seconds += time.monotonic() - started
-            if len(self.outputs) >= self.count:
-                self._run = self.runner = None
+            self._let_go_when_done()
         return self.outputs[i]
+
+    def _let_go_when_done(self) -> None:
+        """Every sample that will be verified has its outputs: the source model is no longer needed."""
+        if len(self.outputs) >= self.count:
+            self._run = self.runner = None
 
     @property
     def count(self) -> int:
@@ -106,8 +110,7 @@ class Reference:
         self.limited = (f"{self.limit} of {n} samples: each took {per_sample_seconds:.1f} s (source runtime + "
                         f"simulator); verification is kept within {share:.0%} of the {build_seconds:.0f} s build "
                         "(verify_time_share)")
-        if len(self.outputs) >= self.count:
-            self._run = self.runner = None
+        self._let_go_when_done()
 
 
 def error_reason(exc: BaseException) -> str:

@@ -36,29 +36,24 @@ class ToolkitRouter:
         self.default_toolkit = default_toolkit
         self.store = store
         self.plans: dict[str, ToolkitPlan] = {}
-
-    def _plan(self, job_id: str) -> ToolkitPlan | None:
-        if job_id not in self.plans and self.store is not None:
-            record = self.store.get(job_id)
-            if record is not None and record.toolkit_plan:
-                try:
-                    self.plans[job_id] = ToolkitPlan(**json.loads(record.toolkit_plan))
-                except (ValueError, TypeError):
-                    pass  # unreadable: the default, as for a new job
-        return self.plans.get(job_id)
+        for job_id, saved in (store.toolkit_plans() if store is not None else {}).items():
+            try:
+                self.plans[job_id] = ToolkitPlan(**json.loads(saved))
+            except (ValueError, TypeError):
+                pass  # unreadable: the default, as for a new job
 
     def toolkit_of(self, job_id: str) -> str:
-        plan = self._plan(job_id)
+        plan = self.plans.get(job_id)
         return plan.toolkit if plan and plan.toolkit else self.default_toolkit
 
     def order_fields(self, job_id: str) -> dict[str, Any]:
         """The WorkOrder fields that say which toolkit builds the job."""
-        plan = self._plan(job_id) or ToolkitPlan()
+        plan = self.plans.get(job_id) or ToolkitPlan()
         return {"default_toolkit": self.default_toolkit, "toolkit": plan.toolkit, "crashed": tuple(plan.crashed)}
 
     def retry(self, job_id: str, done: JobDone) -> Retry | None:
         """A worker's answer that sends the job to another version: it needs one, or its toolkit crashed."""
-        plan = self._plan(job_id) or self.plans.setdefault(job_id, ToolkitPlan())
+        plan = self.plans.setdefault(job_id, ToolkitPlan())
         retry = None
         if done.needs_toolkit and plan.handovers < MAX_HANDOVERS:
             plan.toolkit, plan.handovers = done.needs_toolkit, plan.handovers + 1

@@ -98,13 +98,19 @@ def _downloads(view: JobView) -> str:
     return f"<h2>{'Downloads' if rows else 'Files'}</h2>{files}<p>{' &middot; '.join(links)}</p>"
 
 
+def _columns(rows: list[dict[str, Any]]) -> list[str]:
+    """Every key of the rows, in the order first seen: a table's columns."""
+    keys: list[str] = []
+    for row in rows:
+        keys += [k for k in row if k not in keys]
+    return keys
+
+
 def _attempts(block: dict[str, Any]) -> str:
     attempts = [a for a in block.get("attempts") or [] if isinstance(a, dict)]
     if not attempts:
         return ""
-    keys: list[str] = []
-    for a in attempts:
-        keys += [k for k in a if k not in keys]
+    keys = _columns(attempts)
     delivered = block.get("delivered")
     rows = []
     for i, a in enumerate(attempts):
@@ -118,9 +124,7 @@ def _worst_layers(block: dict[str, Any]) -> str:
     layers = [w for w in block.get("worst_layers") or [] if isinstance(w, dict)]
     if not layers:
         return ""
-    keys: list[str] = []
-    for w in layers:
-        keys += [k for k in w if k not in keys]
+    keys = _columns(layers)
     return "<h3>Layers that lose the most accuracy</h3>" + table(map(e, keys), [[plain(w.get(k)) for k in keys]
                                                                                    for w in layers])
 
