@@ -169,6 +169,13 @@ def daemon(daemon_factory: Callable[..., DaemonProcess]) -> DaemonProcess:
 
 
 @pytest.fixture(scope="session")
+def trained_cache(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where tests/trained.py keeps the trained networks and real photos (the pytest cache: fetched once)."""
+    cache = getattr(request.config, "cache", None)
+    return Path(cache.mkdir("trained")) if cache is not None else tmp_path_factory.mktemp("trained")
+
+
+@pytest.fixture(scope="session")
 def zoo_corpus(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The real-architecture corpus (tests/zoo.py): exported once, cached in the pytest cache per package versions."""
     from zoo import build_corpus, corpus_available
