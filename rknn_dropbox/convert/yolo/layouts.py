@@ -1,0 +1,254 @@
+"""NPU-friendly output layouts of an Ultralytics head, written as edited ONNX graphs in the job's scratch folder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rknn_dropbox.convert.yolo.head import UltralyticsHead, class_count
+
+LAYOUTS = ("split", "keep", "rknn_model_zoo")
+
+
+class LayoutError(ValueError):
+    """The layout asked for cannot be cut from this graph; `error` and `hint` are sentences."""
+
+    def __init__(self, error: str, hint: str) -> None:
+        super().__init__(error)
+        self.error = error
+        self.hint = hint
+
+
+@dataclass
+class YoloLayout:
+    """How a YOLO head's outputs are delivered (result.json `outputs_layout`; read by the detection check)."""
+    layout: str                       # keep | split | rknn_model_zoo
+    task: str                         # detect | segment | pose | obb
+    outputs: list[str]                # the delivered output names, in order
+    num_classes: int
+    shapes: list[list[int]] = field(default_factory=list)
+    roles: list[str] = field(default_factory=list)      # boxes, scores, box_dfl, score_sum, protos, ...
+    original: dict[str, Any] = field(default_factory=dict)  # {"name": "output0", "shape": [1, 84, 8400]}
+    reassemble: str = ""              # how to get the original tensor back, in words
+    input_hw: tuple[int, int] = (640, 640)
+    family: str = ""
+    model: Path | None = None         # the edited ONNX the build and the reference both use (None: keep)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"layout": self.layout, "task": self.task, "family": self.family, "num_classes": self.num_classes,
+                "input_hw": list(self.input_hw), "original": self.original, "reassemble": self.reassemble,
+                "outputs": [{"name": n, "shape": s, "role": r}
+                            for n, s, r in zip(self.outputs, self.shapes, self.roles)]}
+
+
+def _fixed_inputs(model: Any, input_shapes: list[list[int]] | None) -> Any:
+    """A copy with the planned input shapes, its value shapes inferred (the layout's shapes are concrete)."""
+    import onnx
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    initializers = {i.name for i in m.graph.initializer}
+    real = [i for i in m.graph.input if i.name not in initializers]
+    for inp, shape in zip(real, input_shapes or []):
+        for d, size in zip(inp.type.tensor_type.shape.dim, shape):
+            d.Clear()
+            d.dim_value = int(size)
+    return onnx.shape_inference.infer_shapes(m)
+
+
+def _shapes(model: Any) -> dict[str, list[int]]:
+    known = [*model.graph.value_info, *model.graph.output, *model.graph.input]
+    return {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in known}
+
+
+def _rename(model: Any, old: str, new: str) -> None:
+    for node in model.graph.node:
+        for seq in (node.input, node.output):
+            for i, name in enumerate(seq):
+                if name == old:
+                    seq[i] = new
+
+
+def _prune(model: Any) -> None:
+    """Drop the nodes no graph output needs (the final Concat and the decoding after the cut)."""
+    producers = {o: n for n in model.graph.node for o in n.output}
+    needed, stack, keep = set(), [o.name for o in model.graph.output], set()
+    while stack:
+        name = stack.pop()
+        if name in needed:
+            continue
+        needed.add(name)
+        node = producers.get(name)
+        if node is not None and id(node) not in keep:
+            keep.add(id(node))
+            stack.extend(i for i in node.input if i)
+    kept = [n for n in model.graph.node if id(n) in keep]
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
+    used = {i for n in kept for i in n.input}
+    inits = [i for i in model.graph.initializer if i.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(inits)
+    del model.graph.value_info[:]
+
+
+def _set_outputs(model: Any, names: list[str], shapes: list[list[int]]) -> None:
+    import onnx
+    del model.graph.output[:]
+    model.graph.output.extend(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, s)
+                              for n, s in zip(names, shapes))
+
+
+def _input_dims(model: Any) -> list[list[int]]:
+    initializers = {i.name for i in model.graph.initializer}
+    return [[d.dim_value or 1 for d in i.type.tensor_type.shape.dim] for i in model.graph.input
+            if i.name not in initializers]
+
+
+def _input_hw(model: Any) -> tuple[int, int]:
+    first = _input_dims(model)[0]
+    return int(first[-2]), int(first[-1])
+
+
+def _output_shapes(model: Any) -> list[list[int]]:
+    """The outputs' real shapes: the graph run once on zeros (shape inference leaves Reshape results open)."""
+    import numpy as np
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    sess = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    feeds = {i.name: np.zeros(dims, np.float32) for i, dims in zip(sess.get_inputs(), _input_dims(model))}
+    return [list(o.shape) for o in sess.run(None, feeds)]
+
+
+def _save(model: Any, scratch: Path, stem: str, layout: str) -> Path:
+    import onnx
+    scratch.mkdir(parents=True, exist_ok=True)
+    path = scratch / f"{stem}.{layout}.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+def split_layout(model: Any, head: UltralyticsHead, input_shapes: list[list[int]] | None, scratch: Path,
+                 stem: str) -> YoloLayout:
+    """The final Concat's parts as outputs (boxes [1,4,N], scores [1,C,N], ...), then the head's other outputs."""
+    m = _fixed_inputs(model, input_shapes)
+    shapes = _shapes(m)
+    names = []
+    for part, role in zip(head.parts, head.roles):
+        _rename(m, part, role)
+        shapes[role] = shapes.get(part, [])
+        names.append(role)
+    out_names = names + head.other_outputs
+    out_shapes = [shapes.get(n, []) for n in out_names]
+    _set_outputs(m, out_names, out_shapes)
+    _prune(m)
+    out_shapes = _output_shapes(m)
+    _set_outputs(m, out_names, out_shapes)
+    original = [*out_shapes[0][:head.axis], sum(s[head.axis] for s in out_shapes[:len(names)]),
+                *out_shapes[0][head.axis + 1:]]
+    layout = YoloLayout("split", head.task, out_names, int(out_shapes[1][head.axis]) if len(out_shapes) > 1 else 0,
+                        out_shapes, list(head.roles) + ["protos" if head.task == "segment" else "other"]
+                        * len(head.other_outputs),
+                        {"name": head.output, "shape": original},
+                        f"concatenate {', '.join(names)} along axis {head.axis} to get {head.output} "
+                        f"{original}", _input_hw(m), head.family)
+    layout.model = _save(m, scratch, stem, "split")
+    return layout
+
+
+def _opset(model: Any) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
+
+
+def _score_nodes(model: Any, cls: str, i: int) -> tuple[str, str]:
+    """sigmoid(class logits) and clamp(sum over classes, 0, 1), added to the graph; their tensor names."""
+    import numpy as np
+    import onnx
+    h, g = onnx.helper, model.graph
+    score, total, score_sum = f"score{i}", f"score_total{i}", f"score_sum{i}"
+    g.node.append(h.make_node("Sigmoid", [cls], [score], name=f"/rknn_dropbox/Sigmoid_{i}"))
+    if _opset(model) >= 13:
+        g.initializer.append(onnx.numpy_helper.from_array(np.array([1], np.int64), f"/rknn_dropbox/axes_{i}"))
+        g.node.append(h.make_node("ReduceSum", [score, f"/rknn_dropbox/axes_{i}"], [total], keepdims=1,
+                                  name=f"/rknn_dropbox/ReduceSum_{i}"))
+    else:
+        g.node.append(h.make_node("ReduceSum", [score], [total], axes=[1], keepdims=1,
+                                  name=f"/rknn_dropbox/ReduceSum_{i}"))
+    lo, hi = f"/rknn_dropbox/zero_{i}", f"/rknn_dropbox/one_{i}"
+    g.initializer.extend([onnx.numpy_helper.from_array(np.array(0.0, np.float32), lo),
+                          onnx.numpy_helper.from_array(np.array(1.0, np.float32), hi)])
+    g.node.append(h.make_node("Clip", [total, lo, hi], [score_sum], name=f"/rknn_dropbox/Clip_{i}"))
+    return score, score_sum
+
+
+def zoo_layout(model: Any, head: UltralyticsHead, input_shapes: list[list[int]] | None, scratch: Path,
+               stem: str) -> YoloLayout:
+    """The Rockchip model zoo's layout: per scale the box DFL logits [1,64,H,W], sigmoid(class logits) [1,C,H,W],
+    their clamped sum [1,1,H,W] (and a segment head's mask coefficients [1,32,H,W]); a segment head's protos last."""
+    if not head.scales or head.task in ("pose", "obb"):
+        what = f"a {head.task} head" if head.task in ("pose", "obb") else "this graph (no /model.N/cv2.i/cv2.i.2/Conv)"
+        raise LayoutError(f"yolo_outputs: rknn_model_zoo cannot be cut from {what}",
+                          "use yolo_outputs: split (the head's parts as outputs), or export with the Rockchip "
+                          "model zoo's fork (airockchip/ultralytics_yolov8)")
+    if _opset(model) < 11:
+        raise LayoutError(f"yolo_outputs: rknn_model_zoo needs opset 11 or later (the model has {_opset(model)})",
+                          "export again with opset=12")
+    m = _fixed_inputs(model, input_shapes)
+    shapes = _shapes(m)
+    names, roles, out_shapes = [], [], []
+    num_classes = class_count(m, head) or 0
+    for i, scale in enumerate(head.scales):
+        box = f"box{i}"
+        _rename(m, scale.box, box)
+        score, score_sum = _score_nodes(m, scale.cls, i)
+        hw = shapes.get(scale.box, [1, 64, 0, 0])[2:]
+        names += [box, score, score_sum]
+        roles += ["box_dfl", "scores", "score_sum"]
+        out_shapes += [[1, shapes.get(scale.box, [0, 64])[1], *hw], [1, num_classes, *hw], [1, 1, *hw]]
+        if head.task == "segment" and scale.mask:
+            _rename(m, scale.mask, f"mask{i}")
+            names.append(f"mask{i}")
+            roles.append("mask_coefficients")
+            out_shapes.append(shapes.get(scale.mask, []))
+    for other in head.other_outputs:
+        names.append(other)
+        roles.append("protos" if head.task == "segment" else "other")
+        out_shapes.append(shapes.get(other, []))
+    _set_outputs(m, names, out_shapes)
+    _prune(m)
+    out_shapes = _output_shapes(m)
+    _set_outputs(m, names, out_shapes)
+    original = [1, out_shapes[0][1] // 16 + num_classes + sum(s[1] for s, r in zip(out_shapes, roles)
+                                                              if r == "mask_coefficients") // 3,
+                sum(s[2] * s[3] for s, r in zip(out_shapes, roles) if r == "box_dfl")]
+    layout = YoloLayout("rknn_model_zoo", head.task, names, num_classes, out_shapes, roles,
+                        {"name": head.output, "shape": original},
+                        f"per scale: DFL over box{{i}} (4 x 16 bins, softmax, expectation) and the anchor grid give "
+                        f"the boxes, score{{i}} the class scores; flatten each scale (H x W) and concatenate them in "
+                        f"order to get {head.output} {original}", _input_hw(m), head.family)
+    layout.model = _save(m, scratch, stem, "rknn_model_zoo")
+    return layout
+
+
+def keep_layout(model: Any, head: UltralyticsHead, input_shapes: list[list[int]] | None) -> YoloLayout:
+    """The stock export as it is (one concatenated output); nothing is written."""
+    m = _fixed_inputs(model, input_shapes)
+    names = [o.name for o in m.graph.output]
+    shapes = _output_shapes(m)
+    main = shapes[names.index(head.output)]
+    num_classes = class_count(m, head) or (main[head.axis] - 4)
+    return YoloLayout("keep", head.task, names, num_classes, shapes,
+                      ["boxes+scores" if n == head.output else "protos" if head.task == "segment" else "other"
+                       for n in names], {"name": head.output, "shape": main}, "as exported", _input_hw(m),
+                      head.family)
+
+
+def head_layout(layout: str, model: Any, head: UltralyticsHead, input_shapes: list[list[int]] | None,
+                scratch: Path, stem: str) -> YoloLayout:
+    """The layout asked for; a keep layout writes nothing."""
+    if layout == "split":
+        return split_layout(model, head, input_shapes, scratch, stem)
+    if layout == "rknn_model_zoo":
+        return zoo_layout(model, head, input_shapes, scratch, stem)
+    return keep_layout(model, head, input_shapes)
