@@ -170,7 +170,7 @@ def _from_cache(cache: ResultCache, key: str, name: str, platforms: tuple[str, .
     if meta.get("workarounds"):
         result.extra["workarounds"] = meta["workarounds"]
     result.extra.update({"cached": True, "cache_of": meta.get("job_id"), "cache_key": key})
-    for extra in ("verification", "accuracy"):
+    for extra in ("verification", "accuracy", "outputs_layout"):
         if meta.get(extra) is not None:
             result.extra[extra] = meta[extra]
     print(f"cache hit {key[:16]}: outputs of job {meta.get('job_id')} ({meta.get('name')}) reused")
@@ -268,8 +268,11 @@ def _convert(job: JobDir, name: str, defaults: ConvertOptions, progress: Progres
         return result
     result.extra["cached"] = False
     with _as_conversion_error():
-        prepared = spec.fmt.prepare(spec, scratch)
+        prepared = spec.fmt.prepare(spec, scratch, q.quantize)
     result.warnings.extend(spec.fmt.warnings(spec, prepared, q.quantize))
+    layout = getattr(prepared, "yolo_layout", None)
+    if layout is not None:
+        result.extra["outputs_layout"] = layout.to_json()
     # the samples, shared by the targets; the source runtime runs on them when verification asks, after the build
     references = shape_references(spec, prepared, spec.verify_dataset) if spec.options.verify else []
     reference = references[0][1] if references else None
@@ -312,7 +315,8 @@ def _store_in_cache(cache: ResultCache, key: str, job: JobDir, name: str, result
     files = {t["platform"]: job.output / t["file"] for t in result.targets}
     cache.store(key, {"job_id": job.job_id, "name": name, "targets": result.targets,
                       "warnings": result.warnings, "verification": verifications or None,
-                      "accuracy": outcome.accuracy or None, "workarounds": result.extra.get("workarounds")}, files)
+                      "accuracy": outcome.accuracy or None, "workarounds": result.extra.get("workarounds"),
+                      "outputs_layout": result.extra.get("outputs_layout")}, files)
 
 
 def convert_job(job: JobDir, name: str, defaults: ConvertOptions, progress: ProgressFn,

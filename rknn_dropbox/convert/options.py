@@ -16,6 +16,7 @@ from rknn_dropbox.convert.platforms import (
 )
 
 MAX_SIDECAR_BYTES = 1024 * 1024
+YOLO_LAYOUTS = ("split", "keep", "rknn_model_zoo")  # convert/yolo/layouts.py LAYOUTS
 Quantize = Union[bool, str]  # True / False / "auto"
 
 
@@ -37,6 +38,10 @@ class ConvertOptions:
     input_size_list: list[list[int]] | None = None
     inputs: list[str] | None = None
     outputs: list[str] | None = None
+    # an Ultralytics YOLO head's outputs: split (the final Concat's parts), keep (as exported) or rknn_model_zoo
+    # (the Rockchip model zoo's per-scale layout); None: split for int8 builds, keep for fp16 (convert/yolo/)
+    yolo_outputs: str | None = None
+    imgsz: list[int] | None = None        # an Ultralytics checkpoint's export size [h, w] (None: its training size)
     quant_img_RGB2BGR: bool = False
     single_core_mode: bool = False
     compress_weight: bool = False
@@ -157,6 +162,17 @@ def _parse_build_value(where: str, key: str, value: Any) -> Any:
         return _choice(where, key, value, QUANTIZED_METHODS)
     if key == "optimization_level":
         return _choice(where, key, value, OPTIMIZATION_LEVELS)
+    if key == "yolo_outputs":
+        return None if value is None else _choice(where, key, value, YOLO_LAYOUTS)
+    if key == "imgsz":
+        sizes = value if isinstance(value, list) else [value]
+        if value is None:
+            return None
+        if not 1 <= len(sizes) <= 2 or not all(isinstance(v, int) and not isinstance(v, bool) and 32 <= v <= 4096
+                                               and v % 32 == 0 for v in sizes):
+            raise option_error(where, key, f"expected a size in pixels (a multiple of 32, e.g. 640) or [height, "
+                                           f"width], got {value!r}")
+        return [sizes[0], sizes[-1]]
     if key in ("inputs", "outputs"):
         if value is None:
             return None

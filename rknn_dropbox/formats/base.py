@@ -57,8 +57,9 @@ class Format:
     def is_prequantized(self, spec: Any) -> bool:
         return False
 
-    def prepare(self, spec: Any, scratch: Path) -> Any:
-        """Work before the toolkit sees the model (freezing a TensorFlow graph); passed to load and verify."""
+    def prepare(self, spec: Any, scratch: Path, quantize: bool = False) -> Any:
+        """Work before the toolkit sees the model (freezing a TensorFlow graph, a YOLO head's layout for an int8 or
+        fp16 build); passed to load and verify."""
         return None
 
     def warnings(self, spec: Any, prepared: Any, quantize: bool) -> list[str]:

@@ -1,4 +1,4 @@
-"""What an ONNX graph's structure says before a build: symbolic input dims, data-dependent shapes, YOLO heads."""
+"""What an ONNX graph's structure says before a build: symbolic input dims, data-dependent shapes, a YOLO head's DFL."""
 
 from __future__ import annotations
 
@@ -145,22 +145,3 @@ def data_dependent_error(nodes: list[str]) -> tuple[str, str]:
     shown = ", ".join(nodes[:3]) + (f" and {len(nodes) - 3} more" if len(nodes) > 3 else "")
     return DATA_DEPENDENT_ERROR + (f": {shown}" if shown else ""), DATA_DEPENDENT_HINT
 
-
-def yolo_warnings(head: YoloHead, quantized: bool) -> list[str]:
-    """What result.json says about a stock Ultralytics head; the graph itself is never rewritten."""
-    task = {"segment": "segmentation", "pose": "pose", "obb": "oriented-box"}.get(head.task, "detection")
-    outputs = ", ".join(head.concat_outputs)
-    notes = [
-        f"this is a stock Ultralytics YOLO {task} export ({head.source}): its output {outputs} holds the decoded "
-        "boxes (DFL softmax and box decoding inside the graph) concatenated with the class scores. The Rockchip "
-        "model zoo exports YOLO differently for the NPU: one output per scale (boxes and scores split), with DFL "
-        "and the post-processing (decoding, NMS) left to the CPU; this model was converted as dropped, without "
-        "rewriting its graph",
-    ]
-    if quantized:
-        notes.append(
-            "int8 on a concatenated box+score output loses accuracy: box coordinates (up to the input size, "
-            "hundreds) and scores (0 to 1) share one tensor and so one quantization scale, which leaves the scores "
-            "only a few of the 256 steps; check the detections, or build fp16 (do_quantization: false), or export "
-            "as the Rockchip model zoo does (split outputs, DFL and decoding on the CPU)")
-    return notes

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from rknn_dropbox.formats.base import Format, FormatError, ToolkitCall
-from rknn_dropbox.formats.graphtraits import GraphTraits, data_dependent_error, graph_traits, yolo_warnings
+from rknn_dropbox.formats.graphtraits import GraphTraits, data_dependent_error, graph_traits
 from rknn_dropbox.formats.onnx_shapes import ShapeError, ShapePlan, plan_input_shapes
 
 _QDQ_OPS = ("QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul")
@@ -20,6 +20,7 @@ class OnnxFacts:
     output_names: list[str]
     prequantized: bool                # QuantizeLinear/DequantizeLinear/QLinear* nodes
     traits: GraphTraits | None = None  # symbolic input dims, data-dependent shapes, a YOLO head
+    head: Any = None                   # convert/yolo's UltralyticsHead when the graph ends in one
 
 
 class Onnx(Format):
@@ -42,16 +43,25 @@ class Onnx(Format):
         if not m.graph.node:
             raise FormatError(f"{model.name} is not a valid ONNX model: its graph has no nodes", hint)
         initializers = {i.name for i in m.graph.initializer}
+        traits = graph_traits(m)
         return OnnxFacts(
             input_shapes=[[d.dim_value for d in i.type.tensor_type.shape.dim] for i in m.graph.input
                           if i.name not in initializers],
             output_names=[o.name for o in m.graph.output],
-            prequantized=any(n.op_type in _QDQ_OPS for n in m.graph.node), traits=graph_traits(m))
+            prequantized=any(n.op_type in _QDQ_OPS for n in m.graph.node), traits=traits,
+            head=_ultralytics_head(m) if traits.yolo else None)
 
     def is_prequantized(self, spec: Any) -> bool:
         return spec.facts is not None and spec.facts.prequantized
 
-    def prepare(self, spec: Any, scratch: Path) -> ShapePlan:
+    def prepare(self, spec: Any, scratch: Path, quantize: bool = False) -> ShapePlan:
+        """The input shapes, and an Ultralytics head's output layout (an edited graph in `scratch`)."""
+        plan = self._plan_shapes(spec)
+        if spec.facts.head is not None:
+            plan.yolo_layout = _yolo_layout(spec, plan, scratch, quantize)
+        return plan
+
+    def _plan_shapes(self, spec: Any) -> ShapePlan:
         """Refuse a graph whose output shapes depend on its data; decide the input shapes (a symbolic batch: 1)."""
         o, traits = spec.options, spec.facts.traits
         if traits.data_dependent and not o.outputs:  # `outputs:` may cut the graph before them
@@ -65,16 +75,21 @@ class Onnx(Format):
             raise FormatError(exc.error, exc.hint) from None
 
     def warnings(self, spec: Any, prepared: Any, quantize: bool) -> list[str]:
-        yolo = spec.facts.traits.yolo
-        return list(prepared.warnings) + (yolo_warnings(yolo, quantize) if yolo else [])
+        layout = getattr(prepared, "yolo_layout", None)
+        if layout is None:
+            return list(prepared.warnings)
+        from rknn_dropbox.convert.yolo.notes import layout_notes
+        return list(prepared.warnings) + layout_notes(spec.facts.head, layout, quantize,
+                                                      spec.options.yolo_outputs is not None)
 
     def load(self, rknn: Any, spec: Any, call: ToolkitCall, model: str, prepared: ShapePlan) -> None:
-        call("loading", rknn.load_onnx, model=model, inputs=prepared.inputs, outputs=spec.options.outputs,
-             input_size_list=prepared.input_size_list)
+        call("loading", rknn.load_onnx, model=str(_edited(prepared) or model), inputs=prepared.inputs,
+             outputs=spec.options.outputs, input_size_list=prepared.input_size_list)
 
     def verify_io(self, spec: Any, prepared: ShapePlan) -> tuple[list[list[int]], list[str] | None]:
         shapes = prepared.verify_shapes[0] if prepared.verify_shapes else spec.facts.input_shapes
-        return shapes, spec.facts.output_names
+        layout = getattr(prepared, "yolo_layout", None)
+        return shapes, layout.outputs if _edited(prepared) else spec.facts.output_names
 
     def reference(self, spec: Any, prepared: Any, inputs: list[Any]) -> list[Any]:
         return self.reference_runner(spec, prepared)(inputs)
@@ -83,9 +98,34 @@ class Onnx(Format):
         import onnxruntime as ort
         options = ort.SessionOptions()  # basic graph rewrites only: a reference, created once per job (2-3x faster)
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-        sess = ort.InferenceSession(str(spec.model), options, providers=["CPUExecutionProvider"])
+        # an edited YOLO head: the reference runs the same graph the toolkit loaded (like compared with like)
+        sess = ort.InferenceSession(str(_edited(prepared) or spec.model), options, providers=["CPUExecutionProvider"])
         names = [i.name for i in sess.get_inputs()]
         return lambda inputs: list(sess.run(None, dict(zip(names, inputs))))
+
+
+def _edited(prepared: Any) -> Path | None:
+    """The edited graph a YOLO layout wrote (None: the dropped model as it is)."""
+    layout = getattr(prepared, "yolo_layout", None)
+    return layout.model if layout is not None else None
+
+
+def _ultralytics_head(model: Any) -> Any:
+    from rknn_dropbox.convert.yolo.head import recognise_head  # worker side only (check runs in the worker)
+    return recognise_head(model)
+
+
+def _yolo_layout(spec: Any, plan: ShapePlan, scratch: Path, quantize: bool) -> Any:
+    """The head's layout for this build, its edited graph written to `scratch` (FormatError when it cannot be)."""
+    import onnx
+    from rknn_dropbox.convert.yolo.layouts import LayoutError, head_layout, planned_layout
+    shapes = plan.input_size_list or (plan.verify_shapes[0] if plan.verify_shapes else None)
+    try:
+        choice = planned_layout(spec.options, spec.facts.head, quantize, shapes, bool(plan.dynamic_input))
+        return head_layout(choice, onnx.load(str(spec.model)), spec.facts.head, shapes, scratch,
+                           spec.model.stem)
+    except LayoutError as exc:
+        raise FormatError(exc.error, exc.hint) from None
 
 
 FORMAT = Onnx()

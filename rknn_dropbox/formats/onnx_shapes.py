@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from rknn_dropbox.formats.graphtraits import GraphInput
 
@@ -26,6 +27,7 @@ class ShapePlan:
     dynamic_input: list[list[list[int]]] | None = None  # for rknn.config (the user's shape sets)
     verify_shapes: list[list[list[int]]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    yolo_layout: Any = None  # convert/yolo's YoloLayout for an Ultralytics head (its edited model, if any)
 
 
 def _example(inp: GraphInput) -> list[int]:

@@ -94,7 +94,7 @@ class FrozenGraph(Format):
         o = spec.options
         return prepare_frozen(spec.model, o.inputs, o.outputs, o.input_size_list)
 
-    def prepare(self, spec: Any, scratch: Path) -> Any:
+    def prepare(self, spec: Any, scratch: Path, quantize: bool = False) -> Any:
         """The frozen graph with its input/output tensors and shapes (freezing in this worker)."""
         from rknn_dropbox.formats.tensorflow_freeze import TFGraphError
         require_tensorflow(self.display)

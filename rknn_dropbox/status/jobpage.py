@@ -177,6 +177,21 @@ def _target(view: JobView, t: TargetView) -> str:
     return f'<div class="target">{head}<p>{"<br>".join(lines)}</p>{bars}{extra}</div>'
 
 
+def _outputs_layout(view: JobView) -> str:
+    """A YOLO head's delivered outputs: layout, names, shapes, roles, and how the original tensor comes back."""
+    layout = view.outputs_layout
+    outputs = [o for o in layout.get("outputs") or [] if isinstance(o, dict)]
+    if not outputs:
+        return ""
+    rows = [[e(o.get("name")), plain(o.get("shape")), e(o.get("role"))] for o in outputs]
+    original = layout.get("original") if isinstance(layout.get("original"), dict) else {}
+    facts = (f"{e(layout.get('layout'))} &middot; {e(layout.get('family'))} {e(layout.get('task'))} &middot; "
+             f"{e(layout.get('num_classes'))} classes &middot; original {e(original.get('name'))} "
+             f"{plain(original.get('shape'))}")
+    return (f"<h2>Output layout</h2><p>{facts}</p>" + table(("output", "shape", "role"), rows)
+            + f'<p class="small">{e(layout.get("reassemble"))}</p>')
+
+
 def _dropped(files: list[dict[str, Any]]) -> str:
     if not files:
         return ""
@@ -209,7 +224,7 @@ def render_job(view: JobView, dropped: list[dict[str, Any]], log_text: str, vers
     shown = [t for t in view.targets if t.built is not None or t.check_status or t.accuracy or t.rknn]
     per_target = "".join(_target(view, t) for t in shown)
     body = (_heading(view, _format(view, dropped)) + _problems(view) + (f"<h2>Targets</h2>{per_target}" if per_target else "")
-            + _downloads(view) + _dropped(dropped) + _options(view) + _details(view)
+            + _outputs_layout(view) + _downloads(view) + _dropped(dropped) + _options(view) + _details(view)
             + f"<h2>conversion.log (last {LOG_LINES} lines)</h2>"
             + (f'<pre class="log">{e(log_text)}</pre>' if log_text else '<p class="muted">no log yet</p>'))
     refresh = None if view.record.status in FINAL_STATUSES else 5

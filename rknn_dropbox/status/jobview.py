@@ -179,6 +179,12 @@ class JobView:
         return [str(w) for w in listed] if isinstance(listed, list) else list(self.record.warnings)
 
     @property
+    def outputs_layout(self) -> dict[str, Any]:
+        """A YOLO head's delivered output layout (result.json `outputs_layout`), or {}."""
+        layout = self.doc.get("outputs_layout")
+        return layout if isinstance(layout, dict) else {}
+
+    @property
     def output_size(self) -> int | None:
         sizes = [o.get("size") for o in self.doc.get("outputs") or [] if isinstance(o, dict)]
         sizes = [s for s in sizes if isinstance(s, int)]

@@ -6,9 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rknn_dropbox.convert.options import YOLO_LAYOUTS as LAYOUTS  # noqa: F401 (the layouts' names, said once)
 from rknn_dropbox.convert.yolo.head import UltralyticsHead, class_count
-
-LAYOUTS = ("split", "keep", "rknn_model_zoo")
 
 
 class LayoutError(ValueError):
@@ -252,3 +251,16 @@ def head_layout(layout: str, model: Any, head: UltralyticsHead, input_shapes: li
     if layout == "rknn_model_zoo":
         return zoo_layout(model, head, input_shapes, scratch, stem)
     return keep_layout(model, head, input_shapes)
+
+
+def planned_layout(options: Any, head: UltralyticsHead, quantize: bool, input_shapes: list[list[int]] | None,
+                   dynamic: bool) -> str:
+    """The layout this build gets: the sidecar's yolo_outputs, else split for int8 and keep for fp16; keep when the
+    user cut the graph (`outputs:`) or builds several shapes (dynamic_input)."""
+    if options.outputs or dynamic:
+        if options.yolo_outputs not in (None, "keep"):
+            raise LayoutError(f"yolo_outputs: {options.yolo_outputs} cannot be combined with "
+                              f"{'outputs' if options.outputs else 'dynamic_input'}",
+                              "drop one of the two keys from the sidecar")
+        return "keep"
+    return options.yolo_outputs or ("split" if quantize else "keep")
