@@ -77,6 +77,8 @@ def _single(f: Path) -> str | None:
         return "tflite" if sniffed is by_name("tflite") and not is_calibration_file(f) else None
     if sniffed is by_name("tflite"):
         return "tflite"
+    if sniffed is by_name("ultralytics") and by_ext.name == "pytorch":
+        return "ultralytics"  # a best.pt from training: exported to ONNX in the worker
     if sniffed is by_name("onnx") and by_ext.name in ("tensorflow", "tflite"):
         return "onnx"  # an ONNX protobuf named .pb or .tflite
     return by_ext.name

@@ -14,13 +14,15 @@ from rknn_dropbox.formats.onnx import FORMAT as ONNX
 from rknn_dropbox.formats.tensorflow import CHECKPOINT, FROZEN, SAVEDMODEL, find_sets, is_checkpoint_ext
 from rknn_dropbox.formats.tflite import FORMAT as TFLITE
 from rknn_dropbox.formats.torchscript import FORMAT as TORCHSCRIPT
+from rknn_dropbox.formats.ultralytics import FORMAT as ULTRALYTICS
 
 __all__ = ["Format", "FormatError", "IntegrityError", "ToolkitCall", "FORMATS", "by_name", "sniff",
            "SINGLE_MODEL_EXTS", "PAIR_EXTS", "SUPPORTED_HINT", "format_for_extension", "is_checkpoint_ext",
            "find_sets"]
 
-# sniffing order matters: a TFLite flatbuffer first, ONNX's loose protobuf test last
-FORMATS: tuple[Format, ...] = (TFLITE, TORCHSCRIPT, DARKNET, CAFFE, ONNX, FROZEN, SAVEDMODEL, CHECKPOINT)
+# sniffing order matters: a TFLite flatbuffer first, an Ultralytics checkpoint before TorchScript (both .pt zips),
+# ONNX's loose protobuf test last
+FORMATS: tuple[Format, ...] = (TFLITE, ULTRALYTICS, TORCHSCRIPT, DARKNET, CAFFE, ONNX, FROZEN, SAVEDMODEL, CHECKPOINT)
 _BY_NAME = {f.name: f for f in FORMATS}
 
 # the one extension table: single-file model extensions, and each half of a two-file model
@@ -30,8 +32,8 @@ PAIR_EXTS: dict[str, tuple[str, str]] = {
     ext: (partner, f.display) for f in FORMATS if f.pair for ext, partner in (f.pair, f.pair[::-1])}
 PAIR_FORMATS: tuple[Format, ...] = tuple(f for f in FORMATS if f.pair)
 # the "not a model" hint, said once
-SUPPORTED_HINT = ("rknn-dropbox converts .onnx, .tflite, .pt/.pth (TorchScript), .pb, .cfg+.weights, "
-                  ".prototxt+.caffemodel, or a folder/archive holding one")
+SUPPORTED_HINT = ("rknn-dropbox converts .onnx, .tflite, .pt/.pth (TorchScript, or an Ultralytics checkpoint), .pb, "
+                  ".cfg+.weights, .prototxt+.caffemodel, or a folder/archive holding one")
 
 
 def by_name(name: str) -> Format:

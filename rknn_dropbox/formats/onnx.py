@@ -49,7 +49,7 @@ class Onnx(Format):
                           if i.name not in initializers],
             output_names=[o.name for o in m.graph.output],
             prequantized=any(n.op_type in _QDQ_OPS for n in m.graph.node), traits=traits,
-            head=_ultralytics_head(m) if traits.yolo else None)
+            head=_ultralytics_head(m))
 
     def is_prequantized(self, spec: Any) -> bool:
         return spec.facts is not None and spec.facts.prequantized
