@@ -125,6 +125,8 @@ def _convert_one(args: argparse.Namespace, cfg: Any, defaults: Any, src: Path, t
             logger.success("{} -> {}", src.name, out_dir / target["file"])
         else:
             logger.error("{} for {}: {}", src.name, target["platform"], target["error"])
+    if (job.output / "predict.py").exists():  # the board-side script, named after the job beside its model
+        shutil.copy2(job.output / "predict.py", out_dir / f"{name}.predict.py")
     (out_dir / f"{name}.result.json").write_text(json.dumps(asdict(result), indent=2, default=str))
     return 0
 

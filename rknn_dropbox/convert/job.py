@@ -264,6 +264,7 @@ def _convert(job: JobDir, name: str, defaults: ConvertOptions, progress: Progres
     cache = ResultCache(settings.cache_dir, settings.cache_max_bytes) if settings.cache_dir else None
     key = _cache_key(spec, q, toolkit_version) if cache is not None else None
     if cache is not None and key and _from_cache(cache, key, name, spec.options.target_platform, job, result):
+        _write_predict_script(job, spec, result)
         progress("export", 97.0)
         return result
     result.extra["cached"] = False
@@ -288,8 +289,21 @@ def _convert(job: JobDir, name: str, defaults: ConvertOptions, progress: Progres
     _record_accuracy(result, outcome, references)
     if cache is not None and key:
         _store_in_cache(cache, key, job, name, result, outcome)
+    _write_predict_script(job, spec, result)
     progress("export", 97.0)
     return result
+
+
+def _write_predict_script(job: JobDir, spec: ModelSpec, result: ConversionResult) -> None:
+    """predict.py beside the delivered models: the board's RKNNLite, this build's input and outputs decoded."""
+    from rknn_dropbox.convert.predict_script import predict_config, write_predict_script
+    built = [t for t in result.targets if t.get("ok") and isinstance(t.get("rknn"), dict)]
+    if not built or not built[0]["rknn"].get("inputs"):
+        return
+    rknn = built[0]["rknn"]
+    config = predict_config(result.targets, rknn["inputs"][0]["shape"], result.extra.get("outputs_layout"),
+                            [o["shape"] for o in rknn.get("outputs") or []], spec.options.quant_img_RGB2BGR)
+    write_predict_script(job.output, config)
 
 
 def _record_accuracy(result: ConversionResult, outcome: TargetsOutcome,

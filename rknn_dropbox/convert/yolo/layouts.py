@@ -33,12 +33,14 @@ class YoloLayout:
     input_hw: tuple[int, int] = (640, 640)
     family: str = ""
     model: Path | None = None         # the edited ONNX the build and the reference both use (None: keep)
+    class_names: list[str] = field(default_factory=list)  # the export's metadata `names`, in class order
 
     def to_json(self) -> dict[str, Any]:
         return {"layout": self.layout, "task": self.task, "family": self.family, "num_classes": self.num_classes,
                 "input_hw": list(self.input_hw), "original": self.original, "reassemble": self.reassemble,
                 "outputs": [{"name": n, "shape": s, "role": r}
-                            for n, s, r in zip(self.outputs, self.shapes, self.roles)]}
+                            for n, s, r in zip(self.outputs, self.shapes, self.roles)],
+                "class_names": self.class_names}
 
 
 def _fixed_inputs(model: Any, input_shapes: list[list[int]] | None) -> Any:
@@ -245,12 +247,26 @@ def keep_layout(model: Any, head: UltralyticsHead, input_shapes: list[list[int]]
 
 def head_layout(layout: str, model: Any, head: UltralyticsHead, input_shapes: list[list[int]] | None,
                 scratch: Path, stem: str) -> YoloLayout:
-    """The layout asked for; a keep layout writes nothing."""
+    """The layout asked for (a keep layout writes nothing), with the export's class names."""
     if layout == "split":
-        return split_layout(model, head, input_shapes, scratch, stem)
-    if layout == "rknn_model_zoo":
-        return zoo_layout(model, head, input_shapes, scratch, stem)
-    return keep_layout(model, head, input_shapes)
+        chosen = split_layout(model, head, input_shapes, scratch, stem)
+    elif layout == "rknn_model_zoo":
+        chosen = zoo_layout(model, head, input_shapes, scratch, stem)
+    else:
+        chosen = keep_layout(model, head, input_shapes)
+    chosen.class_names = class_names(model)
+    return chosen
+
+
+def class_names(model: Any) -> list[str]:
+    """Ultralytics' metadata `names` ("{0: 'person', 1: 'bicycle'}"), in class order; [] without it."""
+    import ast
+    raw = next((p.value for p in model.metadata_props if p.key == "names"), "")
+    try:
+        names = ast.literal_eval(raw) if raw else {}
+    except (ValueError, SyntaxError):
+        return []
+    return [str(names[k]) for k in sorted(names)] if isinstance(names, dict) else []
 
 
 def planned_layout(options: Any, head: UltralyticsHead, quantize: bool, input_shapes: list[list[int]] | None,
