@@ -10,7 +10,7 @@ import sys
 import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from rknn_dropbox.formats.base import Format, FormatError, ToolkitCall
 from rknn_dropbox.formats.onnx import FORMAT as ONNX
@@ -54,21 +54,41 @@ def _pickle_of(model: Path) -> bytes:
         return zf.read(name)
 
 
+def _strings_and_ints(data: bytes) -> Iterator[tuple[str, Any]]:
+    """The pickle's GLOBAL names, strings (memo references resolved) and small ints, in order."""
+    memo: dict[int, Any] = {}
+    last: Any = None
+    for op, arg, _ in pickletools.genops(data):
+        if op.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE"):
+            last = arg
+            yield "str", arg
+        elif op.name in ("BINPUT", "LONG_BINPUT"):
+            memo[arg] = last
+        elif op.name in ("BINGET", "LONG_BINGET") and isinstance(memo.get(arg), str):
+            last = memo[arg]
+            yield "str", last
+        elif op.name in ("BININT", "BININT1", "BININT2"):
+            last = None
+            yield "int", int(arg)
+        elif op.name == "GLOBAL":
+            last = None
+            yield "global", arg
+        elif op.name != "MEMOIZE":  # protocol 4 memoizes the string just read
+            last = None
+
+
 def read_checkpoint(model: Path) -> CheckpointFacts:
-    """The model class and the training size, from the pickle's opcodes (nothing is executed)."""
-    model_class, imgsz, last_str, ints = "", None, None, []
-    for op, arg, _ in pickletools.genops(_pickle_of(model)):
-        if op.name == "GLOBAL" and isinstance(arg, str) and arg.startswith("ultralytics.nn.tasks ") and not model_class:
-            model_class = arg.split(" ", 1)[1]
-        elif op.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE"):
-            if last_str == "imgsz" and imgsz is None and ints:
-                imgsz = ints
-            last_str, ints = arg, []
-        elif op.name in ("BININT", "BININT1", "BININT2") and last_str == "imgsz" and imgsz is None:
-            ints.append(int(arg))
-            if len(ints) == 1:
-                imgsz = [ints[0], ints[0]]
-    return CheckpointFacts(model_class, imgsz)
+    """The model class and the training size (train_args' imgsz), from the pickle's opcodes: nothing is executed."""
+    model_class, sizes, in_train_args, after_imgsz = "", {}, False, None
+    for kind, value in _strings_and_ints(_pickle_of(model)):
+        if kind == "global" and value.startswith("ultralytics.nn.tasks ") and not model_class:
+            model_class = value.split(" ", 1)[1]
+        in_train_args = in_train_args or (kind == "str" and value == "train_args")
+        if after_imgsz is not None and kind == "int":
+            sizes.setdefault(after_imgsz, value)
+        after_imgsz = in_train_args if kind == "str" and value == "imgsz" else None
+    imgsz = sizes.get(True, sizes.get(False))
+    return CheckpointFacts(model_class, [imgsz, imgsz] if imgsz else None)
 
 
 def export_command(model: Path, imgsz: list[int]) -> str:

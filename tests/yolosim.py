@@ -1,0 +1,83 @@
+"""YOLO detections on real photos, for the tests and bench/yolo.py: the float model's (onnxruntime on the stock
+export, decoded by rknn_dropbox.convert.yolo.decode) and a toolkit simulator build's of a layout.
+
+    ref = reference_detections(onnx_path, 320, photo_paths, conf=0.01)     # {photo name: [K, 6]}
+    got = simulated_detections(onnx_path, "split", True, 320, calibration, photo_paths, tmp, conf=0.01)
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def photo(path: Path, size: int) -> np.ndarray:
+    """As the toolkit decodes a calibration image: RGB, resized to the input (HWC uint8)."""
+    import cv2
+    return cv2.resize(cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB), (size, size))
+
+
+def to_boxes_scores(layout: Any, outputs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Any layout's outputs as boxes [4, N] and scores [C, N]."""
+    from rknn_dropbox.convert.yolo import decode
+    if layout.layout == "split":
+        return decode.split_to_boxes_scores(outputs)
+    if layout.layout == "rknn_model_zoo":
+        return decode.zoo_to_boxes_scores(outputs, layout.num_classes, layout.input_hw)
+    return decode.keep_to_boxes_scores(outputs[0], layout.num_classes)
+
+
+def reference_detections(model: Path, size: int, photos: dict[str, Path], conf: float = 0.25
+                         ) -> dict[str, np.ndarray]:
+    """The stock export in onnxruntime on each photo (0-1 RGB NCHW), decoded: [K, 6] rows in input pixels."""
+    import onnxruntime as ort
+    from rknn_dropbox.convert.yolo import decode
+    sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    extra = 32 if len(sess.get_outputs()) > 1 else 0  # a segment head's mask coefficients
+    out = {}
+    for name, path in photos.items():
+        x = photo(path, size).transpose(2, 0, 1)[None].astype(np.float32) / 255.0
+        y = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+        out[name] = decode.detections(*decode.keep_to_boxes_scores(y, y.shape[1] - 4 - extra), conf=conf)
+    return out
+
+
+def simulated_build(model: Path, layout_name: str, quantize: bool, size: int, calibration: list[Path],
+                    tmp: Path) -> tuple[Any, Any, float, Path]:
+    """The layout written as the daemon writes it, built by the toolkit in this process; (live session, layout,
+    build seconds, exported .rknn). Release the session when done."""
+    import onnx
+    from rknn.api import RKNN
+    from rknn_dropbox.convert.yolo.head import recognise_head
+    from rknn_dropbox.convert.yolo.layouts import head_layout
+    stock = onnx.load(str(model))
+    shapes = [[1, 3, size, size]]
+    layout = head_layout(layout_name, stock, recognise_head(stock), shapes, tmp, model.stem)
+    dataset = tmp / "dataset.txt"
+    dataset.write_text("\n".join(str(p) for p in calibration) + "\n")
+    rknn = RKNN(verbose=False)
+    rknn.config(target_platform="rk3588", mean_values=[[0, 0, 0]], std_values=[[255, 255, 255]])
+    started = time.monotonic()
+    rknn.load_onnx(str(layout.model or model), inputs=[stock.graph.input[0].name], input_size_list=shapes)
+    if rknn.build(do_quantization=quantize, dataset=str(dataset) if quantize else None) != 0:
+        rknn.release()
+        raise RuntimeError(f"the toolkit could not build {model.name} ({layout_name})")
+    seconds = time.monotonic() - started
+    exported = tmp / f"{model.stem}-{layout_name}-{'int8' if quantize else 'fp16'}.rknn"
+    rknn.export_rknn(str(exported))
+    rknn.init_runtime()
+    return rknn, layout, seconds, exported
+
+
+def simulated_detections(rknn: Any, layout: Any, size: int, photos: dict[str, Path], conf: float = 0.25
+                         ) -> dict[str, np.ndarray]:
+    """The simulator's detections on each photo (the uint8 RGB NHWC image the board gets)."""
+    from rknn_dropbox.convert.yolo import decode
+    out = {}
+    for name, path in photos.items():
+        outputs = rknn.inference(inputs=[photo(path, size)[None]], data_format="nhwc")
+        out[name] = decode.detections(*to_boxes_scores(layout, outputs), conf=conf)
+    return out
