@@ -71,11 +71,13 @@ def test_class_scores_count_top1_agreement_and_forgive_near_ties() -> None:
 def test_a_ctc_line_that_decodes_differently_fails() -> None:
     info = OutputInfo("softmax", [1, 6, 5], "Softmax", "Softmax")
     steps = np.eye(5, dtype=np.float32)[[0, 2, 2, 0, 3, 4]][None]        # decodes to [2, 3, 4]
-    other = np.eye(5, dtype=np.float32)[[0, 2, 0, 2, 3, 4]][None]        # decodes to [2, 2, 3, 4]
+    other = np.eye(5, dtype=np.float32)[[0, 2, 0, 1, 3, 4]][None]        # decodes to [2, 1, 3, 4]
+    edge = np.eye(5, dtype=np.float32)[[1, 2, 2, 0, 3, 4]][None]         # [1, 2, 3, 4]: a space at the edge
+    assert _judge([info], [[steps]] * 2, [[edge]] * 2).passed
     assert check_for(0, info, (48, 320)).kind == "sequence"
     assert _judge([info], [[steps]] * 2, [[steps * 0.98]] * 2).passed
     v = _judge([info], [[steps]] * 2, [[other]] * 2)
-    assert not v.passed and "decoded sequences agree 0/2" in v.deciding.summary
+    assert not v.passed and "decoded text agrees on 0/2 lines" in v.deciding.summary
 
 
 def test_a_text_probability_map_is_judged_by_mask_iou() -> None:
