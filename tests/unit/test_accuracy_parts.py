@@ -190,10 +190,10 @@ def test_expensive_samples_are_bounded_by_the_builds_time_and_the_source_model_l
     cheap.bound_samples(per_sample_seconds=0.2, build_seconds=4.0, share=0.15)  # 0.8 s in all: under 5 s
     assert cheap.count == 4 and cheap.limited is None
     heavy = Reference(samples, ["y"], runner=runner)
-    assert heavy.output(0)[0].tolist() == [[0.0, 0.0]]
+    assert heavy.output(0)[0].tolist() == [[0.0, 0.0]] and heavy.output(1)[0].tolist() == [[2.0, 2.0]]
     heavy.bound_samples(per_sample_seconds=12.6, build_seconds=75.0, share=0.15)  # 4 x 12.6 s beside a 75 s build
-    assert heavy.count == 1 and heavy.limited.startswith("1 of 4 samples: each took 12.6 s"), heavy.limited
-    assert heavy.runner is None  # its one sample is computed: the source model is let go
+    assert heavy.count == 2 and heavy.limited.startswith("2 of 4 samples: each took 12.6 s"), heavy.limited
+    assert heavy.runner is None  # its two samples (the fewest a verdict goes by) are computed: the model is let go
     mid = Reference(samples, ["y"], runner=runner)
     mid.bound_samples(per_sample_seconds=4.0, build_seconds=60.0, share=0.25)  # 15 s of budget: 3 samples
     assert mid.count == 3

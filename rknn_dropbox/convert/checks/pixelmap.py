@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from rknn_dropbox.convert.checks.base import CheckResult, OutputInfo, threshold_for
-from rknn_dropbox.convert.checks.tensor import stack
+from rknn_dropbox.convert.checks.tensor import TensorCheck, stack
 
 MASK_AT = 0.3      # PP-OCR's DB text detector binarises its probability map at 0.3
 TIE = 0.01         # pixels whose two best classes are within 1 % of the score range are not counted
@@ -54,6 +54,10 @@ class ProbabilityMapCheck:
                 thresholds: dict[str, float] | None, infos: list[OutputInfo]) -> CheckResult:
         i = self.outputs[0]
         want, got = stack(refs, i) > MASK_AT, stack(sims, i) > MASK_AT
+        if not want.any():  # nothing on any sample: an IoU of empty masks proves nothing, the map's error does
+            result = TensorCheck([i]).measure(refs, sims, quantized, thresholds, infos)
+            result.kind, result.summary = self.kind, f"no sample shows a region above {MASK_AT}: " + result.summary
+            return result
         inter = [int(np.logical_and(w, g).sum()) for w, g in zip(want, got)]
         union = [int(np.logical_or(w, g).sum()) for w, g in zip(want, got)]
         # pooled over the samples: a photo with a few stray reference pixels does not decide alone
