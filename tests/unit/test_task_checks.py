@@ -50,6 +50,7 @@ def test_a_detection_head_whose_scores_collapse_fails_naming_the_part_despite_it
     d = verdict.deciding
     assert not verdict.passed and d.kind == "detection" and d.metric == "detection_agreement", verdict.to_json()
     assert "rows 4–21 span 0–0.7" in d.summary and "int8 step is 1.26" in d.summary, d.summary
+    assert [(p["axis"], p["start"], p["stop"]) for p in d.details["parts"]] == [(1, 0, 4), (1, 4, 22)]
     fine = [[r[0] + rng.normal(0, 0.002, r[0].shape).astype(np.float32)] for r in refs]
     good = _judge(output_infos(["output0"], [[1, 22, 2100]], graph, [0.004]), refs, fine)
     assert good.passed and "detections agree" in good.deciding.summary, good.to_json()

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from rknn_dropbox.convert.checks.base import CheckResult, OutputInfo, threshold_for
-from rknn_dropbox.convert.checks.tensor import batched_part, measure_part, stack
+from rknn_dropbox.convert.checks.tensor import measure_part, stack
 
 CONF = 0.25
 NMS_IOU = 0.45
@@ -140,7 +140,7 @@ class DetectionCheck:
             return ""
         i = self.outputs[0]
         want, got = stack(refs, i), stack(sims, i)
-        parts = [measure_part(want, got, batched_part(p), info.step, float("inf")) for p in info.parts]
+        parts = [measure_part(want, got, p, info.step, float("inf")) for p in info.parts]
         details["parts"] = parts
         lost = [p for p in parts if not p["passed"]]
         return lost[0]["summary"] if lost else ""

@@ -79,8 +79,9 @@ def _fmt(v: float) -> str:
 
 def measure_part(want: np.ndarray, got: np.ndarray, part: ConcatPart, step: float | None, limit: float
                  ) -> dict[str, Any]:
-    """One Concat part: its range, the int8 step over it, its range-relative error; a sentence when it is lost."""
-    w, g = part_slice(want, part), part_slice(got, part)
+    """One Concat part of samples stacked in front (want, got: [S, *shape]): its range, the int8 step over it, its
+    range-relative error; a sentence when it is lost."""
+    w, g = part_slice(want, batched_part(part)), part_slice(got, batched_part(part))
     stats = error_stats(w, g)
     finite = w[np.isfinite(w)]
     lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
@@ -126,7 +127,7 @@ class TensorCheck:
         summary = f"mean error {stats.mean_rel:.2%} of the output's range (max {stats.max_rel:.1%})"
         passed = stats.mean_rel <= limit
         if info.parts:
-            parts = [measure_part(want, got, batched_part(p), info.step, limit) for p in info.parts]
+            parts = [measure_part(want, got, p, info.step, limit) for p in info.parts]
             details["parts"] = parts
             failing = [p for p in parts if not p["passed"]]
             worst = max([worst] + [p["mean_rel"] or 0.0 for p in parts])
