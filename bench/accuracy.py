@@ -97,7 +97,8 @@ def _photo_sets(kind: str, photos: dict[str, Path], cache: Path, work: Path) -> 
 def models(cache: Path, names: list[str] | None, work: Path) -> list[BenchModel]:
     """The trained networks, then the corpus (when tests/zoo.py can build it), filtered by name."""
     photos = trained.real_photos(cache)
-    found = [(m.name, m.path, list(m.input_shape), m.mean, m.std, m.kind) for m in trained.trained_models(cache).values()]
+    found = [(m.name, m.path, list(m.input_shape), m.mean, m.std, m.kind)
+             for m in trained.trained_models(cache).values()]
     wanted_zoo = None if names is None else [n for n in names if n not in {f[0] for f in found}]
     if wanted_zoo != []:
         try:

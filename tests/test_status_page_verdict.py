@@ -25,17 +25,27 @@ DETECTOR_CHECK = {"kind": "detection", "outputs": ["output0"], "metric": "detect
                   "threshold": 0.8, "passed": False, "summary": "detections agree 0/10",
                   "details": {"matched": 0, "total": 10, "max_score_diff": 1.0}}
 DETECTOR_PARTS = [
-    {"axis": 1, "start": 0, "stop": 4, "range": [0.0, 320.0], "step": 1.259, "max_rel": 0.004, "passed": True,
-     "summary": "rows 0–3 span 0–320, int8 step 1.26: kept"},
-    {"axis": 1, "start": 4, "stop": 22, "range": [0.0, 0.7], "step": 1.259, "max_rel": 0.9, "passed": False,
-     "summary": SCORES_LOST}]
+    {"axis": 1, "start": 0, "stop": 4, "range": [0.0, 320.0], "step": 1.259, "mean_rel": 0.001, "max_rel": 0.004,
+     "passed": True, "summary": "rows 0–3: mean error 0.10% of their range"},
+    {"axis": 1, "start": 4, "stop": 22, "range": [0.0, 0.7], "step": 1.259, "mean_rel": 0.3, "max_rel": 0.9,
+     "passed": False, "summary": SCORES_LOST}]
+
+REPAIRED_TO_16BIT = {"attempts": [
+    {"label": "first build", "settings": {"do_quantization": True}, "build_seconds": 2.0, "passed": False,
+     "verdict": "scores lost", "score": 0.2, "size": 1000},
+    {"label": "w16a16i_dfp", "settings": {"do_quantization": True, "quantized_dtype": "w16a16i_dfp"},
+     "build_seconds": 3.0, "passed": True, "verdict": "top-1 agrees 4/4", "score": 1.3, "size": 2000}],
+    "delivered": 1, "delivered_label": "w16a16i_dfp", "passed": True,
+    "delivered_because": "w16a16i_dfp is the first candidate, cheapest for the NPU, that passes its check",
+    "npu_cost": "16-bit activations: 2.0x the int8 model's size, slower on the NPU"}
 
 
 def with_checks(doc: dict[str, Any], status: str, verdict: dict[str, Any], checks: list[dict[str, Any]],
                 parts: list[dict[str, Any]] | None = None, synthetic: bool = False) -> dict[str, Any]:
     """The result.json of VERDICT_SCHEMA.md: the old per-output cosines plus the status, verdict, checks, parts."""
     block = doc["verification"]["rk3588"]
-    block.update(status=status, verdict=verdict, checks=checks, **({"synthetic": True} if synthetic else {}))
+    block.update(status=status, verdict={**verdict, "synthetic": synthetic}, checks=checks,
+                 **({"synthetic": True} if synthetic else {}))
     for out in block["outputs"]:
         out["error"] = {"max_rel": 0.9 if parts else 0.01, "mean_rel": 0.2, "snr_db": 4.5, "range": [0.0, 320.0]}
         out["parts"] = parts or []
@@ -50,7 +60,8 @@ def served(tmp_path: Path) -> Iterator[StatusServer]:
         {"passed": False, "metric": "detection_agreement", "summary": "detections agree 0/10",
          "decided_by": "detection"}, [DETECTOR_CHECK], DETECTOR_PARTS), 1000.0)
     deliver(store, tmp_path, CLASSIFIER, "dircls", with_checks(  # a low cosine, yet every label agrees
-        result_json("dircls", {"softmax_0.tmp_0": [0.964, 0.99]}, 0.98), "passed",
+        result_json("dircls", {"softmax_0.tmp_0": [0.964, 0.99]}, 0.98, accuracy={"rk3588": REPAIRED_TO_16BIT}),
+        "passed",
         {"passed": True, "metric": "top1_agreement", "summary": "top-1 agrees 4/4", "decided_by": "class_scores"},
         [{"kind": "class_scores", "outputs": ["softmax_0.tmp_0"], "metric": "top1_agreement", "value": 1.0,
           "threshold": 0.75, "passed": True, "summary": "top-1 agrees 4/4, top-5 overlap 1.00"}]), 1001.0)
@@ -90,11 +101,15 @@ def test_the_job_page_lists_each_check_and_each_part_with_its_step_against_its_r
     assert "verdict: detections agree 0/10 · decided by detection_agreement (detection)" in page.text
     assert "verification below the threshold" in page.text
     assert "detection output0 detection_agreement 0 0.8 lost detections agree 0/10" in page.text
-    assert f"output0 axis 1: 4–21 0 – 0.7 1.259 90.00% lost {SCORES_LOST}" in page.text
-    assert "output0 axis 1: 0–3 0 – 320 1.259 0.40% passed" in page.text
+    assert f"output0 axis 1: 4–21 0 – 0.7 1.259 30.00% / 90.00% lost {SCORES_LOST}" in page.text
+    assert "output0 axis 1: 0–3 0 – 320 1.259 0.10% / 0.40% passed" in page.text
     assert "SNR 4.5 dB" in page.text
     assert 'fill="#32d583"' not in dom and 'fill="#f97066"' not in dom  # the cosine bars are no verdict here
     assert "the task checks decide" in page.text
+
+    repaired = Rendered(request(served.port, f"/tasks/{CLASSIFIER}")[2].decode())
+    assert "delivered_because w16a16i_dfp is the first candidate, cheapest for the NPU" in repaired.text
+    assert "npu_cost 16-bit activations: 2.0x the int8 model's size" in repaired.text
 
     warned = Rendered(request(served.port, f"/tasks/{SYNTHETIC}")[2].decode())
     assert "fell short on synthetic samples (a warning: never repaired)" in warned.text

@@ -16,12 +16,14 @@ from rknn_dropbox.store import COMPLETED, FINAL_STATUSES
 LOG_LINES = 200
 MAX_DROPPED_ROWS = 200  # a calibration set can be thousands of images
 DETAIL_KEYS = ("rknn", "toolkit_fallback", "timings", "peak_rss_mb", "cached", "cache_of", "rknn_dropbox_version")
-ACCURACY_FACTS = ("delivered_label", "passed", "not_tried", "report", "analysis_error")
+ACCURACY_FACTS = ("delivered_label", "delivered_because", "npu_cost", "passed", "not_tried", "report",
+                  "analysis_error")
 TENSOR_KEYS = ("name", "shape", "dtype", "layout", "quant")
 CHECK_WORDS = {"passed": "passed", "below_threshold": "below the threshold", "skipped": "skipped",
                "error": "could not run", "warning": "fell short on synthetic samples (a warning: never repaired)"}
 CHECK_HEADERS = ("kind", "outputs", "metric", "value", "threshold", "", "summary")
-PART_HEADERS = ("output", "part", "reference range", "quantization step", "max error (of range)", "", "summary")
+PART_HEADERS = ("output", "part", "reference range", "quantization step", "error of range: mean / max", "",
+                "summary")
 
 
 def _when(ts: float | None) -> str:
@@ -163,6 +165,10 @@ def _span(span: tuple[float, float] | None) -> str:
     return '<span class="muted">–</span>' if span is None else e(f"{span[0]:.4g} – {span[1]:.4g}")
 
 
+def _errors(mean: float | None, worst: float | None) -> str:
+    return f"{_figure(mean, '.2%')} / {_figure(worst, '.2%')}"
+
+
 def _verdict(t: TargetView) -> str:
     """The task checks: the verdict in words, one row per check, one row per output part (its step vs its range)."""
     v = t.verdict
@@ -177,11 +183,11 @@ def _verdict(t: TargetView) -> str:
     rows = [[e(c.kind), e(", ".join(c.outputs)), e(c.metric or "–"), _figure(c.value), _figure(c.threshold),
              _mark(c.passed), e(c.summary or "")] for c in v.checks]
     out += "<h3>Task checks</h3>" + table(CHECK_HEADERS, rows) if rows else ""
-    parts = [[e(p.output), e(p.rows), _span(p.span), _figure(p.step), _figure(p.max_rel, ".2%"), _mark(p.passed),
-              e(p.summary or "")] for p in v.parts]
+    parts = [[e(p.output), e(p.rows), _span(p.span), _figure(p.step), _errors(p.mean_rel, p.max_rel),
+              _mark(p.passed), e(p.summary or "")] for p in v.parts]
     parts += [[e(err.output), "whole output", _span(err.span), '<span class="muted">–</span>',
-               _figure(err.max_rel, ".2%"), "", e(f"SNR {err.snr_db:.1f} dB" if err.snr_db is not None else "")]
-              for err in v.errors]
+               _errors(err.mean_rel, err.max_rel), "",
+               e(f"SNR {err.snr_db:.1f} dB" if err.snr_db is not None else "")] for err in v.errors]
     return out + ("<h3>Outputs, part by part</h3>" + table(PART_HEADERS, parts) if parts else "")
 
 

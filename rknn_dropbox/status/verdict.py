@@ -52,6 +52,7 @@ class PartView:
     stop: int | None
     span: tuple[float, float] | None
     step: float | None
+    mean_rel: float | None
     max_rel: float | None
     passed: bool | None
     summary: str | None
@@ -129,7 +130,8 @@ def _parts(output: dict[str, Any]) -> list[PartView]:
     name = str(output.get("name", "output"))
     parts = output.get("parts") if isinstance(output.get("parts"), list) else []
     return [PartView(name, _int(p.get("axis")), _int(p.get("start")), _int(p.get("stop")), _span(p.get("range")),
-                     _number(p.get("step")), _number(p.get("max_rel")), _flag(p.get("passed")),
+                     _number(p.get("step")), _number(p.get("mean_rel")), _number(p.get("max_rel")),
+                     _flag(p.get("passed")),
                      _text(p.get("summary"))) for p in parts if isinstance(p, dict)]
 
 
@@ -157,6 +159,7 @@ def parse_verdict(raw: dict[str, Any]) -> Verdict | None:
     outputs = [o for o in raw.get("outputs") or [] if isinstance(o, dict)] if isinstance(raw.get("outputs"), list) \
         else []
     return Verdict(_text(raw.get("status")), _flag(verdict.get("passed")), _text(verdict.get("metric")),
-                   _text(verdict.get("summary")), _text(verdict.get("decided_by")), raw.get("synthetic") is True,
+                   _text(verdict.get("summary")), _text(verdict.get("decided_by")),
+                   raw.get("synthetic") is True or verdict.get("synthetic") is True,
                    checks, [p for o in outputs for p in _parts(o)],
                    [err for err in map(_error, outputs) if err is not None])
