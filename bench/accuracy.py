@@ -237,7 +237,8 @@ def product_verdict(result: dict[str, Any], platform: str) -> tuple[str, str]:
     cosine = min((o.get("cosine") for o in block.get("outputs") or [] if isinstance(o.get("cosine"), float)),
                  default=None)
     words = verdict.get("summary") or (f"cosine {cosine:.4f}" if cosine is not None else block.get("reason", ""))
-    return str(block.get("status", "-")), str(words) + (" (synthetic)" if block.get("synthetic") else "")
+    metric = f" [{verdict['metric']}]" if verdict.get("metric") else ""
+    return str(block.get("status", "-")), f"{words}{metric}" + (" (synthetic)" if block.get("synthetic") else "")
 
 
 def delivered_dtype(result: dict[str, Any], platform: str) -> str:
