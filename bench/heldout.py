@@ -42,6 +42,7 @@ class CheckSpec:
     outputs: list[str] | None       # load_onnx(outputs=...) when the delivered .rknn ends elsewhere than the ONNX
     dataset: str | None
     photos: list[str] = field(default_factory=list)
+    note: str = ""                  # what the rebuild could not reproduce of the delivered build
 
 
 @dataclass
