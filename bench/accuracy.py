@@ -14,7 +14,7 @@ the dtype delivered, verification + repair seconds and peak RSS; then false "pas
 jobs lost, and verification's share of the median job and its peak RSS against the same job with verify: false.
 
 Usage: .venv/bin/python bench/accuracy.py [--quick] [--models a,b] [--modes int8,fp16] [--cache DIR]
-                                          [--platform rk3588] [--no-heldout]
+                                          [--platform rk3588] [--workers 1] [--no-heldout] [--json F] [--keep DIR]
   --quick: nudenet and ppocr_cls only (a few minutes). Caches: trained wheels and the corpus under --cache.
 """
 
@@ -308,6 +308,7 @@ def print_rows(rows: list[dict[str, Any]]) -> None:
           f"{'after repair (product)':<36}{'verif s':>8}{'repair s':>9}{'base s':>7}{'RSS MB':>7}{'base MB':>8}")
     for r in rows:
         after = f"{r['delivered'][0]}: {r['delivered'][1]}" if r["repaired"] else "(not repaired)"
+        after = f"LOST: {r['lost']}" if r["lost"] else after
         if r["repaired"]:
             after += f" / {_held_words(r.get('held_delivered'))}"
         print(f"{r['model']:<20}{r['mode']:<5} {(r['first'][0] + ': ' + r['first'][1])[:43]:<44}"
@@ -350,11 +351,13 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--no-heldout", action="store_true")
     ap.add_argument("--json", type=Path, help="write the rows here too")
+    ap.add_argument("--keep", type=Path, help="work here and keep it (drops, outbox, failed, daemon.log)")
     args = ap.parse_args()
     names = list(QUICK) if args.quick else [n for n in args.models.split(",") if n] or None
     modes = [m for m in args.modes.split(",") if m]
     with tempfile.TemporaryDirectory(prefix="rknn-accuracy-bench-") as tmp:
-        work = Path(tmp)
+        work = args.keep or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
         bench_models = models(args.cache, names, work)
         staging = work / "staging"
         staging.mkdir()
