@@ -106,21 +106,33 @@ def real_photos(cache: Path) -> dict[str, Path]:
     return _extract(PHOTO_WHEELS, Path(cache), "photos")
 
 
-def text_lines(cache: Path, out: Path, n: int = 8) -> list[Path]:
-    """Crops of printed text lines (skimage's page and text photos) for the OCR recogniser and classifier."""
+LINES = ("Rockchip NPU 2026", "rknn dropbox convert", "The quick brown fox", "jumps over 13 lazy dogs",
+         "Invoice No. 4711-B", "Total: 128.50 EUR", "Model zoo yolov8n", "Shanghai 200120", "hello world",
+         "calibration image", "Verified on board", "SMB share inbox")
+
+
+def text_lines(cache: Path, out: Path, n: int = 8, rotate_odd: bool = False) -> list[Path]:
+    """Printed text lines (48 px high, dark ink on paper, a little blur and grain) for the OCR recogniser and the
+    direction classifier (rotate_odd: every other line upside down)."""
     import cv2
-    photos = real_photos(cache)
+    import numpy as np
     out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(5)
     crops: list[Path] = []
-    page = cv2.imread(str(photos["page"]))
-    h = page.shape[0]
+    fonts = (cv2.FONT_HERSHEY_SIMPLEX, cv2.FONT_HERSHEY_DUPLEX, cv2.FONT_HERSHEY_COMPLEX, cv2.FONT_HERSHEY_TRIPLEX)
     for i in range(n):
-        y = int(12 + i * (h - 40) / max(n, 1))
-        crop = page[y:y + 28, 10:page.shape[1] - 10]
-        if i % 2:
-            crop = cv2.rotate(crop, cv2.ROTATE_180)  # the direction classifier sees both orientations
+        text = LINES[i % len(LINES)]
+        font = fonts[i % len(fonts)]
+        (w, h), base = cv2.getTextSize(text, font, 1.0, 2)
+        img = np.full((h + base + 16, w + 16, 3), rng.uniform(200, 245), np.float32)
+        cv2.putText(img, text, (8, h + 8), font, 1.0, tuple(float(v) for v in rng.uniform(10, 60, 3)), 2,
+                    cv2.LINE_AA)
+        img = cv2.GaussianBlur(img, (0, 0), 0.7) + rng.normal(0, 4, img.shape)
+        img = img.clip(0, 255).astype(np.uint8)
+        if rotate_odd and i % 2:
+            img = cv2.rotate(img, cv2.ROTATE_180)
         path = out / f"line{i}.png"
-        cv2.imwrite(str(path), crop)
+        cv2.imwrite(str(path), img)
         crops.append(path)
     return crops
 

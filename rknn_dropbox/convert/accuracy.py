@@ -15,7 +15,9 @@ import numpy as np
 from rknn_dropbox.convert import repair as rp
 from rknn_dropbox.convert.analysis import LayerError, hybrid_ranges, run_analysis, worst_layers
 from rknn_dropbox.convert.simulator import lean_sessions
-from rknn_dropbox.convert.verify import Reference, error_reason, lowest, timed_verification, verify_session
+from rknn_dropbox.convert.verify import (
+    Judging, Reference, error_reason, lowest, timed_verification, verify_session,
+)
 
 _FP16_OVERFLOW = re.compile(r"Tensor name:'([^']+)' value range exceeds Fp16 Max|out of the float16")
 
@@ -55,6 +57,9 @@ class TargetContext:
     first_seconds: float
     build_log: str = ""               # the toolkit's output during the first build
 
+    def judging(self, rknn_path: Path) -> Judging:
+        return Judging(self.quantize, self.spec.options.verify_thresholds, rknn_path)
+
 
 def _analysis(rknn: Any, ctx: TargetContext, out: dict[str, Any]) -> list[LayerError]:
     sample = ctx.ref.samples.samples[0] if ctx.ref.samples and ctx.ref.samples.samples else None
@@ -77,12 +82,20 @@ def _analysis(rknn: Any, ctx: TargetContext, out: dict[str, Any]) -> list[LayerE
     return rows
 
 
-def _attempt_of(cand: rp.Candidate, verification: dict[str, Any], seconds: float, artifact: Any) -> rp.Attempt:
+def _attempt_of(cand: rp.Candidate, verification: dict[str, Any], seconds: float, artifact: Path) -> rp.Attempt:
     low = lowest(verification)
+    verdict = verification.get("verdict") or {}
+    margins = [c["value"] / c["threshold"] if c["metric"] != "relative_error" else c["threshold"] / max(c["value"] or 0,
+               1e-9) for c in verification.get("checks", []) if c.get("value") is not None and c.get("threshold")]
+    try:
+        size = artifact.stat().st_size
+    except OSError:
+        size = None
     return rp.Attempt(cand, low, {r["name"]: r["cosine"] if r["cosine"] is not None else float("nan")
                                   for r in verification.get("outputs", [])}, seconds,
                       verification.get("status") == "passed", verification.get("reason")
-                      if verification.get("status") == "error" else None, (artifact, verification))
+                      if verification.get("status") == "error" else None, (artifact, verification),
+                      min(margins) if margins else None, verdict.get("summary") or "", size)
 
 
 def _candidate_runner(ctx: TargetContext, build: CandidateBuilder, overflow: set[str]
@@ -96,9 +109,9 @@ def _candidate_runner(ctx: TargetContext, build: CandidateBuilder, overflow: set
         try:
             rknn, seconds, log = build(cand, path)
             overflow.update(fp16_overflow(log) or [])  # auto_hybrid names the tensors it moves out of float16
-            verification = verify_session(rknn, ctx.spec, ctx.ref, ctx.min_cos)
+            verification = verify_session(rknn, ctx.spec, ctx.ref, ctx.min_cos, judging=ctx.judging(path))
             print(f"accuracy {ctx.platform} attempt {cand.label}: {verification.get('status')} "
-                  f"{[r['cosine'] for r in verification.get('outputs', [])]}")
+                  f"{(verification.get('verdict') or {}).get('summary')}")
             return _attempt_of(cand, verification, seconds, path)
         except Exception as exc:  # noqa: BLE001 - one candidate failing is one data point
             path.unlink(missing_ok=True)
@@ -142,8 +155,13 @@ def settle(rknn: Any, ctx: TargetContext, build: CandidateBuilder) -> TargetAccu
 
     `rknn` is the first build's session, released here before any rebuild (one session in memory at a time)."""
     o = ctx.spec.options
-    verification, seconds = timed_verification(rknn, ctx.spec, ctx.ref, ctx.min_cos, ctx.first_seconds)
+    verification, seconds = timed_verification(rknn, ctx.spec, ctx.ref, ctx.min_cos, ctx.first_seconds,
+                                               ctx.judging(ctx.final))
     result = TargetAccuracy(verification, seconds={"verify": seconds})
+    if verification.get("status") == "warning":  # synthetic samples only: say so, never repair
+        result.warnings.append(f"{ctx.platform}: on synthetic images (the bundle brings no real samples) "
+                               f"{verification['verdict']['summary']}; not repaired: add a dataset.txt with real "
+                               "inputs (or verify_dataset) to check and repair it")
     if verification.get("status") != "below_threshold":
         return result
     accuracy: dict[str, Any] = {}
@@ -167,7 +185,8 @@ def settle(rknn: Any, ctx: TargetContext, build: CandidateBuilder) -> TargetAccu
     first = _attempt_of(rp.Candidate("as configured", quantize=ctx.quantize), verification, ctx.first_seconds,
                         ctx.final)
     outcome = rp.search(first, candidates, _candidate_runner(ctx, build, overflow),
-                        rp.budget_seconds(o.repair_budget_seconds, ctx.first_seconds), fallback)
+                        rp.budget_seconds(o.repair_budget_seconds, ctx.first_seconds), fallback,
+                        spent=result.seconds.get("analysis", 0.0))
     result.seconds["repair"] = round(time.monotonic() - t2, 3)
     accuracy.update(outcome.to_json())
     if unsupported:
@@ -191,10 +210,15 @@ def _deliver(outcome: rp.RepairOutcome, ctx: TargetContext, result: TargetAccura
         else:
             Path(path).unlink(missing_ok=True)
     label = chosen.candidate.label
+    first = outcome.attempts[0]
+    if outcome.delivered and result.accuracy is not None:
+        cost = rp.npu_cost(chosen.candidate.settings(), (first.size, chosen.size))
+        if cost:
+            result.accuracy["npu_cost"] = cost
     if outcome.passed and outcome.delivered:
-        result.warnings.append(f"{ctx.platform}: the build as configured verified at {outcome.attempts[0].min_cosine}"
-                               f"; delivered the repaired build ({label}) at {chosen.min_cosine}")
+        result.warnings.append(f"{ctx.platform}: the build as configured failed its check ({first.summary}); "
+                               f"delivered the repaired build ({label}: {chosen.summary})")
     elif not outcome.passed:
         tried = ", ".join(a.candidate.label for a in outcome.attempts[1:]) or "nothing"
-        result.warnings.append(f"{ctx.platform}: no build reached verify_min_cosine {ctx.min_cos} (tried {tried}); "
-                               f"delivered {label} at {chosen.min_cosine}")
+        result.warnings.append(f"{ctx.platform}: no build passed its check (tried {tried}); delivered {label} "
+                               f"({chosen.summary or 'unverified'}): {outcome.reason}")

@@ -193,9 +193,9 @@ class TargetsOutcome:
             self.seconds[k] = round(self.seconds.get(k, 0.0) + v, 3)
         v = acc.verification or {}
         if v.get("status") == "below_threshold":
-            result.warnings.append(
-                f"{platform}: verification below verify_min_cosine {v['min_cosine']}: cosine "
-                f"{', '.join(str(o['cosine']) for o in v['outputs'])}")
+            verdict = v.get("verdict") or {}
+            result.warnings.append(f"{platform}: the model fails its task check: {verdict.get('summary')} "
+                                   f"({verdict.get('metric')} below its threshold; see verification.{platform})")
         result.warnings.extend(acc.warnings)
 
 

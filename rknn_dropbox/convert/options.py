@@ -53,6 +53,7 @@ class ConvertOptions:
     verify_time_share: float = 0.15       # fewer samples when all of them would take longer than this share of the
     #                                       build (at least one; every sample when verification takes under 5 s)
     verify_dataset: str | None = None     # held-out samples (a dataset.txt) verified on before the calibration set
+    verify_thresholds: dict[str, float] | None = None  # per task-check metric (convert/checks/base.py defaults)
     accuracy_repair: str = "auto"         # auto: rebuild an int8 model below the threshold with the toolkit's remedies
     repair_budget_seconds: float | None = None  # None: 3x the first build, at least 60 s
     accuracy_fallback: str = "none"       # fp16: deliver the fp16 build when no int8 candidate passes
@@ -208,6 +209,15 @@ def _parse_verify_value(where: str, key: str, value: Any) -> Any:
         if value is not None and (not isinstance(value, str) or not value.strip()):
             raise option_error(where, key, f"expected a path to a dataset.txt of held-out samples, got {value!r}")
         return value
+    if key == "verify_thresholds":
+        from rknn_dropbox.convert.checks.thresholds import DEFAULT_THRESHOLDS
+        if value is None:
+            return None
+        if not isinstance(value, dict) or not all(k in DEFAULT_THRESHOLDS and isinstance(v, (int, float))
+                                                  and not isinstance(v, bool) and v >= 0 for k, v in value.items()):
+            raise option_error(where, key, f"expected a mapping of metric: number with metrics from "
+                                           f"{', '.join(DEFAULT_THRESHOLDS)}, got {value!r}")
+        return {k: float(v) for k, v in value.items()}
     if key == "accuracy_repair":
         return _choice(where, key, value, ("auto", "off"))
     if key == "accuracy_fallback":

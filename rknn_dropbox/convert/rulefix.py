@@ -148,11 +148,11 @@ def build_with_advice(attempt: Callable[[list[str]], T], log: LogWindow, user_ru
 
 def failed_verification_story(workaround: Workaround, verification: dict[str, Any]) -> tuple[str, str]:
     """Both stories for error.json: why the rules were disabled, and how the result then failed verification."""
-    cosines = ", ".join(str(o.get("cosine")) for o in verification.get("outputs", [])) or verification.get(
-        "reason", "no comparison")
+    verdict = verification.get("verdict") or {}
+    found = verdict.get("summary") or verification.get("reason") or "no comparison"
     error = (f"the first build failed: {workaround.reason}; the build with disable_rules {workaround.disable_rules} "
-             f"succeeded but failed verification against the source model (cosine {cosines}, below "
-             f"{verification.get('min_cosine')}), so it is not delivered")
-    hint = ("the toolkit's workaround changed what the model computes: try another rknn-toolkit2 version, "
-            "optimization_level: 2, or simplify the graph (e.g. onnxslim) and drop it again")
+             f"succeeded but fails its task check against the source model ({found}), so it is not delivered")
+    hint = ("the toolkit's workaround may have changed what the model computes: try another rknn-toolkit2 version, "
+            "optimization_level: 2, or simplify the graph (e.g. onnxslim) and drop it again; for an int8 build, an "
+            "fp16 build (do_quantization: false) tells quantization loss from the workaround")
     return error, hint

@@ -1,4 +1,5 @@
-"""Verification inputs: real samples decoded the way rknn-toolkit2 decodes calibration data, else seeded random."""
+"""Verification inputs: real samples decoded the way rknn-toolkit2 decodes calibration data, else structured
+synthetic images (seeded random for inputs that are no image)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import numpy as np
 SEED = 20240601
 DEFAULT_COUNT = 4
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
+SYNTHETIC = "synthetic images"   # SampleSet.source when the bundle brings no real samples
 
 
 @dataclass
@@ -26,7 +28,12 @@ class Sample:
 class SampleSet:
     """The samples verification runs on and where they came from."""
     samples: list[Sample]
-    source: str                                 # verify_dataset | calibration set | seeded random
+    source: str                                 # verify_dataset | calibration set | synthetic images | seeded random
+
+    @property
+    def synthetic(self) -> bool:
+        """No real samples: a shortfall is a warning, never a repair."""
+        return self.source in (SYNTHETIC, "seeded random")
     skipped: list[str] = field(default_factory=list)  # lines that could not be decoded, with why
 
     def to_json(self, count: int | None = None) -> dict[str, Any]:
@@ -135,6 +142,7 @@ def eight_bit_range(layout: InputLayout) -> bool:
 
 
 def random_samples(layout: InputLayout, count: int) -> list[Sample]:
+    """Seeded uniform noise: for inputs that are no image (a sequence, a feature vector)."""
     rng = np.random.default_rng(SEED)
     scale = 255.0 if eight_bit_range(layout) else 1.0
     samples = []
@@ -142,6 +150,70 @@ def random_samples(layout: InputLayout, count: int) -> list[Sample]:
         raw = [(rng.random(tuple(shape), dtype=np.float32) * scale).astype(np.float32) for shape in layout.shapes]
         samples.append(Sample(f"seeded random #{n + 1}", raw, normalize(raw, layout)))
     return samples
+
+
+SYNTHETIC_KINDS = ("colour field", "edges", "texture", "shapes")
+
+
+def _image_dims(shape: list[int], channels_last: bool) -> tuple[int, int, int] | None:
+    """(height, width, channels) of an image input (1 or 3 channels, at least 8x8), else None."""
+    if len(shape) != 4:
+        return None
+    h, w, c = (shape[1], shape[2], shape[3]) if channels_last else (shape[2], shape[3], shape[1])
+    return (h, w, c) if c in (1, 3) and h >= 8 and w >= 8 else None
+
+
+def synthetic_image(kind: str, seed: int, h: int, w: int) -> np.ndarray:
+    """A structured RGB image in 0..1 (not uniform noise): a smooth colour field, edges, a texture or soft shapes,
+    the statistics real photos have (large smooth regions, strong edges, repeated detail)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    yy, xx = yy / max(h - 1, 1), xx / max(w - 1, 1)
+    c0, c1 = rng.uniform(0.1, 0.9, 3), rng.uniform(0.1, 0.9, 3)
+    t = np.clip(xx * rng.uniform(-1, 1) + yy * rng.uniform(-1, 1) + 0.5, 0, 1)[..., None]
+    img = c0 * (1 - t) + c1 * t
+    if kind == "edges":
+        for _ in range(6):
+            y0, x0 = rng.uniform(0, 0.8, 2)
+            y1, x1 = y0 + rng.uniform(0.1, 0.5), x0 + rng.uniform(0.1, 0.5)
+            img[(yy >= y0) & (yy < y1) & (xx >= x0) & (xx < x1)] = rng.uniform(0, 1, 3)
+    elif kind == "texture":
+        f = rng.uniform(4, 24, 2)
+        wave = 0.5 + 0.25 * np.sin(2 * np.pi * f[0] * xx + rng.uniform(0, 6)) * np.cos(2 * np.pi * f[1] * yy)
+        img = img * 0.5 + wave[..., None] * rng.uniform(0.3, 1.0, 3) * 0.5 + rng.normal(0, 0.02, (h, w, 3))
+    elif kind == "shapes":
+        for _ in range(5):
+            cy, cx, r = rng.uniform(0, 1), rng.uniform(0, 1), rng.uniform(0.05, 0.3)
+            blob = np.exp(-(((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r)))[..., None]
+            img = img * (1 - blob) + rng.uniform(0, 1, 3) * blob
+    return np.clip(img, 0, 1).astype(np.float32)
+
+
+def synthetic_samples(layout: InputLayout, count: int) -> list[Sample]:
+    """Structured synthetic images for image inputs (seeded random for the others): what verification runs on
+    when the bundle brings no real samples."""
+    samples = []
+    scale = 255.0 if eight_bit_range(layout) else 1.0
+    noise = random_samples(layout, count)
+    for n in range(count):
+        kind = SYNTHETIC_KINDS[n % len(SYNTHETIC_KINDS)]
+        raw = []
+        for i, shape in enumerate(layout.shapes):
+            dims = _image_dims(shape, layout.channels_last)
+            if dims is None:
+                raw.append(noise[n].raw[i])
+                continue
+            h, w, c = dims
+            img = synthetic_image(kind, SEED + n, h, w) * scale
+            img = img.mean(axis=2, keepdims=True) if c == 1 else img
+            arr = img[None].astype(np.float32)
+            raw.append(arr if layout.channels_last else np.ascontiguousarray(arr.transpose(0, 3, 1, 2)))
+        samples.append(Sample(f"synthetic {kind}", raw, normalize(raw, layout)))
+    return samples
+
+
+def has_image_inputs(layout: InputLayout) -> bool:
+    return any(_image_dims(s, layout.channels_last) for s in layout.shapes)
 
 
 def decode_line(files: list[Path], layout: InputLayout) -> Sample:
@@ -187,4 +259,6 @@ def collect_samples(layout: InputLayout, verify_dataset: Path | None, calibratio
             return SampleSet(samples, source, skipped)
         if source == "verify_dataset":  # held-out samples were asked for: none fitting is an error, not a fallback
             raise ValueError(f"none of the {len(lines)} verify_dataset lines fits the model: {'; '.join(skipped[:3])}")
+    if has_image_inputs(layout):
+        return SampleSet(synthetic_samples(layout, min(count, len(SYNTHETIC_KINDS))), SYNTHETIC, skipped)
     return SampleSet(random_samples(layout, min(count, 2)), "seeded random", skipped)

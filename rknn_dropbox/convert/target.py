@@ -23,7 +23,9 @@ from rknn_dropbox.convert.toolkit_log import (
     BUILD_PHASES_FP16, BUILD_PHASES_INT8, LOAD_PHASES, ConversionError, toolkit_caller, toolkit_progress,
 )
 from rknn_dropbox.convert.accuracy import TargetAccuracy, TargetContext, settle
-from rknn_dropbox.convert.verify import Reference, prepare_reference, strict_failure, threshold, timed_verification
+from rknn_dropbox.convert.verify import (
+    Judging, Reference, prepare_reference, strict_failure, threshold, timed_verification,
+)
 from rknn_dropbox.convert.repair import Candidate
 from rknn_dropbox.formats import FormatError
 from rknn_dropbox.toolkits import loaded_toolkit_version
@@ -203,13 +205,13 @@ def shape_references(spec: Any, prepared: Any, verify_dataset: Path | None) -> l
             for shapes in sets]
 
 
-def _verify_shapes(rknn: Any, b: TargetBuild, min_cos: float, build_seconds: float
+def _verify_shapes(rknn: Any, b: TargetBuild, min_cos: float, build_seconds: float, judging: Judging
                    ) -> tuple[dict[str, Any], Reference, float]:
     """verify_session at each shape set; the combined verification (the worst set leads), that set's reference and
     the simulator's seconds."""
     per_shape, seconds = [], 0.0
     for shapes, ref in b.shape_references:
-        verification, took = timed_verification(rknn, b.spec, ref, min_cos, build_seconds)
+        verification, took = timed_verification(rknn, b.spec, ref, min_cos, build_seconds, judging)
         per_shape.append({"shapes": shapes, **verification})
         seconds += took
     worst = next((i for i, v in enumerate(per_shape) if v.get("status") != "passed"), 0)
@@ -260,7 +262,8 @@ def _settle(RKNN: Any, b: TargetBuild, platform: str, rknn: Any, final: Path, se
     reference = b.reference or Reference(error="no reference")
     per_shape = None
     if len(b.shape_references) > 1:  # dynamic_input: every shape set; a repair works on the worst one
-        per_shape, reference, verify_seconds = _verify_shapes(rknn, b, min_cos, seconds)
+        judging = Judging(b.quantize, o.verify_thresholds, final)
+        per_shape, reference, verify_seconds = _verify_shapes(rknn, b, min_cos, seconds, judging)
         if per_shape.get("status") != "below_threshold":
             return TargetAccuracy(per_shape, seconds={"verify": verify_seconds})
     ctx = TargetContext(spec, reference, platform, b.quantize, min_cos, final, report_dir, Path.cwd(), seconds,

@@ -1,5 +1,5 @@
-"""Verified conversions: the toolkit's simulator against the source framework's runtime on real samples, as the
-cosine per output and sample."""
+"""Verified conversions: the toolkit's simulator against the source framework's runtime on real samples, each output
+judged by its task (convert/checks/), with the cosine per output and sample kept beside for older clients."""
 
 from __future__ import annotations
 
@@ -12,8 +12,16 @@ from typing import Any, Callable
 
 import numpy as np
 
+from rknn_dropbox.convert.checks.base import Verdict
+from rknn_dropbox.convert.checks.recognise import plan_checks
+from rknn_dropbox.convert.checks.verdict import judge
+from rknn_dropbox.convert.checks.base import align
+from rknn_dropbox.convert.checks.recognise import output_infos
+from rknn_dropbox.convert.checks.tensor import error_stats
+from rknn_dropbox.convert.checks.verdict import output_details
 from rknn_dropbox.convert.samples import InputLayout, SampleSet, collect_samples
 from rknn_dropbox.convert.simulator import lean_sessions
+from rknn_dropbox.formats.base import OutputFacts
 
 INT8_MIN_COSINE = 0.98
 FP16_MIN_COSINE = 0.999
@@ -40,17 +48,6 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / (na * nb))
 
 
-def output_cosine(got: Any, want: Any) -> float:
-    """Cosine of one output; the toolkit may hand back NHWC for an NCHW model or the reverse."""
-    got, want = np.asarray(got), np.asarray(want)
-    c = cosine(got, want)
-    if got.size == want.size and got.shape != want.shape and got.ndim == 4 and want.ndim == 4:
-        alt = got.transpose(0, 3, 1, 2) if got.transpose(0, 3, 1, 2).shape == want.shape else \
-            got.transpose(0, 2, 3, 1)
-        c = max(c, cosine(alt, want)) if not math.isnan(c) else cosine(alt, want)
-    return c
-
-
 def _rounded(c: float) -> float | None:
     return None if math.isnan(c) or math.isinf(c) else round(c, 6)
 
@@ -71,6 +68,7 @@ class Reference:
     outputs: list[list[np.ndarray]] = field(default_factory=list)
     limit: int | None = None          # samples verified: fewer than collected when each costs too much
     limited: str | None = None        # why
+    facts: OutputFacts | None = None  # what the format's graph says of each output (for the task checks)
     _run: Callable[[list[np.ndarray]], list[np.ndarray]] | None = None
 
     def output(self, i: int) -> list[np.ndarray]:
@@ -98,15 +96,15 @@ class Reference:
         return n if self.limit is None else min(n, self.limit)
 
     def bound_samples(self, per_sample_seconds: float, build_seconds: float | None, share: float) -> None:
-        """After the first sample: verify only as many as fit in `share` of the build's time (at least one; all of
-        them when the whole verification is short)."""
+        """After the second sample: verify only as many as fit in `share` of the build's time (at least two; all
+        of them when the whole verification is short)."""
         n = len(self.samples.samples) if self.samples else 0
         if self.limit is not None or build_seconds is None or n <= 1:
             return
         budget = max(VERIFY_MIN_SECONDS, share * build_seconds)
         if per_sample_seconds * n <= budget:
             return
-        self.limit = max(1, int(budget // max(per_sample_seconds, 1e-6)))
+        self.limit = max(2, int(budget // max(per_sample_seconds, 1e-6)))
         self.limited = (f"{self.limit} of {n} samples: each took {per_sample_seconds:.1f} s (source runtime + "
                         f"simulator); verification is kept within {share:.0%} of the {build_seconds:.0f} s build "
                         "(verify_time_share)")
@@ -133,74 +131,146 @@ def prepare_reference(spec: Any, prepared: Any, verify_dataset: Path | None) -> 
                              o.quant_img_RGB2BGR)
         samples = collect_samples(layout, verify_dataset, spec.dataset, o.verify_samples)
         return Reference(samples, names, seconds=time.monotonic() - started,
-                         runner=lambda: fmt.reference_runner(spec, prepared))
+                         runner=lambda: fmt.reference_runner(spec, prepared), facts=fmt.output_facts(spec, prepared))
     except Exception as exc:  # noqa: BLE001 - a verification problem must not lose a good .rknn
         return Reference(error=error_reason(exc), seconds=time.monotonic() - started)
 
 
 def _description(samples: SampleSet, count: int) -> str:
     names = [s.name for s in samples.samples[:count]]
-    return f"{samples.source}: {', '.join(names)}" if samples.source != "seeded random" else \
-        f"seeded random ({len(names)} inputs)"
+    if samples.source == "seeded random":
+        return f"seeded random ({len(names)} inputs)"
+    if samples.synthetic:
+        return f"{samples.source} ({', '.join(n.removeprefix('synthetic ') for n in names)}): the bundle brings no " \
+               "real samples"
+    return f"{samples.source}: {', '.join(names)}"
 
 
-def verify_session(rknn: Any, spec: Any, ref: Reference, min_cos: float, build_seconds: float | None = None
-                   ) -> dict[str, Any]:
-    """Run the built session's simulator on the samples; result.json's verification of one target. With the
-    build's time given, the first verification of a job decides how many samples fit (Reference.bound_samples)."""
+@dataclass(frozen=True)
+class Judging:
+    """How a target's outputs are judged: int8 or float thresholds, the thresholds the options override, and the
+    delivered .rknn (its output int8 steps)."""
+    quantized: bool
+    thresholds: dict[str, float] | None = None
+    rknn_path: Path | None = None
+
+
+def output_steps(rknn_path: Path | None) -> list[float | None]:
+    """Each output's int8 step as the .rknn records it (None: a float output, or the file cannot be read)."""
+    if rknn_path is None:
+        return []
+    from rknn_dropbox.formats.rknnfile import RknnFileError, read_rknn_file
+    try:
+        info = read_rknn_file(rknn_path)
+    except (RknnFileError, OSError):
+        return []
+    steps: list[float | None] = []
+    for t in info.outputs:
+        scales = (t.quant or {}).get("scale") or []
+        steps.append(float(max(scales)) if scales and not t.dtype.startswith("float") else None)
+    return steps
+
+
+def _run_samples(rknn: Any, spec: Any, ref: Reference, build_seconds: float | None
+                 ) -> tuple[list[list[np.ndarray]], list[list[np.ndarray]]] | str:
+    """Every sample through the simulator beside the reference: (reference outputs, simulator outputs aligned to
+    them) per sample, or why not."""
     fmt = spec.fmt
-    base: dict[str, Any] = {"reference": fmt.reference_name}
+    if rknn.init_runtime() != 0:
+        return "init_runtime() of the simulator failed"
+    refs, sims = [], []
+    i = 0
+    while i < ref.count:
+        started = time.monotonic()
+        want = ref.output(i)
+        sample = ref.samples.samples[i]
+        sim_inputs, convert = fmt.simulator_io(spec, sample.raw, sample.norm)
+        got = rknn.inference(inputs=sim_inputs, data_format="nhwc" if fmt.channels_last else "nchw")
+        if got is None:
+            return "the simulator returned no outputs"
+        got = convert(got) if convert is not None else got
+        if len(got) != len(want):
+            return f"the simulator returned {len(got)} outputs, the model has {len(want)}"
+        refs.append([np.asarray(w) for w in want])
+        sims.append([align(g, w) for g, w in zip(got, want)])
+        if i == 1:  # the second sample's time: the first one's includes loading both runtimes
+            ref.bound_samples(time.monotonic() - started, build_seconds, spec.options.verify_time_share)
+        i += 1
+    return refs, sims
+
+
+def _input_hw(ref: Reference, channels_last: bool) -> tuple[int, int]:
+    shape = ref.samples.samples[0].raw[0].shape if ref.samples and ref.samples.samples else ()
+    if len(shape) != 4:
+        return (0, 0)
+    return (int(shape[1]), int(shape[2])) if channels_last else (int(shape[2]), int(shape[3]))
+
+
+def _verdict(spec: Any, ref: Reference, refs: list[list[np.ndarray]], sims: list[list[np.ndarray]],
+             judging: Judging, names: list[str]) -> Verdict:
+    facts = ref.facts or OutputFacts()
+    infos = output_infos(names, [list(np.asarray(w).shape) for w in refs[0]], facts.graph,
+                         output_steps(judging.rknn_path))
+    checks = plan_checks(infos, _input_hw(ref, spec.fmt.channels_last), facts.yolo_layout, facts.yolo_concat)
+    return judge(checks, refs, sims, judging.quantized, judging.thresholds, infos, ref.samples.synthetic)
+
+
+def _output_rows(names: list[str], refs: list[list[np.ndarray]], sims: list[list[np.ndarray]], verdict: Verdict
+                 ) -> list[dict[str, Any]]:
+    details = output_details(verdict)
+    rows = []
+    for j, name in enumerate(names):
+        cosines = [cosine(s[j], r[j]) for r, s in zip(refs, sims)]
+        worst = min(cosines, key=lambda c: -2.0 if math.isnan(c) else c)
+        want = np.stack([r[j] for r in refs])
+        got = np.stack([s[j] for s in sims]) if all(s[j].shape == r[j].shape for r, s in zip(refs, sims)) else None
+        row = {"name": name, "shape": list(refs[0][j].shape), "cosine": _rounded(worst),
+               "cosines": [_rounded(c) for c in cosines]}
+        if got is not None:
+            row["error"] = error_stats(want, got).to_json()
+        row.update(details.get(name, {}))
+        rows.append(row)
+    return rows
+
+
+def verify_session(rknn: Any, spec: Any, ref: Reference, min_cos: float, build_seconds: float | None = None,
+                   judging: Judging | None = None) -> dict[str, Any]:
+    """Run the built session's simulator on the samples and judge each output by its task (checks/); result.json's
+    verification of one target. With the build's time given, the first verification of a job decides how many
+    samples fit (Reference.bound_samples)."""
+    judging = judging or Judging(quantized=min_cos < FP16_MIN_COSINE)
+    base: dict[str, Any] = {"reference": spec.fmt.reference_name}
     if ref.skipped:
         return {"status": "skipped", "reason": ref.skipped}
     if ref.error or ref.samples is None:
         return {"status": "error", **base, "reason": ref.error or "no samples"}
-    per_output: list[list[float]] = []
-    shapes: list[list[int]] = []
     try:
         with lean_sessions():
-            if rknn.init_runtime() != 0:
-                return {"status": "error", **base, "reason": "init_runtime() of the simulator failed"}
-            i = 0
-            while i < ref.count:
-                started = time.monotonic()
-                want = ref.output(i)
-                sample = ref.samples.samples[i]
-                sim_inputs, convert = fmt.simulator_io(spec, sample.raw, sample.norm)
-                got = rknn.inference(inputs=sim_inputs, data_format="nhwc" if fmt.channels_last else "nchw")
-                if got is None:
-                    return {"status": "error", **base, "reason": "the simulator returned no outputs"}
-                got = convert(got) if convert is not None else got
-                if len(got) != len(want):
-                    return {"status": "error", **base,
-                            "reason": f"the simulator returned {len(got)} outputs, the model has {len(want)}"}
-                for j, (g, w) in enumerate(zip(got, want)):
-                    if j == len(per_output):
-                        per_output.append([])
-                        shapes.append(list(np.asarray(w).shape))
-                    per_output[j].append(output_cosine(g, w))
-                if i == 0:
-                    ref.bound_samples(time.monotonic() - started, build_seconds, spec.options.verify_time_share)
-                i += 1
+            ran = _run_samples(rknn, spec, ref, build_seconds)
+        if isinstance(ran, str):
+            return {"status": "error", **base, "reason": ran}
+        refs, sims = ran
+        names = [ref.names[j] if ref.names and j < len(ref.names) else f"output{j}" for j in range(len(refs[0]))]
+        verdict = _verdict(spec, ref, refs, sims, judging, names)
+        rows = _output_rows(names, refs, sims, verdict)
     except Exception as exc:  # noqa: BLE001 - a verification problem must not lose a good .rknn
         return {"status": "error", **base, "reason": error_reason(exc)}
-    rows = []
-    for j, cosines in enumerate(per_output):
-        worst = min(cosines, key=lambda c: -2.0 if math.isnan(c) else c)
-        rows.append({"name": ref.names[j] if ref.names and j < len(ref.names) else f"output{j}",
-                     "shape": shapes[j], "cosine": _rounded(worst), "cosines": [_rounded(c) for c in cosines]})
-    ok = all(r["cosine"] is not None and r["cosine"] >= min_cos for r in rows)
-    out = {"status": "passed" if ok else "below_threshold", **base, "input": _description(ref.samples, ref.count),
-           "samples": ref.samples.to_json(ref.count), "min_cosine": min_cos, "outputs": rows}
+    status = "passed" if verdict.passed else "warning" if verdict.synthetic else "below_threshold"
+    out = {"status": status, **base, "input": _description(ref.samples, ref.count),
+           "samples": ref.samples.to_json(ref.count), "min_cosine": min_cos, "verdict": verdict.to_json(),
+           "checks": [c.to_json() for c in verdict.checks], "outputs": rows}
+    if verdict.synthetic:
+        out["synthetic"] = True
     if ref.limited:
         out["samples_limited"] = ref.limited
     return out
 
 
-def timed_verification(rknn: Any, spec: Any, ref: Reference, min_cos: float, build_seconds: float | None = None
-                       ) -> tuple[dict[str, Any], float]:
+def timed_verification(rknn: Any, spec: Any, ref: Reference, min_cos: float, build_seconds: float | None = None,
+                       judging: Judging | None = None) -> tuple[dict[str, Any], float]:
     """verify_session and the seconds it took beside the source runtime's (timings: verify vs reference)."""
     started, ref_before = time.monotonic(), ref.seconds
-    verification = verify_session(rknn, spec, ref, min_cos, build_seconds)
+    verification = verify_session(rknn, spec, ref, min_cos, build_seconds, judging)
     return verification, round(time.monotonic() - started - (ref.seconds - ref_before), 3)
 
 
@@ -217,8 +287,8 @@ def strict_failure(verification: dict[str, Any] | None) -> str | None:
         return None
     status = verification.get("status")
     if status == "below_threshold":
-        cos = ", ".join(str(r["cosine"]) for r in verification["outputs"])
-        return f"cosine {cos} is below verify_min_cosine {verification['min_cosine']}"
+        verdict = verification.get("verdict") or {}
+        return f"{verdict.get('summary')} ({verdict.get('metric')} below its threshold)"
     if status == "error":
         return f"the verification failed ({verification.get('reason')})"
     if status == "skipped" and not NO_RUNTIME.match(verification.get("reason") or ""):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ContextManager
 
@@ -18,6 +19,14 @@ class FormatError(ValueError):
         super().__init__(error)
         self.error = error
         self.hint = hint
+
+
+@dataclass(frozen=True)
+class OutputFacts:
+    """What a format's graph says of its outputs, for verification's task checks (convert/checks/)."""
+    graph: list[Any] | None = None        # per output: formats/onnx_outputs.GraphOutput (producer, activation, parts)
+    yolo_concat: list[str] = field(default_factory=list)  # outputs a stock Ultralytics head concatenates
+    yolo_layout: Any = None               # the YOLO output layout the format delivered (convert/yolo), None: as is
 
 
 class Format:
@@ -80,6 +89,10 @@ class Format:
     def verify_io(self, spec: Any, prepared: Any) -> tuple[list[list[int]], list[str] | None]:
         """Input shapes and output names for verification."""
         return list(spec.options.input_size_list or []), None
+
+    def output_facts(self, spec: Any, prepared: Any) -> OutputFacts:
+        """What the graph says of each output (none: the checks go by the outputs' shapes)."""
+        return OutputFacts()
 
     def simulator_io(self, spec: Any, raw: list[Any], norm: list[Any]) -> tuple[list[Any], Any]:
         """The simulator's inputs and a function converting its outputs (None: as they are)."""

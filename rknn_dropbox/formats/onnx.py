@@ -6,8 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from rknn_dropbox.formats.base import Format, FormatError, ToolkitCall
+from rknn_dropbox.formats.base import Format, FormatError, OutputFacts, ToolkitCall
 from rknn_dropbox.formats.graphtraits import GraphTraits, data_dependent_error, graph_traits
+from rknn_dropbox.formats.onnx_outputs import GraphOutput, graph_outputs
 from rknn_dropbox.formats.onnx_shapes import ShapeError, ShapePlan, plan_input_shapes
 
 _QDQ_OPS = ("QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul")
@@ -20,6 +21,7 @@ class OnnxFacts:
     output_names: list[str]
     prequantized: bool                # QuantizeLinear/DequantizeLinear/QLinear* nodes
     traits: GraphTraits | None = None  # symbolic input dims, data-dependent shapes, a YOLO head
+    graph_outputs: list[GraphOutput] | None = None  # what makes each output (for the task checks)
     head: Any = None                   # convert/yolo's UltralyticsHead when the graph ends in one
 
 
@@ -49,7 +51,7 @@ class Onnx(Format):
                           if i.name not in initializers],
             output_names=[o.name for o in m.graph.output],
             prequantized=any(n.op_type in _QDQ_OPS for n in m.graph.node), traits=traits,
-            head=_ultralytics_head(m))
+            graph_outputs=graph_outputs(m), head=_ultralytics_head(m))
 
     def is_prequantized(self, spec: Any) -> bool:
         return spec.facts is not None and spec.facts.prequantized
@@ -85,6 +87,13 @@ class Onnx(Format):
     def load(self, rknn: Any, spec: Any, call: ToolkitCall, model: str, prepared: ShapePlan) -> None:
         call("loading", rknn.load_onnx, model=str(_edited(prepared) or model), inputs=prepared.inputs,
              outputs=spec.options.outputs, input_size_list=prepared.input_size_list)
+
+    def output_facts(self, spec: Any, prepared: Any) -> OutputFacts:
+        """The graph's outputs (matched by name: an edited head's new outputs have none), the stock head's
+        concatenated output when it is kept, the layout delivered."""
+        head, edited = spec.facts.head, _edited(prepared)
+        return OutputFacts(spec.facts.graph_outputs, [head.output] if head is not None and not edited else [],
+                           getattr(prepared, "yolo_layout", None))
 
     def verify_io(self, spec: Any, prepared: ShapePlan) -> tuple[list[list[int]], list[str] | None]:
         shapes = prepared.verify_shapes[0] if prepared.verify_shapes else spec.facts.input_shapes

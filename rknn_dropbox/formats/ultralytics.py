@@ -161,6 +161,9 @@ class UltralyticsCheckpoint(Format):
     def load(self, rknn: Any, spec: Any, call: ToolkitCall, model: str, prepared: Any) -> None:
         ONNX.load(rknn, prepared.onnx_spec, call, str(prepared.onnx_spec.model), prepared)
 
+    def output_facts(self, spec: Any, prepared: Any) -> Any:
+        return ONNX.output_facts(prepared.onnx_spec, prepared)
+
     def verify_io(self, spec: Any, prepared: Any) -> tuple[list[list[int]], list[str] | None]:
         return ONNX.verify_io(prepared.onnx_spec, prepared)
 

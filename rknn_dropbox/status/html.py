@@ -1,4 +1,4 @@
-"""HTML pieces the status pages share: the layout and its CSS, number formats, cosine chips, inline SVG bars."""
+"""HTML pieces the status pages share: the layout and its CSS, number formats, verdict and cosine chips, SVG bars."""
 
 from __future__ import annotations
 
@@ -35,6 +35,7 @@ table.jobs { width: 100%; }
 .pill.repaired { background: #fef0c7; color: var(--warn); }
 .cos { font-variant-numeric: tabular-nums; font-weight: 600; white-space: nowrap; }
 .cos.ok { color: var(--ok); } .cos.bad { color: var(--bad); } .cos.none { color: var(--muted); font-weight: 400; }
+.cos.warn { color: var(--warn); } .verdict { font-size: 1.05em; } tr.lost td { color: var(--bad); }
 .muted { color: var(--muted); } .nowrap { white-space: nowrap; } .small { font-size: .88em; }
 .warnings li { color: var(--warn); } .warn-count { color: var(--warn); font-weight: 600; }
 .error { background: #fef3f2; border: 1px solid #fecdca; border-radius: 6px; padding: .8em 1em; margin: .8em 0; }
@@ -106,6 +107,8 @@ def cosine_chip(target: TargetView, with_platform: bool) -> str:
     label = f"{e(target.platform)} " if with_platform else ""
     if target.built is False:
         return f'<span class="cos bad" title="{e(target.error or "")}">{label}build failed</span>'
+    if target.verdict is not None:
+        return verdict_chip(target, label)
     low = target.min_cosine
     if low is None:
         why = target.reason or target.check_status or "not verified"
@@ -113,6 +116,14 @@ def cosine_chip(target: TargetView, with_platform: bool) -> str:
     css = "bad" if target.below_threshold else "ok"
     title = f"lowest output cosine; threshold {cosine_text(target.threshold)}" if target.threshold else ""
     return f'<span class="cos {css}" title="{e(title)}">{label}{cosine_text(low)}</span>'
+
+
+def verdict_chip(target: TargetView, label: str = "") -> str:
+    """`top-1 agrees 4/4` coloured by the task checks' verdict: passed green, below threshold red, a shortfall on
+    synthetic samples amber (and it says so)."""
+    verdict = target.verdict
+    assert verdict is not None
+    return f'<span class="cos {verdict.css}" title="{e(verdict.detail)}">{label}{e(verdict.label)}</span>'
 
 
 def pill(text: str, css: str = "") -> str:
@@ -126,8 +137,9 @@ def nines(value: float) -> float:
     return min(NINES_MAX, -math.log10(max(1.0 - value, 10 ** -NINES_MAX)))
 
 
-def cosine_bars(outputs: list[OutputCheck], threshold: float | None) -> str:
-    """Inline SVG: one bar per output (its lowest cosine), a dot per sample, the threshold as a dashed line."""
+def cosine_bars(outputs: list[OutputCheck], threshold: float | None, neutral: bool = False) -> str:
+    """Inline SVG: one bar per output (its lowest cosine), a dot per sample, the threshold as a dashed line;
+    `neutral` (the task checks decided) draws them grey-blue: a high cosine can hide a broken model."""
     label_w, bar_w, row_h, top = 190, 520, 28, 22
     height = top + row_h * len(outputs) + 24
     width = label_w + bar_w + 90
@@ -146,21 +158,24 @@ def cosine_bars(outputs: list[OutputCheck], threshold: float | None) -> str:
         parts.append(f'<rect x="{label_w}" y="{y + 5}" width="{bar_w}" height="16" fill="#f2f4f7" rx="3"/>')
         if out.cosine is not None:
             ok = threshold is None or out.cosine >= threshold
+            fill, ink = ("#84adff", "#344054") if neutral else \
+                (("#32d583", "#17803d") if ok else ("#f97066", "#c0262d"))
             parts.append(f'<rect x="{label_w}" y="{y + 5}" width="{x(out.cosine) - label_w:.1f}" height="16" '
-                         f'rx="3" fill="{"#32d583" if ok else "#f97066"}"><title>{cosine_text(out.cosine)}</title>'
-                         f"</rect>")
+                         f'rx="3" fill="{fill}"><title>{cosine_text(out.cosine)}</title></rect>')
             for s in out.samples:
                 parts.append(f'<circle cx="{x(s):.1f}" cy="{y + 13}" r="3" fill="#101828" fill-opacity=".55">'
                              f"<title>sample {cosine_text(s)}</title></circle>")
             parts.append(f'<text x="{label_w + bar_w + 8}" y="{y + 17}" font-weight="600" '
-                         f'fill="{"#17803d" if ok else "#c0262d"}">{cosine_text(out.cosine)}</text>')
-    if threshold is not None:
+                         f'fill="{ink}">{cosine_text(out.cosine)}</text>')
+    if threshold is not None and not neutral:
         tx = x(threshold)
         parts.append(f'<line x1="{tx:.1f}" y1="{top}" x2="{tx:.1f}" y2="{height - 20}" stroke="#c0262d" '
                      f'stroke-width="2" stroke-dasharray="4 3"><title>threshold {threshold}</title></line>')
     dots = ", dots: each sample" if any(o.samples for o in outputs) else ""
-    legend = f"bar: lowest cosine per output{dots}" + (", dashed: the threshold" if threshold is not None else "")
-    parts.append(f'<text class="tick" x="{label_w}" y="{height - 4}">{e(legend)} (scale: 0.9, 0.99, 0.999, …)</text>')
+    legend = f"bar: lowest cosine per output{dots}" + (", dashed: the threshold" if threshold is not None
+                                                        and not neutral else "")
+    legend += "; for reference only: the task checks decide" if neutral else " (scale: 0.9, 0.99, 0.999, …)"
+    parts.append(f'<text class="tick" x="{label_w}" y="{height - 4}">{e(legend)}</text>')
     parts.append("</svg>")
     return "".join(parts)
 

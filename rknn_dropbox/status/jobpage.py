@@ -16,10 +16,14 @@ from rknn_dropbox.store import COMPLETED, FINAL_STATUSES
 LOG_LINES = 200
 MAX_DROPPED_ROWS = 200  # a calibration set can be thousands of images
 DETAIL_KEYS = ("rknn", "toolkit_fallback", "timings", "peak_rss_mb", "cached", "cache_of", "rknn_dropbox_version")
-ACCURACY_FACTS = ("delivered_label", "passed", "not_tried", "report", "analysis_error")
+ACCURACY_FACTS = ("delivered_label", "delivered_because", "npu_cost", "passed", "not_tried", "report",
+                  "analysis_error")
 TENSOR_KEYS = ("name", "shape", "dtype", "layout", "quant")
 CHECK_WORDS = {"passed": "passed", "below_threshold": "below the threshold", "skipped": "skipped",
-               "error": "could not run"}
+               "error": "could not run", "warning": "fell short on synthetic samples (a warning: never repaired)"}
+CHECK_HEADERS = ("kind", "outputs", "metric", "value", "threshold", "", "summary")
+PART_HEADERS = ("output", "part", "reference range", "quantization step", "error of range: mean / max", "",
+                "summary")
 
 
 def _when(ts: float | None) -> str:
@@ -149,9 +153,48 @@ def _rknn_file(t: TargetView) -> str:
     return f'<p class="small">{" &middot; ".join(facts)}</p>{table_html}'
 
 
+def _mark(passed: bool | None) -> str:
+    return {True: pill("passed", "completed"), False: pill("lost", "failed"), None: ""}[passed]
+
+
+def _figure(value: float | None, spec: str = ".4g") -> str:
+    return '<span class="muted">–</span>' if value is None else e(format(value, spec))
+
+
+def _span(span: tuple[float, float] | None) -> str:
+    return '<span class="muted">–</span>' if span is None else e(f"{span[0]:.4g} – {span[1]:.4g}")
+
+
+def _errors(mean: float | None, worst: float | None) -> str:
+    return f"{_figure(mean, '.2%')} / {_figure(worst, '.2%')}"
+
+
+def _verdict(t: TargetView) -> str:
+    """The task checks: the verdict in words, one row per check, one row per output part (its step vs its range)."""
+    v = t.verdict
+    if v is None:
+        return ""
+    by = f" &middot; decided by {e(v.metric)}" + (f" ({e(v.decided_by)})" if v.decided_by else "") if v.metric else ""
+    out = f'<p class="verdict">verdict: <span class="cos {v.css}">{e(v.label)}</span>{by}</p>'
+    if v.synthetic:
+        out += ('<p class="small" style="color:#a15c00">verified on synthetic samples (structured images: no real '
+                "samples were given): a shortfall is a warning, never a repair. Drop a dataset.txt or set "
+                "verify_dataset to verify on your own inputs.</p>")
+    rows = [[e(c.kind), e(", ".join(c.outputs)), e(c.metric or "–"), _figure(c.value), _figure(c.threshold),
+             _mark(c.passed), e(c.summary or "")] for c in v.checks]
+    out += "<h3>Task checks</h3>" + table(CHECK_HEADERS, rows) if rows else ""
+    parts = [[e(p.output), e(p.rows), _span(p.span), _figure(p.step), _errors(p.mean_rel, p.max_rel),
+              _mark(p.passed), e(p.summary or "")] for p in v.parts]
+    parts += [[e(err.output), "whole output", _span(err.span), '<span class="muted">–</span>',
+               _errors(err.mean_rel, err.max_rel), "",
+               e(f"SNR {err.snr_db:.1f} dB" if err.snr_db is not None else "")] for err in v.errors]
+    return out + ("<h3>Outputs, part by part</h3>" + table(PART_HEADERS, parts) if parts else "")
+
+
 def _target(view: JobView, t: TargetView) -> str:
     built = {True: pill("built", "completed"), False: pill("failed"), None: ""}[t.built]
-    head = f'<h3>{e(t.platform)} {built} {cosine_chip(t, False) if t.min_cosine is not None else ""}</h3>'
+    chip = cosine_chip(t, False) if t.min_cosine is not None or t.verdict is not None else ""
+    head = f'<h3>{e(t.platform)} {built} {chip}</h3>'
     lines = []
     if t.file:
         lines.append(f"{e(t.file)} &middot; {e(size(t.size))}")
@@ -160,7 +203,7 @@ def _target(view: JobView, t: TargetView) -> str:
     if t.check_status:
         facts = [f"verification {e(CHECK_WORDS.get(t.check_status, t.check_status))}"]
         if t.threshold is not None:
-            facts.append(f"threshold {cosine_text(t.threshold)}")
+            facts.append(f"{'cosine ' if t.verdict else ''}threshold {cosine_text(t.threshold)}")
         if t.reference:
             facts.append(f"against {e(t.reference)}")
         if t.inputs_used:
@@ -172,9 +215,9 @@ def _target(view: JobView, t: TargetView) -> str:
         lines.append('<span class="muted">not verified</span>')
     if t.build_settings:
         lines.append(f"built with {plain(t.build_settings)}")
-    bars = cosine_bars(t.outputs, t.threshold) if t.outputs else ""
+    bars = cosine_bars(t.outputs, t.threshold, t.verdict is not None) if t.outputs else ""
     extra = _rknn_file(t) + _attempts(t.accuracy) + _accuracy_facts(t.accuracy) + _worst_layers(t.accuracy)
-    return f'<div class="target">{head}<p>{"<br>".join(lines)}</p>{bars}{extra}</div>'
+    return f'<div class="target">{head}<p>{"<br>".join(lines)}</p>{_verdict(t)}{bars}{extra}</div>'
 
 
 def _outputs_layout(view: JobView) -> str:

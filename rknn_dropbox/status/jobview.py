@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rknn_dropbox.status.verdict import Verdict, parse_verdict
 from rknn_dropbox.store import COMPLETED, JobRecord
 
 FIRST_ATTEMPT_NAMES = ("baseline", "initial", "first", "default")
@@ -29,7 +30,7 @@ class TargetView:
     size: int | None = None
     sha256: str | None = None
     error: str | None = None
-    check_status: str | None = None  # passed | below_threshold | skipped | error | None (verify off / unknown)
+    check_status: str | None = None  # passed | below_threshold | warning | skipped | error | None (not verified)
     threshold: float | None = None
     reference: str | None = None
     inputs_used: list[str] = field(default_factory=list)
@@ -38,6 +39,7 @@ class TargetView:
     accuracy: dict[str, Any] = field(default_factory=dict)  # {attempts, worst_layers, delivered} when repaired
     rknn: dict[str, Any] = field(default_factory=dict)  # what the .rknn says about itself (toolkit, tensors)
     build_settings: dict[str, Any] = field(default_factory=dict)  # how a repaired build differs from the options
+    verdict: Verdict | None = None  # the task checks' verdict; None in a result.json from before them (cosine only)
 
     @property
     def min_cosine(self) -> float | None:
@@ -90,6 +92,7 @@ def _apply_verification(target: TargetView, raw: dict[str, Any]) -> None:
     elif isinstance(used, list):
         target.inputs_used = [str(u) for u in used if isinstance(u, (str, int, float))]
     target.outputs = [parse_output(o) for o in raw.get("outputs") or [] if isinstance(o, dict)]
+    target.verdict = parse_verdict(raw)
 
 
 def accuracy_by_target(doc: dict[str, Any], platforms: list[str]) -> dict[str, dict[str, Any]]:
@@ -152,6 +155,13 @@ class JobView:
                 _apply_verification(view, checks[platform])
             views.append(view)
         return views
+
+    @property
+    def verdicts(self) -> dict[str, dict[str, Any]]:
+        """Each verified target's verdict for the task JSON: status, metric, summary, synthetic; {} before them."""
+        return {t.platform: {"status": t.check_status, "passed": t.verdict.passed, "metric": t.verdict.metric,
+                             "summary": t.verdict.summary, "synthetic": t.verdict.synthetic}
+                for t in self.targets if t.verdict is not None}
 
     @property
     def quantization(self) -> dict[str, Any]:

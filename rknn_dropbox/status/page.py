@@ -13,7 +13,7 @@ from rknn_dropbox.store import COMPLETED, FAILED, FINAL_STATUSES, STATUSES
 
 REFRESH_SECONDS = 5
 PAGE_SIZE = 100
-HEADERS = ("job", "status", "targets", "build", "min cosine", "warnings", "duration", "output", "toolkit", "links")
+HEADERS = ("job", "status", "targets", "build", "verification", "warnings", "duration", "output", "toolkit", "links")
 
 
 @dataclass

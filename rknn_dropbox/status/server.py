@@ -253,7 +253,8 @@ class StatusHandler(BaseHTTPRequestHandler):
             doc = self.server.delivered.doc(job)
             return self._json(200, doc) if doc else self._error(409, f"task {job.id} is {job.status}: no "
                                                                       "result.json or error.json yet")
-        return self._json(200, job.to_task())
+        verdicts = self.server.view(job).verdicts  # the task checks' verdict, read from result.json
+        return self._json(200, {**job.to_task(), **({"verdict": verdicts} if verdicts else {})})
 
     def _list(self, query: dict[str, list[str]]) -> None:
         status = _status_param(query)

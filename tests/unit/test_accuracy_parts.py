@@ -46,15 +46,22 @@ def test_images_are_decoded_rgb_resized_and_normalized_like_the_toolkit(tmp_path
     assert np.array_equal(bgr.raw[0][0], want[..., ::-1])  # NHWC, and quant_img_RGB2BGR swaps back
 
 
-def test_verify_dataset_comes_first_and_random_inputs_follow_the_8_bit_range(tmp_path: Path) -> None:
+def test_verify_dataset_comes_first_and_synthetic_images_follow_the_8_bit_range(tmp_path: Path) -> None:
     calib = gen.write_dataset(tmp_path / "dataset.txt", gen.write_natural_images(tmp_path / "c", n=2))
     held = gen.write_dataset(tmp_path / "verify.txt", gen.write_natural_images(tmp_path / "v", n=1, prefix="v"))
     layout = InputLayout([[1, 3, 16, 16]], False)
     assert collect_samples(layout, held, calib).source == "verify_dataset"
     eight_bit = collect_samples(InputLayout([[1, 3, 16, 16]], False, std=[[58.0, 57.0, 57.0]]), None, None)
     unit = collect_samples(layout, None, None)
-    assert eight_bit.source == unit.source == "seeded random"
+    assert eight_bit.source == unit.source == "synthetic images" and eight_bit.synthetic
     assert eight_bit.samples[0].raw[0].max() > 100 and unit.samples[0].raw[0].max() <= 1.0
+    kinds = [s.name for s in unit.samples]
+    assert kinds == ["synthetic colour field", "synthetic edges", "synthetic texture", "synthetic shapes"], kinds
+    edges = unit.samples[1].raw[0][0]
+    assert np.abs(np.diff(edges, axis=2)).max() > 0.1      # structure, not uniform noise: sharp edges ...
+    assert np.median(np.abs(np.diff(edges, axis=2))) < 0.02  # ... between smooth regions
+    vector = collect_samples(InputLayout([[1, 16]], False), None, None)
+    assert vector.source == "seeded random" and vector.synthetic  # no image input: noise, and said so
     np.save(tmp_path / "bad.npy", np.zeros((2, 2), np.float32))
     (tmp_path / "bad.txt").write_text("bad.npy\n")
     with pytest.raises(ValueError, match="verify_dataset"):
@@ -72,27 +79,35 @@ def test_the_report_ranks_layers_and_proposes_hybrid_ranges_that_cover_the_produ
     assert hybrid_ranges(rows, worst) == [[["x_int8", "d"]], [["x_int8", "d"], ["x", "b"], ["b", "y_int8"]]]
 
 
-def _attempt(label: str, cos: float, seconds: float = 1.0) -> rp.Attempt:
-    return rp.Attempt(rp.Candidate(label), cos, {"y": cos}, seconds, cos >= 0.98)
+def _attempt(label: str, agreement: float, seconds: float = 1.0) -> rp.Attempt:
+    """An attempt whose task check (threshold 0.8) measured `agreement`."""
+    return rp.Attempt(rp.Candidate(label), None, {}, seconds, agreement >= 0.8, score=agreement / 0.8,
+                      summary=f"agrees {agreement:.0%}")
 
 
-def test_the_search_stops_at_the_first_pass_and_keeps_to_its_budget() -> None:
-    first = _attempt("as configured", 0.90, seconds=10.0)
-    scores = {"custom_hybrid worst layer": 0.95, "w16a16i_dfp": 0.99}
+def test_the_search_goes_cheapest_for_the_npu_first_stops_at_the_first_pass_and_keeps_to_its_budget() -> None:
+    first = _attempt("as configured", 0.50, seconds=10.0)
+    scores = {"custom_hybrid worst layer": 0.6, "kl_divergence": 0.85, "w16a16i_dfp": 0.99}
     built: list[str] = []
 
     def build(c: rp.Candidate) -> rp.Attempt:
         built.append(c.label)
         return _attempt(c.label, scores.get(c.label, 0.5))
     cands = rp.int8_candidates("rk3588", "normal", "channel", [[["x_int8", "d"]]])
+    assert [c.label for c in cands][-1] == "w16a16i_dfp"   # 16-bit activations: the last resort
     out = rp.search(first, cands, build, budget=60.0)
-    assert built == ["custom_hybrid worst layer", "w16a16i_dfp"] and out.passed and out.delivered == 2
+    assert built == ["custom_hybrid worst layer", "auto_hybrid", "kl_divergence"] and out.passed
+    assert out.delivered == 3 and "first candidate" in out.reason
     # mmse would take ~25 first builds: left out of a 60 s budget, and said so
     built.clear()
     scores.clear()
     out = rp.search(first, cands, build, budget=60.0)
     assert "mmse" not in built and any(s.startswith("mmse") for s in out.skipped)
-    assert not out.passed and out.attempts[out.delivered].min_cosine == 0.90  # the best: the first build
+    assert not out.passed and out.delivered == 0 and "none was clearly better" in out.reason  # the first build
+    # a failing candidate that is not clearly better than the first build is not delivered; one that is, is
+    scores.update({"custom_hybrid worst layer": 0.52, "auto_hybrid": 0.7})
+    out = rp.search(first, cands, build, budget=60.0)
+    assert not out.passed and out.attempts[out.delivered].candidate.label == "auto_hybrid", out.to_json()
     assert rp.higher_precision_dtype("rk3588") == "w16a16i_dfp" and rp.higher_precision_dtype("rk3562") == "w8a16"
     assert rp.budget_seconds(None, 5.0) == 60.0 and rp.budget_seconds(None, 100.0) == 300.0
 
@@ -175,10 +190,10 @@ def test_expensive_samples_are_bounded_by_the_builds_time_and_the_source_model_l
     cheap.bound_samples(per_sample_seconds=0.2, build_seconds=4.0, share=0.15)  # 0.8 s in all: under 5 s
     assert cheap.count == 4 and cheap.limited is None
     heavy = Reference(samples, ["y"], runner=runner)
-    assert heavy.output(0)[0].tolist() == [[0.0, 0.0]]
+    assert heavy.output(0)[0].tolist() == [[0.0, 0.0]] and heavy.output(1)[0].tolist() == [[2.0, 2.0]]
     heavy.bound_samples(per_sample_seconds=12.6, build_seconds=75.0, share=0.15)  # 4 x 12.6 s beside a 75 s build
-    assert heavy.count == 1 and heavy.limited.startswith("1 of 4 samples: each took 12.6 s"), heavy.limited
-    assert heavy.runner is None  # its one sample is computed: the source model is let go
+    assert heavy.count == 2 and heavy.limited.startswith("2 of 4 samples: each took 12.6 s"), heavy.limited
+    assert heavy.runner is None  # its two samples (the fewest a verdict goes by) are computed: the model is let go
     mid = Reference(samples, ["y"], runner=runner)
     mid.bound_samples(per_sample_seconds=4.0, build_seconds=60.0, share=0.25)  # 15 s of budget: 3 samples
     assert mid.count == 3

@@ -1,0 +1,93 @@
+"""The task checks on outputs whose failure a cosine hides: a 1-element logit, a collapsed score part, a classifier
+whose top-1 flips, a CTC line that decodes differently, a text mask that shrinks."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from rknn_dropbox.convert.checks.base import ConcatPart, OutputInfo
+from rknn_dropbox.convert.checks.recognise import check_for, output_infos, plan_checks
+from rknn_dropbox.convert.checks.verdict import judge
+from rknn_dropbox.formats.onnx_outputs import GraphOutput
+
+
+def _judge(infos, refs, sims, quantized=True):
+    return judge(plan_checks(infos, (320, 320), None, [i.name for i in infos if i.parts]), refs, sims, quantized,
+                 None, infos, synthetic=False)
+
+
+def test_a_one_element_output_is_judged_by_its_error_not_its_cosine() -> None:
+    infos = [OutputInfo("presence", [1, 1])]
+    refs = [[np.array([[v]], np.float32)] for v in (3.1, 0.0, 2.9, 3.3)]
+    sims = [[np.array([[v + 0.02]], np.float32)] for v in (3.1, 0.0, 2.9, 3.3)]   # cosine of sample 2: 0.0
+    verdict = _judge(infos, refs, sims)
+    assert verdict.passed and verdict.deciding.metric == "relative_error", verdict.to_json()
+    worse = [[np.array([[v + 1.0]], np.float32)] for v in (3.1, 0.0, 2.9, 3.3)]
+    assert not _judge(infos, refs, worse).passed
+
+
+def _yolo_like(rng: np.random.Generator, n: int = 2100, classes: int = 18) -> np.ndarray:
+    boxes = rng.uniform(0, 320, (4, n))
+    boxes[2:] = rng.uniform(10, 60, (2, n))
+    scores = np.zeros((classes, n))
+    hot = rng.choice(n, 6, replace=False)
+    scores[rng.integers(0, classes, 6), hot] = rng.uniform(0.4, 0.7, 6)
+    return np.concatenate([boxes, scores])[None].astype(np.float32)
+
+
+def test_a_detection_head_whose_scores_collapse_fails_naming_the_part_despite_its_cosine() -> None:
+    rng = np.random.default_rng(1)
+    graph = [GraphOutput("output0", [0, 22, 0], "Concat", None, 1, [4, 18])]
+    refs = [[_yolo_like(rng)] for _ in range(3)]
+    step = 1.259
+    collapsed = [[np.round(r[0] / step) * step] for r in refs]           # one int8 scale for boxes and scores
+    infos = output_infos(["output0"], [[1, 22, 2100]], graph, [step])
+    assert infos[0].parts == [ConcatPart(1, 0, 4), ConcatPart(1, 4, 22)]
+    cos = float(np.dot(refs[0][0].ravel(), collapsed[0][0].ravel()) /
+                (np.linalg.norm(refs[0][0]) * np.linalg.norm(collapsed[0][0])))
+    assert cos > 0.999                                                   # what the old check looked at
+    verdict = _judge(infos, refs, collapsed)
+    d = verdict.deciding
+    assert not verdict.passed and d.kind == "detection" and d.metric == "detection_agreement", verdict.to_json()
+    assert "rows 4–21 span 0–0.7" in d.summary and "int8 step is 1.26" in d.summary, d.summary
+    assert [(p["axis"], p["start"], p["stop"]) for p in d.details["parts"]] == [(1, 0, 4), (1, 4, 22)]
+    fine = [[r[0] + rng.normal(0, 0.002, r[0].shape).astype(np.float32)] for r in refs]
+    good = _judge(output_infos(["output0"], [[1, 22, 2100]], graph, [0.004]), refs, fine)
+    assert good.passed and "detections agree" in good.deciding.summary, good.to_json()
+
+
+def test_class_scores_count_top1_agreement_and_forgive_near_ties() -> None:
+    infos = [OutputInfo("prob", [1, 2], "Softmax", "Softmax")]
+    assert check_for(0, infos[0], (48, 192)).kind == "class_scores"
+    refs = [[np.array([[0.9, 0.1]], np.float32)], [np.array([[0.2, 0.8]], np.float32)],
+            [np.array([[0.502, 0.498]], np.float32)]]
+    sims = [[np.array([[0.88, 0.12]], np.float32)], [np.array([[0.25, 0.75]], np.float32)],
+            [np.array([[0.497, 0.503]], np.float32)]]                    # a near-tie flipped: still agrees
+    v = _judge(infos, refs, sims)
+    assert v.passed and v.deciding.summary.startswith("top-1 agrees 3/3"), v.to_json()
+    flipped = [[np.array([[0.1, 0.9]], np.float32)], sims[1], sims[2]]
+    assert not _judge(infos, refs, flipped).passed
+
+
+def test_a_ctc_line_that_decodes_differently_fails() -> None:
+    info = OutputInfo("softmax", [1, 6, 5], "Softmax", "Softmax")
+    steps = np.eye(5, dtype=np.float32)[[0, 2, 2, 0, 3, 4]][None]        # decodes to [2, 3, 4]
+    other = np.eye(5, dtype=np.float32)[[0, 2, 0, 1, 3, 4]][None]        # decodes to [2, 1, 3, 4]
+    edge = np.eye(5, dtype=np.float32)[[1, 2, 2, 0, 3, 4]][None]         # [1, 2, 3, 4]: a space at the edge
+    assert _judge([info], [[steps]] * 2, [[edge]] * 2).passed
+    assert check_for(0, info, (48, 320)).kind == "sequence"
+    assert _judge([info], [[steps]] * 2, [[steps * 0.98]] * 2).passed
+    v = _judge([info], [[steps]] * 2, [[other]] * 2)
+    assert not v.passed and "decoded text agrees on 0/2 lines" in v.deciding.summary
+
+
+def test_a_text_probability_map_is_judged_by_mask_iou() -> None:
+    info = OutputInfo("prob", [1, 1, 32, 32], "Sigmoid", "Sigmoid")
+    want = np.zeros((1, 1, 32, 32), np.float32)
+    want[..., 8:24, 4:28] = 0.9
+    shrunk = np.zeros_like(want)
+    shrunk[..., 10:22, 8:24] = 0.9
+    assert check_for(0, info, (32, 32)).kind == "probability_map"
+    assert _judge([info], [[want]], [[want * 0.95]]).passed
+    v = _judge([info], [[want]], [[shrunk]])
+    assert not v.passed and v.deciding.metric == "mask_iou"
