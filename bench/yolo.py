@@ -8,7 +8,8 @@ tests/trained.py). The reference is onnxruntime on the stock export, decoded as 
 detections per photo after NMS, matched by class and IoU >= 0.5). nudenet is compared at conf 0.01 (at 0.25 it finds
 1-2 things per photo); random-weight models (the corpus's yolov8n) at conf 0.0001 (their scores sit near 1e-4).
 
-Usage: .venv/bin/python bench/yolo.py [--cache DIR] [--models nudenet,yolov8n] [--layouts keep,split,rknn_model_zoo]
+Usage: .venv/bin/python bench/yolo.py [--cache DIR] [--zoo-cache DIR] [--models nudenet,yolov8n]
+       [--layouts keep,split,rknn_model_zoo] [--dtypes int8,fp16] [--conf C]
 """
 
 from __future__ import annotations
@@ -60,14 +61,14 @@ def build_and_compare(model: BenchModel, layout_name: str, quantize: bool, photo
             "size_mb": round(exported.stat().st_size / 1e6, 2), "outputs": len(layout.outputs)}
 
 
-def bench_models(cache: Path, names: list[str]) -> list[BenchModel]:
+def bench_models(cache: Path, names: list[str], zoo_cache: Path) -> list[BenchModel]:
     from trained import trained_models
     found = []
     if "nudenet" in names:
         found.append(BenchModel("nudenet", trained_models(cache)["nudenet"].path, 320, 0.01))
     if "yolov8n" in names:
         import zoo
-        found.append(BenchModel("yolov8n", zoo.build_corpus(cache / "zoo", ["yolov8n-640"])["yolov8n-640"].path,
+        found.append(BenchModel("yolov8n", zoo.build_corpus(zoo_cache, ["yolov8n-640"])["yolov8n-640"].path,
                                 640, 0.0001))
     return found
 
@@ -75,17 +76,18 @@ def bench_models(cache: Path, names: list[str]) -> list[BenchModel]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cache", default=str(REPO / ".pytest_cache" / "d" / "trained"))
+    ap.add_argument("--zoo-cache", default=str(REPO / ".pytest_cache" / "d" / "zoo"))
     ap.add_argument("--models", default="nudenet")
     ap.add_argument("--layouts", default="keep,split,rknn_model_zoo")
     ap.add_argument("--dtypes", default="int8,fp16")
     ap.add_argument("--conf", type=float, default=None, help="score threshold (default: 0.25, random weights 1e-4)")
     args = ap.parse_args()
     from trained import real_photos
-    cache = Path(args.cache)
+    cache = Path(args.cache).resolve()
     photos = real_photos(cache)
     print("| model | layout | dtype | detections agree (top-10, IoU 0.5) | max score diff | build s | size MB |")
     print("|---|---|---|---|---|---|---|")
-    for model in bench_models(cache, args.models.split(",")):
+    for model in bench_models(cache, args.models.split(","), Path(args.zoo_cache).resolve()):
         model = BenchModel(model.name, model.path, model.size, args.conf or model.conf)
         reference = yolosim.reference_detections(model.path, model.size, {n: photos[n] for n in HELD_OUT},
                                                  model.conf)

@@ -58,12 +58,21 @@ def simulated_build(model: Path, layout_name: str, quantize: bool, size: int, ca
     layout = head_layout(layout_name, stock, recognise_head(stock), shapes, tmp, model.stem)
     dataset = tmp / "dataset.txt"
     dataset.write_text("\n".join(str(p) for p in calibration) + "\n")
-    rknn = RKNN(verbose=False)
-    rknn.config(target_platform="rk3588", mean_values=[[0, 0, 0]], std_values=[[255, 255, 255]])
     started = time.monotonic()
-    rknn.load_onnx(str(layout.model or model), inputs=[stock.graph.input[0].name], input_size_list=shapes)
-    if rknn.build(do_quantization=quantize, dataset=str(dataset) if quantize else None) != 0:
+    rknn = None
+    for disable_rules in ([], ["seperate_conv_rs_split"]):  # the rule 2.5.0 crashes in on newer exports
+        rknn = RKNN(verbose=False)
+        rknn.config(target_platform="rk3588", mean_values=[[0, 0, 0]], std_values=[[255, 255, 255]],
+                    disable_rules=disable_rules)
+        rknn.load_onnx(str(layout.model or model), inputs=[stock.graph.input[0].name], input_size_list=shapes)
+        try:
+            if rknn.build(do_quantization=quantize, dataset=str(dataset) if quantize else None) == 0:
+                break
+        except Exception:  # noqa: BLE001 - the toolkit raises its build errors: retried without the rule
+            pass
         rknn.release()
+        rknn = None
+    if rknn is None:
         raise RuntimeError(f"the toolkit could not build {model.name} ({layout_name})")
     seconds = time.monotonic() - started
     exported = tmp / f"{model.stem}-{layout_name}-{'int8' if quantize else 'fp16'}.rknn"

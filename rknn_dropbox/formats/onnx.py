@@ -131,10 +131,19 @@ def _yolo_layout(spec: Any, plan: ShapePlan, scratch: Path, quantize: bool) -> A
     shapes = plan.input_size_list or (plan.verify_shapes[0] if plan.verify_shapes else None)
     try:
         choice = planned_layout(spec.options, spec.facts.head, quantize, shapes, bool(plan.dynamic_input))
+    except LayoutError as exc:
+        raise FormatError(exc.error, exc.hint) from None
+    if spec.options.outputs:
+        return None  # the user cut the graph: its outputs are theirs
+    try:
         return head_layout(choice, onnx.load(str(spec.model)), spec.facts.head, shapes, scratch,
                            spec.model.stem)
     except LayoutError as exc:
         raise FormatError(exc.error, exc.hint) from None
+    except Exception as exc:  # noqa: BLE001 - an edit this graph does not take: said, with the way around it
+        raise FormatError(f"the {spec.facts.head.family} head could not be rewritten for yolo_outputs: {choice} "
+                          f"({type(exc).__name__}: {str(exc)[:200]})",
+                          "set yolo_outputs: keep in the sidecar to build the export as it is") from None
 
 
 FORMAT = Onnx()
