@@ -16,8 +16,9 @@ HEADER = '''#!/usr/bin/env python3
 
     python3 predict.py photo.jpg [--model {model}] [--conf 0.25] [--iou 0.45]
 
-Written by rknn-dropbox {version} for this build: input {shape}{image}; mean/std are inside the model.
-{what} Needs numpy and opencv-python (or Pillow) beside rknn-toolkit-lite2.
+Written by rknn-dropbox {version} for this build: input {shape}{image};
+mean/std are inside the model. {what}
+Needs numpy and opencv-python (or Pillow) beside rknn-toolkit-lite2.
 """
 '''
 
@@ -48,7 +49,7 @@ def _body(module: Any) -> str:
 
 def write_predict_script(folder: Path, config: dict[str, Any]) -> Path:
     """folder/predict.py for this build."""
-    what = {"yolo": f"It decodes the YOLO head ({(config['yolo'] or {}).get('layout')} layout: DFL, boxes, NMS) "
+    what = {"yolo": f"It decodes the YOLO head ({(config['yolo'] or {}).get('layout')} layout: DFL, boxes, NMS)\n"
                     "and prints the detections in the photo's pixels.",
             "class_scores": "It prints the top-5 class scores.",
             "raw": "It prints each output's shape and first values."}[config["kind"]]

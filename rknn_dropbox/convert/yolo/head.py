@@ -1,4 +1,4 @@
-"""Recognising an Ultralytics head in an ONNX graph: the final Concat's parts, the per-scale box/class convs, the task."""
+"""Recognising an Ultralytics head in an ONNX graph: the final Concat's parts, the per-scale box/class convs, task."""
 
 from __future__ import annotations
 
