@@ -195,15 +195,60 @@ def test_without_ultralytics_a_checkpoint_fails_with_the_export_command(tmp_path
     assert "not a TorchScript model" not in said
 
 
+YOLO_CORPUS = ("yolov8n-640", "yolov8n-seg", "yolov8n-pose", "yolo11n")
+
+
 @pytest.fixture(scope="module")
-def yolov8n_640(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def yolo_corpus(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The corpus's stock Ultralytics exports (tests/zoo.py; cached like zoo_corpus, only these built)."""
     from zoo import build_corpus, corpus_available
     why = corpus_available()
     if why:
         pytest.fail(f"the model corpus cannot be built: {why}")
     cache = getattr(request.config, "cache", None)
     folder = Path(cache.mkdir("zoo")) if cache is not None else tmp_path_factory.mktemp("zoo")
-    return build_corpus(folder, ["yolov8n-640"])["yolov8n-640"].path
+    return {name: info.path for name, info in build_corpus(folder, list(YOLO_CORPUS)).items()}
+
+
+@pytest.fixture(scope="module")
+def yolov8n_640(yolo_corpus: dict[str, Path]) -> Path:
+    return yolo_corpus["yolov8n-640"]
+
+
+@pytest.mark.parametrize("name, task, family, roles", [
+    ("yolov8n-seg", "segment", "YOLOv8", ["boxes", "scores", "mask_coefficients", "protos"]),
+    ("yolov8n-pose", "pose", "YOLOv8", ["boxes", "scores", "keypoints"]),
+    ("yolo11n", "detect", "YOLO11", ["boxes", "scores"]),
+])
+def test_every_stock_head_splits_into_parts_that_reassemble_its_output(
+        yolo_corpus: dict[str, Path], name: str, task: str, family: str, roles: list[str], tmp_path: Path) -> None:
+    import onnx
+    import onnxruntime as ort
+    from rknn_dropbox.convert.yolo import decode
+    from rknn_dropbox.convert.yolo.head import recognise_head
+    from rknn_dropbox.convert.yolo.layouts import LayoutError, head_layout
+    stock_path = yolo_corpus[name]
+    stock = onnx.load(str(stock_path))
+    head = recognise_head(stock)
+    assert head is not None and (head.task, head.family) == (task, family)
+    split = head_layout("split", stock, head, None, tmp_path, name)
+    assert split.roles == roles and split.shapes[0] == [1, 4, 2100]
+    x = np.random.default_rng(0).random((1, 3, 320, 320), dtype=np.float32)
+    want = ort.InferenceSession(str(stock_path), providers=["CPUExecutionProvider"]).run(None, {"images": x})
+    parts = ort.InferenceSession(str(split.model), providers=["CPUExecutionProvider"]).run(None, {"images": x})
+    n = len(head.parts)
+    assert np.array_equal(np.concatenate(parts[:n], axis=1), want[0])  # as outputs_layout's reassemble says
+    assert all(np.array_equal(p, w) for p, w in zip(parts[n:], want[1:]))  # a segment head's protos, as they were
+    if task == "pose":
+        with pytest.raises(LayoutError, match="rknn_model_zoo cannot be cut from a pose head"):
+            head_layout("rknn_model_zoo", stock, head, None, tmp_path, name)
+        return
+    zoo = head_layout("rknn_model_zoo", stock, head, None, tmp_path, name)
+    assert len(zoo.outputs) == (13 if task == "segment" else 9) and zoo.roles[-1] == ("protos" if task == "segment"
+                                                                                       else "score_sum")
+    outs = ort.InferenceSession(str(zoo.model), providers=["CPUExecutionProvider"]).run(None, {"images": x})
+    boxes, scores = decode.zoo_to_boxes_scores(outs, 80, (320, 320))
+    assert np.abs(boxes - want[0][0, :4]).max() < 1e-2 and np.abs(scores - want[0][0, 4:84]).max() < 1e-6
 
 
 def test_the_model_zoo_layout_of_yolov8n_at_640(yolov8n_640: Path, trained_cache: Path, tmp_path: Path) -> None:
