@@ -57,10 +57,11 @@ def _best_pt(folder: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def delivered(trained_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
-    """One daemon: nudenet int8 (default layout) and an Ultralytics best.pt (fp16), delivered."""
+    """One daemon: nudenet int8 (the default layout, and the model zoo's) and an Ultralytics best.pt (fp16)."""
     daemon = DaemonProcess(tmp_path_factory.mktemp("yolo-daemon"), extra_config="timeout_seconds = 600\n")
     staging = daemon.root / "staging"
     _nudenet_drop(staging / "nudenet-int8", trained_cache)
+    _nudenet_drop(staging / "nudenet-zoo", trained_cache, "yolo_outputs: rknn_model_zoo\n")
     _best_pt(staging / "pt")
     shutil.move(str(staging / "pt" / "best.pt"), staging / "best.pt")
     # random weights: the scores all sit near 1e-4, so fp16's rounding reorders near-ties among the top-10
@@ -68,9 +69,10 @@ def delivered(trained_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> 
                                        "verify_thresholds: {detection_agreement: 0.5}\n")
     daemon.start()
     try:
-        for entry in ("best.yaml", "best.pt", "nudenet-int8"):
+        for entry in ("best.yaml", "best.pt", "nudenet-int8", "nudenet-zoo"):
             os.rename(staging / entry, daemon.inbox / entry)
-        yield {name: daemon.outbox / name for name in ("nudenet-int8", "best") if daemon.wait_completed(name, 600)}
+        yield {name: daemon.outbox / name for name in ("nudenet-int8", "best", "nudenet-zoo")
+               if daemon.wait_completed(name, 600)}
     finally:
         daemon.stop()
 
@@ -122,21 +124,37 @@ def test_nudenet_int8_is_delivered_split_and_keeps_its_detections(delivered: dic
         assert agreement["keep"][name][0] < 8, agreement
 
 
+def test_nudenet_int8_in_the_model_zoo_layout_is_delivered_and_passes_its_detection_check(
+        delivered: dict[str, Path]) -> None:
+    result = _result(delivered["nudenet-zoo"])
+    layout = result["outputs_layout"]
+    assert layout["layout"] == "rknn_model_zoo" and len(layout["outputs"]) == 9
+    assert [(o["name"], o["shape"]) for o in layout["outputs"][:3]] == [
+        ("box0", [1, 64, 40, 40]), ("score0", [1, 18, 40, 40]), ("score_sum0", [1, 1, 40, 40])]
+    assert [t["name"] for t in result["targets"][0]["rknn"]["outputs"]] == [o["name"] for o in layout["outputs"]]
+    assert any("cut to the Rockchip model zoo's layout (yolo_outputs)" in w for w in result["warnings"])
+    verification = result["verification"]["rk3588"]
+    [detection] = [c for c in verification["checks"] if c["kind"] == "detection"]
+    assert detection["details"]["layout"] == "rknn_model_zoo" and len(detection["outputs"]) == 9, detection
+    assert verification["status"] == "passed" and detection["passed"], verification
+
+
+@pytest.mark.parametrize("job, layout", [("nudenet-int8", "split"), ("nudenet-zoo", "rknn_model_zoo")])
 def test_predict_script_finds_what_the_reference_decoder_finds(delivered: dict[str, Path], trained_cache: Path,
-                                                               tmp_path: Path) -> None:
-    folder = delivered["nudenet-int8"]
+                                                               tmp_path: Path, job: str, layout: str) -> None:
+    folder = delivered[job]
     script = folder / "predict.py"
     assert script.exists() and "from rknnlite.api import RKNNLite" in script.read_text()
-    # the stand-in runtime runs the graph the build loaded (the split head) in onnxruntime
+    # the stand-in runtime runs the graph the build loaded (the edited head) in onnxruntime
     import onnx
     from rknn_dropbox.convert.yolo.head import recognise_head
     from rknn_dropbox.convert.yolo.layouts import head_layout
     model = trained_models(trained_cache)["nudenet"].path
     stock = onnx.load(str(model))
-    edited = head_layout("split", stock, recognise_head(stock), [[1, 3, 320, 320]], tmp_path, "nudenet").model
+    edited = head_layout(layout, stock, recognise_head(stock), [[1, 3, 320, 320]], tmp_path, "nudenet").model
     photos = real_photos(trained_cache)
     for name in ("bus", "zidane", "grace_hopper"):
-        found = _run_predict(script, folder / "nudenet-int8.rknn", photos[name], edited, tmp_path)
+        found = _run_predict(script, folder / f"{job}.rknn", photos[name], edited, tmp_path)
         want = _in_photo_pixels(yolosim.reference_detections(model, 320, {name: photos[name]}, CONF)[name],
                                 photos[name])
         got = np.array([[*d["box"], d["score"], d["class"]] for d in found["detections"]])
