@@ -8,7 +8,8 @@ from typing import Any
 
 # the last conv of each scale's branch: /model.22/cv2.0/cv2.0.2/Conv (v8), /model.23/... (11), one2one_ (v10)
 _BRANCH_CONV = re.compile(r"^/model\.(\d+)/(one2one_)?cv([234])\.(\d+)/(?:one2one_)?cv\3\.\4\.2/Conv$")
-FAMILY_BY_LAYER = {22: "YOLOv8", 23: "YOLO11", 24: "YOLOv5u"}
+FAMILY_BY_LAYER = {22: "YOLOv8", 23: "YOLO11", 24: "YOLOv5u"}  # when the metadata does not say
+_FAMILY_IN_DESCRIPTION = re.compile(r"\bYOLO(v?)(\d+)[nsmlxbc]?(u?)")  # "Ultralytics YOLOv8n-seg model"
 TASK_PART_ROLE = {"segment": "mask_coefficients", "pose": "keypoints", "obb": "angle"}
 
 
@@ -32,7 +33,7 @@ class UltralyticsHead:
     roles: list[str]                # boxes, scores, then mask_coefficients / keypoints / angle / labels
     other_outputs: list[str] = field(default_factory=list)  # graph outputs beside it (a segment head's protos)
     scales: list[ScaleConvs] = field(default_factory=list)   # empty: the zoo layout cannot be cut from this graph
-    end_to_end: bool = False        # YOLOv10: boxes and scores after its own top-k
+    end_to_end: bool = False        # an end-to-end export (YOLOv10's one2one head): rows after its own top-k
 
 
 def _producers(model: Any) -> dict[str, Any]:
@@ -93,7 +94,10 @@ def recognise_head(model: Any) -> UltralyticsHead | None:
     if len(parts) < 2:
         return None
     task = meta.get("task") or ("segment" if scales and scales[0].mask else "detect")
-    family = "YOLOv10" if one2one else FAMILY_BY_LAYER.get(layer or -1, "Ultralytics")
+    one2one = one2one or meta.get("end2end") == "True"
+    named = _FAMILY_IN_DESCRIPTION.search(meta.get("description", ""))
+    family = f"YOLO{named.group(1)}{named.group(2)}{named.group(3)}" if named else \
+        "YOLOv10" if one2one else FAMILY_BY_LAYER.get(layer or -1, "Ultralytics")
     others = [o.name for o in model.graph.output if o.name != concat]
     return UltralyticsHead(task, family, meta.get("version", ""), concat, axis, parts,
                            _roles(task, len(parts), one2one), others, scales, one2one)

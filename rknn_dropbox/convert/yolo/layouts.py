@@ -279,4 +279,9 @@ def planned_layout(options: Any, head: UltralyticsHead, quantize: bool, input_sh
                               f"{'outputs' if options.outputs else 'dynamic_input'}",
                               "drop one of the two keys from the sidecar")
         return "keep"
+    if head.end_to_end and options.yolo_outputs == "split":
+        raise LayoutError("yolo_outputs: split needs the head's raw boxes and scores, but this export ends in its own "
+                          "top-k (end2end)", "export with end2end=False, or use yolo_outputs: keep")
+    if head.end_to_end:
+        return options.yolo_outputs or "keep"
     return options.yolo_outputs or ("split" if quantize else "keep")
