@@ -200,7 +200,12 @@ def check_spec(m: BenchModel, result: dict[str, Any], settings: dict[str, Any], 
     onnx_outputs = [o.name for o in graph.output]
     tensors = {name for node in graph.node for name in node.output}
     delivered = [o.get("name") for o in (_target(result, platform).get("rknn") or {}).get("outputs") or []]
-    # a head delivered split (load_onnx(outputs=[...]): the Concat's inputs) is rebuilt the same way
+    # a head delivered split (load_onnx(outputs=[...]): the Concat's inputs) is rebuilt the same way; the split
+    # layout rknn-dropbox makes itself names each output's tensor in the stock graph (outputs_layout: source)
+    layout = result.get("outputs_layout") or {}
+    sources = [o.get("source") for o in layout.get("outputs") or [] if isinstance(o, dict)]
+    if layout.get("layout") == "split" and sources and all(src in tensors for src in sources):
+        delivered = sources
     outputs = delivered if delivered and delivered != onnx_outputs and set(delivered) <= tensors else None
     note = "" if outputs or not delivered or delivered == onnx_outputs else \
         f"the delivered outputs ({', '.join(map(str, delivered))[:60]}) are no tensors of the ONNX: its own rebuilt"

@@ -34,12 +34,14 @@ class YoloLayout:
     family: str = ""
     model: Path | None = None         # the edited ONNX the build and the reference both use (None: keep)
     class_names: list[str] = field(default_factory=list)  # the export's metadata `names`, in class order
+    sources: list[str] = field(default_factory=list)  # split: each output's tensor in the stock graph ("" if new)
 
     def to_json(self) -> dict[str, Any]:
         return {"layout": self.layout, "task": self.task, "family": self.family, "num_classes": self.num_classes,
                 "input_hw": list(self.input_hw), "original": self.original, "reassemble": self.reassemble,
-                "outputs": [{"name": n, "shape": s, "role": r}
-                            for n, s, r in zip(self.outputs, self.shapes, self.roles)],
+                "outputs": [{"name": n, "shape": s, "role": r, **({"source": src} if src else {})}
+                            for n, s, r, src in zip(self.outputs, self.shapes, self.roles,
+                                                    self.sources or [""] * len(self.outputs))],
                 "class_names": self.class_names}
 
 
@@ -154,6 +156,7 @@ def split_layout(model: Any, head: UltralyticsHead, input_shapes: list[list[int]
                         {"name": head.output, "shape": original},
                         f"concatenate {', '.join(names)} along axis {head.axis} to get {head.output} "
                         f"{original}", _input_hw(m), head.family)
+    layout.sources = list(head.parts) + list(head.other_outputs)  # load_onnx(outputs=sources) builds the same
     layout.model = _save(m, scratch, stem, "split")
     return layout
 
