@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterator
 
 from rknn_dropbox import __version__
 from rknn_dropbox.convert.bundle import ModelSpec, inspect_bundle
+from rknn_dropbox.convert.calibration import read_dataset_lines
 from rknn_dropbox.convert.repair import delivered_quantization
 from rknn_dropbox.convert.cache import ResultCache, cache_key
 from rknn_dropbox.convert.faults import inject_fault, injected_toolkit_crash
@@ -139,8 +140,7 @@ def _cache_key(spec: ModelSpec, q: Quantization, toolkit_version: str) -> str:
     for how_chosen in ("toolkit_version", "runtime_version"):  # the toolkit used is in the key itself
         config.pop(how_chosen, None)
     roles = [(spec.fmt.cache_role(f, spec.model), f) for f in spec.model_files]
-    held_out = [Path(i) for line in spec.verify_dataset.read_text(encoding="utf-8").splitlines()
-                for i in line.split()] if spec.verify_dataset else []
+    held_out = [p for line in read_dataset_lines(spec.verify_dataset) for p in line] if spec.verify_dataset else []
     return cache_key(roles, config, toolkit_version, (spec.dataset_samples if q.quantize else []) + held_out)
 
 
