@@ -136,6 +136,7 @@ def _cache_key(spec: ModelSpec, q: Quantization, toolkit_version: str) -> str:
     config = {**spec.options.to_json(), "format": spec.format, "quantize": q.quantize}
     config.pop("dataset", None)  # a path; the samples' bytes go into the key instead
     config.pop("callback_url", None)  # where to report, not how to convert
+    config.pop("callback_hosts", None)
     config.pop("verify_dataset", None)  # a path: its samples' bytes decide what repair delivers, so they go in
     for how_chosen in ("toolkit_version", "runtime_version"):  # the toolkit used is in the key itself
         config.pop(how_chosen, None)
