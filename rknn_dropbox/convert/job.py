@@ -171,9 +171,13 @@ def _from_cache(cache: ResultCache, key: str, name: str, platforms: tuple[str, .
     if meta.get("workarounds"):
         result.extra["workarounds"] = meta["workarounds"]
     result.extra.update({"cached": True, "cache_of": meta.get("job_id"), "cache_key": key})
-    for extra in ("verification", "accuracy"):
-        if meta.get(extra) is not None:
-            result.extra[extra] = meta[extra]
+    stored = meta.get("quantization")  # what was delivered (a repair may have changed it); older entries: rebuilt
+    result.quantization = stored if isinstance(stored, dict) else delivered_quantization(result.quantization, targets)
+    if meta.get("verification") is not None:
+        result.extra["verification"] = meta["verification"]
+    if meta.get("accuracy") is not None:  # the per-layer report stays with the job that wrote it: not named here
+        result.extra["accuracy"] = {p: {k: v for k, v in block.items() if k != "report"} if isinstance(block, dict)
+                                    else block for p, block in meta["accuracy"].items()}
     print(f"cache hit {key[:16]}: outputs of job {meta.get('job_id')} ({meta.get('name')}) reused")
     return True
 
@@ -313,6 +317,7 @@ def _store_in_cache(cache: ResultCache, key: str, job: JobDir, name: str, result
     files = {t["platform"]: job.output / t["file"] for t in result.targets}
     cache.store(key, {"job_id": job.job_id, "name": name, "targets": result.targets,
                       "warnings": result.warnings, "verification": verifications or None,
+                      "quantization": result.quantization,
                       "accuracy": outcome.accuracy or None, "workarounds": result.extra.get("workarounds")}, files)
 
 
