@@ -61,10 +61,10 @@ class Reporter:
 def _verification_lines(result: dict[str, Any]) -> list[str]:
     lines = []
     for platform, check in (result.get("verification") or {}).items():
-        cosines = [o.get("min", o.get("cosine")) for o in check.get("outputs") or []]
+        cosines = [o.get("cosine") for o in check.get("outputs") or []]
         cosines = [c for c in cosines if isinstance(c, (int, float))]
         low = f"min cosine {min(cosines):.4f}" if cosines else check.get("reason", "")
-        threshold = check.get("threshold", check.get("min_cosine"))
+        threshold = check.get("min_cosine")
         lines.append(f"  {platform}: verification {check.get('status')}, {low}"
                      + (f" (threshold {threshold})" if threshold is not None else ""))
     return lines

@@ -22,11 +22,12 @@ from rknn_dropbox.convert.options import ConvertOptions, OptionsError, check_fp1
 from rknn_dropbox.convert.accuracy import TargetAccuracy
 from rknn_dropbox.convert.simulator import bound_heap_growth, peak_rss_mb, reset_peak_rss
 from rknn_dropbox.convert.target import (
-    TargetBuild, build_target, sha256_file, shape_references, target_error, target_name,
+    TargetBuild, build_target, shape_references, target_error, target_name,
 )
 from rknn_dropbox.convert.toolkit_log import (  # noqa: F401 (re-exported: the worker and the CLI import them here)
     ConversionError, captured_output, working_directory,
 )
+from rknn_dropbox.filehash import sha256_file
 from rknn_dropbox.formats import FormatError
 from rknn_dropbox.intake.workarea import JobDir
 from rknn_dropbox.joblog import finish_log
