@@ -43,6 +43,12 @@ class CallbackPolicy:
     def allows(self, url: str) -> bool:
         return url == self.trusted_url or host_allowed(url, self.allowed_hosts)
 
+    @classmethod
+    def for_convert(cls, convert: Any) -> "CallbackPolicy":
+        """The policy the daemon's TOML [convert] sets (`callback_hosts`, its own `callback_url`)."""
+        return cls(allowed_hosts=tuple(getattr(convert, "callback_hosts", None) or ()),
+                   trusted_url=getattr(convert, "callback_url", None))
+
 
 def _host_of(url: str) -> str:
     try:

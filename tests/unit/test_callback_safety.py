@@ -186,7 +186,12 @@ def test_hosts_that_never_answer_do_not_hold_up_another_jobs_callback(store: Job
 
 
 def test_callback_hosts_is_a_toml_key_only(tmp_path: Path) -> None:
-    cfg = config_from_mapping({"convert": {"callback_hosts": ["ci.example.com", ".corp.example"]}}, tmp_path)
+    cfg = config_from_mapping({"convert": {"callback_hosts": ["ci.example.com", ".corp.example"],
+                                           "callback_url": "http://toml.example/hook"}}, tmp_path)
     assert cfg.convert.callback_hosts == ("ci.example.com", ".corp.example")
+    policy = CallbackPolicy.for_convert(cfg.convert)
+    assert policy.allows("https://ci.example.com/x?t=1") and policy.allows("http://a.corp.example:8080/")
+    assert policy.allows("http://toml.example/hook") and not policy.allows("http://10.0.0.1/")
+    assert not policy.allows("http://corp.example.evil.com/") and not policy.allows("http://xcorp.example/")
     with pytest.raises(OptionsError, match="daemon's TOML"):
         parse_convert_options({"callback_hosts": ["evil.example"]}, "net.yaml")
