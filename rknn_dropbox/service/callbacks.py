@@ -124,7 +124,7 @@ class CallbackSender:
                          self._busy_hosts.get(_host_of(d.url), 0) < self.policy.per_host]
                 if ready:
                     chosen = min(ready)
-                    self._heap.remove(chosen)
+                    del self._heap[next(i for i, d in enumerate(self._heap) if d is chosen)]  # not ==: by due
                     heapq.heapify(self._heap)
                     self._in_flight += 1
                     host = _host_of(chosen.url)
