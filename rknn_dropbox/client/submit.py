@@ -59,8 +59,15 @@ class Reporter:
 
 
 def _verification_lines(result: dict[str, Any]) -> list[str]:
+    """Per target the task checks' verdict in words (older result.json: the lowest cosine)."""
     lines = []
     for platform, check in (result.get("verification") or {}).items():
+        verdict = check.get("verdict") or {}
+        if verdict.get("summary"):
+            said = f"{verdict['summary']} ({verdict.get('metric')}"
+            said += ", synthetic samples)" if check.get("synthetic") else ")"
+            lines.append(f"  {platform}: verification {check.get('status')}, {said}")
+            continue
         cosines = [o.get("cosine") for o in check.get("outputs") or []]
         cosines = [c for c in cosines if isinstance(c, (int, float))]
         low = f"min cosine {min(cosines):.4f}" if cosines else check.get("reason", "")
