@@ -1,11 +1,19 @@
-"""Memory admission: the real-architecture corpus dropped at once, memory-aware admission (workers = 2) against
-plain workers = 2 and workers = 1. The corpus is tests/zoo.py's networks as int8 folder drops (model, mean/std,
-8 calibration jpgs) plus two deeplabv3_mobilenet_v3_large at 512x512 (fp16, ~9 GB each at their peak: the jobs two
-workers must not run side by side on a 24 GB box with the rest). Prints OOM kills (goal 0), wall time of each run
-and the ratio to the better plain run (goal <= 1.10), each job's peak RSS, and the peak growth per model MB this
-machine measured (what admission's first-time ratio is checked against).
+"""Memory admission: the real-architecture corpus dropped at once, memory-aware admission against plain fixed worker
+counts. The corpus is tests/zoo.py's networks as int8 folder drops (model, mean/std, 8 calibration jpgs) plus
+`--big` deeplabv3_mobilenet_v3_large at 512x512 (fp16, ~9 GB each at their peak). The default is the case admission
+exists for: three of them with workers = 3 on a 24 GB box, where plain workers = 3 is OOM-killed (the kernel kills a
+worker; the daemon retries its job alone) and two fit side by side.
 
-Usage: .venv/bin/python bench/memory.py [--corpus-cache DIR] [--big N (deeplabv3 at 512 copies, default 2)]
+Runs: admission (workers = W) on a fresh memory history, plain workers = W, W-1, ..., 1, and admission again with
+what it learned. Prints per run the wall time, OOM kills (goal 0 with admission) and failures; the best plain run
+without an OOM kill; each admission run's ratio to it (goal <= 1.10 for both); each job's peak RSS and the peak
+growth per model MB this machine measured (what admission's first-time ratio is checked against).
+
+Needs an otherwise idle machine with ~24 GB: plain workers = 3 drives it out of memory on purpose.
+`--smoke`: three tiny generated ONNX models, workers = 2, no corpus (checks that the script runs; a minute or two).
+
+Usage: .venv/bin/python bench/memory.py [--corpus-cache DIR] [--big N (default 3)] [--workers W (default 3)]
+       .venv/bin/python bench/memory.py --smoke
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ from rknn_dropbox.service.admission import DEFAULT_RATIO  # noqa: E402
 
 SMALL = ("resnet18", "mobilenet_v2", "shufflenet_v2", "lraspp_mobilenet_v3", "yolov8n")
 BIG = "deeplabv3_mobilenet_v3-512"
+RUN_TIMEOUT = 3600.0
 
 
 def corpus(cache: Path, folder: Path, big: int) -> dict[str, float]:
@@ -44,8 +53,12 @@ def corpus(cache: Path, folder: Path, big: int) -> dict[str, float]:
     return sizes
 
 
-def run(drops: Path, root: Path, workers: int, admission: bool) -> dict:
+def run(drops: Path, root: Path, workers: int, admission: bool, history: Path | None = None) -> dict:
+    """One daemon over a copy of the drops; `history`: a memory.json to start from (what an earlier run learned)."""
     (root / "inbox").mkdir(parents=True)
+    if history is not None and history.exists():
+        (root / "state").mkdir()
+        shutil.copy(history, root / "state" / "memory.json")
     (root / "config.toml").write_text(
         f'inbox = "inbox"\noutbox = "outbox"\nfailed = "failed"\nstate_dir = "state"\nworkers = {workers}\n'
         f'stable_seconds = 1.0\nmemory_admission = {"true" if admission else "false"}\ncache = false\n'
@@ -64,6 +77,8 @@ def run(drops: Path, root: Path, workers: int, admission: bool) -> dict:
         for entry in sorted(staging.iterdir(), key=lambda p: p.suffix != ".yaml"):  # sidecars first
             entry.rename(root / "inbox" / entry.name)
         while True:
+            if time.monotonic() - t0 > RUN_TIMEOUT:
+                raise RuntimeError(f"{root.name}: not done after {RUN_TIMEOUT:.0f} s (see {root / 'daemon.log'})")
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/tasks?limit=1000", timeout=10) as resp:
                 tasks = json.loads(resp.read())["tasks"]
             if len(tasks) == len(names) and all(t["status"] in ("completed", "failed") for t in tasks):
@@ -82,32 +97,62 @@ def run(drops: Path, root: Path, workers: int, admission: bool) -> dict:
             "peaks": {t["name"]: t.get("peak_rss_mb") for t in tasks}, "memory": memory}
 
 
+def smoke_corpus(folder: Path) -> dict[str, float]:
+    """Three tiny ONNX models (job name -> model MB): the script's path without the corpus or much memory."""
+    import modelgen
+    sizes = {}
+    for seed in range(3):
+        path = modelgen.write_onnx_conv(folder / f"tiny-{seed}.onnx", seed=seed)
+        sizes[f"tiny-{seed}"] = path.stat().st_size / 1e6
+    return sizes
+
+
+def plan(workers: int) -> list[tuple[str, int, bool]]:
+    """(label, workers, admission): admission first (no history) and last (learned), plain W..1 between."""
+    plain = [(f"plain workers={w}", w, False) for w in range(workers, 0, -1)]
+    return [(f"admission, workers={workers}", workers, True), *plain, ("admission again", workers, True)]
+
+
+def report(runs: dict[str, dict], sizes: dict[str, float]) -> None:
+    safe = {label: r["wall"] for label, r in runs.items() if label.startswith("plain") and r["oom"] == 0}
+    if not safe:
+        print("every plain run was OOM-killed: no fixed worker count to compare with")
+        return
+    best_label = min(safe, key=safe.get)
+    print(f"best plain run without an OOM kill: {best_label} ({safe[best_label]:.1f} s)")
+    for label in (k for k in runs if k.startswith("admission")):
+        r = runs[label]
+        print(f"  {label}: {r['wall'] / safe[best_label]:.2f} of it, OOM kills {r['oom']} (goal <= 1.10, 0)")
+    exact = runs["plain workers=1"]
+    first = next(r for k, r in runs.items() if k.startswith("admission,"))
+    base = first["memory"].get("base_mb") or 0.0
+    print(f"peak RSS per job (workers=1), and growth per model MB over a worker's idle size ({base:.0f} MB):")
+    for name, mb in sizes.items():
+        peak = exact["peaks"].get(name) or 0.0
+        print(f"  {name:30s} {mb:6.1f} MB model  peak {peak:7.0f} MB  ratio {(peak - base) / max(mb, 0.01):6.1f}")
+    print(f"first-time ratio used by admission: {DEFAULT_RATIO}; learned: {first['memory'].get('ratios')}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--corpus-cache", type=Path, default=Path(tempfile.gettempdir()) / "rknn-dropbox-zoo")
-    ap.add_argument("--big", type=int, default=2)
+    ap.add_argument("--big", type=int, default=3)
+    ap.add_argument("--workers", type=int, default=3)
+    ap.add_argument("--smoke", action="store_true", help="three tiny models, workers=2: check that the script runs")
     args = ap.parse_args()
+    workers = 2 if args.smoke else args.workers
     with tempfile.TemporaryDirectory(prefix="rknn-bench-memory-") as tmp:
-        sizes = corpus(args.corpus_cache, Path(tmp) / "drops", args.big)
-        runs = {}
-        # admission runs first and again last: the first run of a process tree pays for cold caches
-        for label, workers, admission in (("admission, workers=2", 2, True), ("plain workers=2", 2, False),
-                                          ("plain workers=1", 1, False), ("admission again", 2, True)):
-            runs[label] = run(Path(tmp) / "drops", Path(tmp) / label.replace(" ", "_").replace(",", ""), workers,
-                              admission)
+        drops = Path(tmp) / "drops"
+        sizes = smoke_corpus(drops) if args.smoke else corpus(args.corpus_cache, drops, args.big)
+        runs, learned = {}, None
+        for label, count, admission in plan(workers):
+            root = Path(tmp) / label.replace(" ", "_").replace(",", "")
+            runs[label] = run(drops, root, count, admission, learned if label == "admission again" else None)
+            if admission and learned is None:
+                learned = root / "state" / "memory.json"  # the second admission run starts from what it learned
             r = runs[label]
             print(f"{label:22s}: {r['wall']:6.1f} s, OOM kills {r['oom']}, failed {r['failed']}", flush=True)
-        best_plain = min(runs["plain workers=2"]["wall"], runs["plain workers=1"]["wall"])
-        admitted = (runs["admission, workers=2"]["wall"] + runs["admission again"]["wall"]) / 2
-        print(f"admission (mean of its two runs) / better plain run: {admitted / best_plain:.2f} (goal <= 1.10)")
-        exact = runs["plain workers=1"]
-        base = runs["admission, workers=2"]["memory"].get("base_mb") or 0.0
-        print(f"peak RSS per job (workers=1), and growth per model MB over a worker's idle size ({base:.0f} MB):")
-        for name, mb in sizes.items():
-            peak = exact["peaks"].get(name) or 0.0
-            print(f"  {name:30s} {mb:6.1f} MB model  peak {peak:7.0f} MB  ratio {(peak - base) / mb:6.1f}")
-        print(f"first-time ratio used by admission: {DEFAULT_RATIO}; learned: "
-              f"{runs['admission, workers=2']['memory'].get('ratios')}")
+        report(runs, sizes)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ class DaemonProcess:
     extra_config: str = ""
     env: dict[str, str] = field(default_factory=dict)
     workers: int = 2
+    nofile: int | None = None  # the daemon's soft RLIMIT_NOFILE (None: this process's)
     proc: subprocess.Popen | None = None
     log_path: Path | None = None
 
@@ -74,12 +75,17 @@ class DaemonProcess:
         (self.state / "daemon.json").unlink(missing_ok=True)
         self.proc = subprocess.Popen([sys.executable, "-m", "rknn_dropbox", "run", "--config", str(self.config_path)],
                                      cwd=self.root, env=env, stdout=open(self.log_path, "wb"),
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+                                     stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=self._limits)
         if wait_ready:
             wait_for(lambda: (self.state / "daemon.json").exists() or self.proc.poll() is not None, 60,
                      what="daemon ready")
             assert self.proc.poll() is None, self.log()
         return self
+
+    def _limits(self) -> None:
+        if self.nofile is not None:
+            import resource
+            resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
 
     @property
     def port(self) -> int:

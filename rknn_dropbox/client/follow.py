@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -20,6 +21,10 @@ WILDCARD_HOSTS = ("", "0.0.0.0", "::", "[::]")
 
 class Unreachable(Exception):
     """The status server did not answer (or answered with an error) for longer than allowed."""
+
+
+class BadDownload(OSError):
+    """A download that is not the file the daemon delivered: cut short, or not the sha256 result.json records."""
 
 
 def url_from_state_dir(state_dir: Path) -> str | None:
@@ -45,16 +50,25 @@ class HttpApi:
     def get_json(self, path: str, deadline: float) -> Any:
         return json.loads(self._retrying(path, deadline, lambda resp: resp.read()))
 
-    def download(self, path: str, dest: Path, deadline: float) -> int:
-        """Stream to `dest` (via a temporary name, renamed when complete); the number of bytes."""
+    def download(self, path: str, dest: Path, deadline: float, sha256: str | None = None) -> int:
+        """Stream to `dest` (via a temporary name, renamed when complete and checked: every byte the
+        Content-Length announced, and `sha256` when given); the number of bytes. A short or different file is
+        fetched again until `patience` runs out, then Unreachable; `dest` is never a partial file."""
         tmp = dest.with_name(f".{dest.name}.download-{os.getpid()}")
 
         def save(resp: Any) -> int:
-            n = 0
+            n, digest = 0, hashlib.sha256()
             with open(tmp, "wb") as fh:
                 for block in iter(lambda: resp.read(1 << 20), b""):
                     fh.write(block)
+                    digest.update(block)
                     n += len(block)
+            announced = resp.headers.get("Content-Length")
+            if announced is not None and announced.isdigit() and int(announced) != n:
+                raise BadDownload(f"{dest.name} arrived cut short ({n} of {announced} bytes)")
+            if sha256 is not None and digest.hexdigest() != sha256:
+                raise BadDownload(f"{dest.name} arrived with sha256 {digest.hexdigest()[:16]}..., not the "
+                                  f"{sha256[:16]}... result.json records")
             os.replace(tmp, dest)
             return n
         try:
@@ -71,6 +85,9 @@ class HttpApi:
             except urllib.error.HTTPError as exc:
                 if exc.code < 500 or time.monotonic() >= give_up:
                     raise Unreachable(f"{self.base}{path} answered HTTP {exc.code}: {_error_text(exc)}") from None
+            except BadDownload as exc:
+                if time.monotonic() >= give_up:
+                    raise Unreachable(f"{exc} from {self.base}; not saved") from None
             except (urllib.error.URLError, OSError) as exc:
                 if time.monotonic() >= give_up:
                     reason = getattr(exc, "reason", None) or exc
@@ -105,12 +122,17 @@ def follow(api: HttpApi, name: str, deadline: float,
         time.sleep(min(POLL_SECONDS, max(0.0, deadline - time.monotonic())))
 
 
-def download_outputs(api: HttpApi, task: dict[str, Any], out_dir: Path, deadline: float) -> list[Path]:
-    """Every output of a completed job into out_dir (byte-identical to outbox/)."""
+def download_outputs(api: HttpApi, task: dict[str, Any], out_dir: Path, deadline: float,
+                     result: dict[str, Any] | None = None) -> list[Path]:
+    """Every output of a completed job into out_dir, byte-identical to outbox/: each checked against the sha256
+    its result.json records (`result`, else fetched)."""
+    if result is None:
+        result = api.get_json(f"/api/tasks/{task['task_id']}/result", deadline)
+    recorded = {o.get("name"): o.get("sha256") for o in result.get("outputs") or [] if isinstance(o, dict)}
     out_dir.mkdir(parents=True, exist_ok=True)
     saved = []
     for name in task.get("outputs") or []:
         dest = out_dir / Path(name).name
-        api.download(f"/api/download/{task['task_id']}/{quote(name, safe='')}", dest, deadline)
+        api.download(f"/api/download/{task['task_id']}/{quote(name, safe='')}", dest, deadline, recorded.get(name))
         saved.append(dest)
     return saved

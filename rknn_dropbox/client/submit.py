@@ -59,12 +59,19 @@ class Reporter:
 
 
 def _verification_lines(result: dict[str, Any]) -> list[str]:
+    """Per target the task checks' verdict in words (older result.json: the lowest cosine)."""
     lines = []
     for platform, check in (result.get("verification") or {}).items():
-        cosines = [o.get("min", o.get("cosine")) for o in check.get("outputs") or []]
+        verdict = check.get("verdict") or {}
+        if verdict.get("summary"):
+            said = f"{verdict['summary']} ({verdict.get('metric')}"
+            said += ", synthetic samples)" if check.get("synthetic") else ")"
+            lines.append(f"  {platform}: verification {check.get('status')}, {said}")
+            continue
+        cosines = [o.get("cosine") for o in check.get("outputs") or []]
         cosines = [c for c in cosines if isinstance(c, (int, float))]
         low = f"min cosine {min(cosines):.4f}" if cosines else check.get("reason", "")
-        threshold = check.get("threshold", check.get("min_cosine"))
+        threshold = check.get("min_cosine")
         lines.append(f"  {platform}: verification {check.get('status')}, {low}"
                      + (f" (threshold {threshold})" if threshold is not None else ""))
     return lines
@@ -72,8 +79,8 @@ def _verification_lines(result: dict[str, Any]) -> list[str]:
 
 def _report_completed(rep: Reporter, api: HttpApi, task: dict[str, Any], out_dir: Path) -> None:
     deadline = time.monotonic() + DOWNLOAD_SECONDS
-    saved = download_outputs(api, task, out_dir, deadline)
     result = api.get_json(f"/api/tasks/{task['task_id']}/result", deadline)
+    saved = download_outputs(api, task, out_dir, deadline, result)
     (out_dir / f"{task['name']}.result.json").write_text(json.dumps(result, indent=2))
     quant = (result.get("quantization") or {}).get("dtype", "")
     rep.say(f"{task['name']}: completed in {task.get('duration') or 0:.1f} s ({quant}, rknn-toolkit2 "

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from rknn_dropbox.convert.calibration import calibration_dataset, is_calibration_file, verification_dataset
+from rknn_dropbox.convert.calibration import (
+    BundlePlace, DatasetChoice, calibration_dataset, is_calibration_file, read_dataset_lines, verification_dataset,
+)
 from rknn_dropbox.convert.model_config import ModelConfigRefs, is_model_config, model_config_to_options
 from rknn_dropbox.convert.options import ConvertOptions, OptionsError, parse_convert_options, read_yaml_mapping
 from rknn_dropbox.formats import (
@@ -48,7 +50,7 @@ class ModelSpec:
     def dataset_samples(self) -> list[Path]:
         if self.dataset is None:
             return []
-        return [Path(item) for line in self.dataset.read_text(encoding="utf-8").splitlines() for item in line.split()]
+        return [p for line in read_dataset_lines(self.dataset) for p in line]
 
 
 def _pairs(fmt: Format, files: list[Path]) -> list[Found]:
@@ -163,8 +165,9 @@ def _bundle_root(input_dir: Path) -> Path:
 
 def _options_and_model(files: list[Path], bundle_name: str, defaults: ConvertOptions
                        ) -> tuple[Found, ConvertOptions, Path | None, list[tuple[ModelConfigRefs, Path]]]:
-    """Pick the model and apply the sidecars; precedence: own sidecar > folder config.yaml > TOML [convert]."""
-    opts, sidecar = defaults, None
+    """Pick the model and apply the sidecars; precedence: own sidecar > folder config.yaml > TOML [convert].
+    The TOML's dataset keys are left out: only what the bundle's own sidecars name is in the returned options."""
+    opts, sidecar = replace(defaults, dataset=None, verify_dataset=None), None
     refs: list[tuple[ModelConfigRefs, Path]] = []
     try:
         folder_cfg = find_sidecars(files).folder
@@ -202,9 +205,10 @@ def inspect_bundle(input_dir: Path, bundle_name: str, defaults: ConvertOptions, 
             raise BundleError(f"{cfg.name} says platform: {ref.platform}, but the bundle's model {model.name} is "
                               f"{fmt.display}")
     facts = _check_model_file(fmt, model, weights)
+    place = BundlePlace(root, (input_dir, root))
     try:
-        held_out = verification_dataset(root, opts, work)
-        dataset, n = calibration_dataset(root, opts, files, work, held_out)
+        held_out = verification_dataset(place, DatasetChoice(opts.verify_dataset, defaults.verify_dataset), work)
+        dataset, n = calibration_dataset(place, DatasetChoice(opts.dataset, defaults.dataset), files, work, held_out)
     except FormatError as exc:
         raise BundleError(exc.error, exc.hint) from None
     return ModelSpec(fmt_name, model, weights, opts, dataset, n, sidecar, files,

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rknn_dropbox.filehash import copy_hashing, hash_into
+
 META = "meta.json"
 KEY_VERSION = 1  # bump when what goes into the key changes
 
@@ -23,12 +25,6 @@ class CacheHit:
     folder: Path             # holds the cached files named in meta["files"]
 
 
-def _hash_file(h: "hashlib._Hash", path: Path) -> None:
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-
-
 def cache_key(model_files: list[tuple[str, Path]], config: dict[str, Any], toolkit_version: str,
               dataset_files: list[Path] = ()) -> str:  # type: ignore[assignment]
     """sha256 over the model files (role + bytes), the normalized config, the calibration samples, the toolkit."""
@@ -36,11 +32,11 @@ def cache_key(model_files: list[tuple[str, Path]], config: dict[str, Any], toolk
     h.update(f"rknn-dropbox-cache-v{KEY_VERSION}\0toolkit {toolkit_version}\0".encode())
     for role, path in model_files:
         h.update(f"file {role} {path.stat().st_size}\0".encode())
-        _hash_file(h, path)
+        hash_into(h, path)
     h.update(json.dumps(config, sort_keys=True, separators=(",", ":"), default=str).encode())
     for i, sample in enumerate(dataset_files):
         h.update(f"\0sample {i} {sample.stat().st_size}\0".encode())
-        _hash_file(h, sample)
+        hash_into(h, sample)
     return h.hexdigest()
 
 
@@ -81,9 +77,7 @@ class ResultCache:
         h = hashlib.sha256()
         try:
             with open(hit.folder / hit.meta["files"][cache_name], "rb") as src, open(dest, "wb") as out:
-                for chunk in iter(lambda: src.read(1 << 20), b""):
-                    h.update(chunk)
-                    out.write(chunk)
+                copy_hashing(src, h, out)
         except (OSError, KeyError):
             dest.unlink(missing_ok=True)
             return False  # evicted by another worker between lookup and copy

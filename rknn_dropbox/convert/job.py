@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterator
 
 from rknn_dropbox import __version__
 from rknn_dropbox.convert.bundle import ModelSpec, inspect_bundle
+from rknn_dropbox.convert.calibration import read_dataset_lines
 from rknn_dropbox.convert.repair import delivered_quantization
 from rknn_dropbox.convert.cache import ResultCache, cache_key
 from rknn_dropbox.convert.faults import inject_fault, injected_toolkit_crash
@@ -21,11 +22,12 @@ from rknn_dropbox.convert.options import ConvertOptions, OptionsError, check_fp1
 from rknn_dropbox.convert.accuracy import TargetAccuracy
 from rknn_dropbox.convert.simulator import bound_heap_growth, peak_rss_mb, reset_peak_rss
 from rknn_dropbox.convert.target import (
-    TargetBuild, build_target, sha256_file, shape_references, target_error, target_name,
+    TargetBuild, build_target, shape_references, target_error, target_name,
 )
 from rknn_dropbox.convert.toolkit_log import (  # noqa: F401 (re-exported: the worker and the CLI import them here)
     ConversionError, captured_output, working_directory,
 )
+from rknn_dropbox.filehash import sha256_file
 from rknn_dropbox.formats import FormatError
 from rknn_dropbox.intake.workarea import JobDir
 from rknn_dropbox.joblog import finish_log
@@ -135,12 +137,12 @@ def _cache_key(spec: ModelSpec, q: Quantization, toolkit_version: str) -> str:
     config = {**spec.options.to_json(), "format": spec.format, "quantize": q.quantize}
     config.pop("dataset", None)  # a path; the samples' bytes go into the key instead
     config.pop("callback_url", None)  # where to report, not how to convert
+    config.pop("callback_hosts", None)
     config.pop("verify_dataset", None)  # a path: its samples' bytes decide what repair delivers, so they go in
     for how_chosen in ("toolkit_version", "runtime_version"):  # the toolkit used is in the key itself
         config.pop(how_chosen, None)
     roles = [(spec.fmt.cache_role(f, spec.model), f) for f in spec.model_files]
-    held_out = [Path(i) for line in spec.verify_dataset.read_text(encoding="utf-8").splitlines()
-                for i in line.split()] if spec.verify_dataset else []
+    held_out = [p for line in read_dataset_lines(spec.verify_dataset) for p in line] if spec.verify_dataset else []
     return cache_key(roles, config, toolkit_version, (spec.dataset_samples if q.quantize else []) + held_out)
 
 
@@ -170,9 +172,15 @@ def _from_cache(cache: ResultCache, key: str, name: str, platforms: tuple[str, .
     if meta.get("workarounds"):
         result.extra["workarounds"] = meta["workarounds"]
     result.extra.update({"cached": True, "cache_of": meta.get("job_id"), "cache_key": key})
-    for extra in ("verification", "accuracy", "outputs_layout"):
-        if meta.get(extra) is not None:
-            result.extra[extra] = meta[extra]
+    stored = meta.get("quantization")  # what was delivered (a repair may have changed it); older entries: rebuilt
+    result.quantization = stored if isinstance(stored, dict) else delivered_quantization(result.quantization, targets)
+    if meta.get("verification") is not None:
+        result.extra["verification"] = meta["verification"]
+    if meta.get("accuracy") is not None:  # the per-layer report stays with the job that wrote it: not named here
+        result.extra["accuracy"] = {p: {k: v for k, v in block.items() if k != "report"} if isinstance(block, dict)
+                                    else block for p, block in meta["accuracy"].items()}
+    if meta.get("outputs_layout") is not None:  # a YOLO head's delivered layout (prepare does not run on a hit)
+        result.extra["outputs_layout"] = meta["outputs_layout"]
     print(f"cache hit {key[:16]}: outputs of job {meta.get('job_id')} ({meta.get('name')}) reused")
     return True
 
@@ -329,6 +337,7 @@ def _store_in_cache(cache: ResultCache, key: str, job: JobDir, name: str, result
     files = {t["platform"]: job.output / t["file"] for t in result.targets}
     cache.store(key, {"job_id": job.job_id, "name": name, "targets": result.targets,
                       "warnings": result.warnings, "verification": verifications or None,
+                      "quantization": result.quantization,
                       "accuracy": outcome.accuracy or None, "workarounds": result.extra.get("workarounds"),
                       "outputs_layout": result.extra.get("outputs_layout")}, files)
 

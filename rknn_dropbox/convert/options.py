@@ -9,6 +9,7 @@ from typing import Any, Union
 
 import yaml
 
+from rknn_dropbox.callback_urls import public_url, valid_callback_url, valid_host_entry
 from rknn_dropbox.convert.toolkit_keys import TOOLKIT_KEY_DEFAULTS, ToolkitKeyError, parse_toolkit_key
 from rknn_dropbox.convert.platforms import (
     NO_FP16_PLATFORMS, OPTIMIZATION_LEVELS, PLATFORMS, QUANTIZED_ALGORITHMS, QUANTIZED_DTYPES,
@@ -62,6 +63,7 @@ class ConvertOptions:
     toolkit_version: str | None = None
     runtime_version: str | None = None
     callback_url: str | None = None  # http(s) URL the daemon POSTs the final task JSON to (see callbacks.py)
+    callback_hosts: tuple[str, ...] | None = None  # TOML only: the hosts a sidecar's callback_url may name
     # ---- the toolkit's own rknn.config() keys, passed through (types and checks: toolkit_keys.py) ----
     disable_rules: list[str] | None = None                  # also added to by the retry on the toolkit's advice
     dynamic_input: list[list[list[int]]] | None = None      # shape sets; verification runs at every one
@@ -82,21 +84,23 @@ class ConvertOptions:
     def to_public_json(self) -> dict[str, Any]:
         """What result.json records: callback_url without credentials or query (it may carry a token)."""
         d = self.to_json()
+        d.pop("callback_hosts", None)  # the daemon's, not the job's
         if d.get("callback_url"):
-            from urllib.parse import urlsplit
-            u = urlsplit(d["callback_url"])
-            d["callback_url"] = f"{u.scheme}://{u.hostname}{f':{u.port}' if u.port else ''}{u.path}"
+            d["callback_url"] = public_url(d["callback_url"])
         return d
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "ConvertOptions":
         d = dict(d)
         d["target_platform"] = tuple(d.get("target_platform") or ("rk3588",))
+        if d.get("callback_hosts") is not None:
+            d["callback_hosts"] = tuple(d["callback_hosts"])
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
 ALLOWED_KEYS = tuple(f.name for f in fields(ConvertOptions))
+TOML_ONLY_KEYS = ("callback_hosts",)
 
 
 def option_error(where: str, key: str, msg: str) -> OptionsError:
@@ -232,10 +236,15 @@ def _parse_verify_value(where: str, key: str, value: Any) -> Any:
 def _parse_passthrough_value(where: str, key: str, value: Any) -> Any:
     """callback_url, the toolkit version keys, and the toolkit's own config() keys."""
     if key == "callback_url":
-        if value is not None and not (isinstance(value, str) and value.startswith(("http://", "https://"))
-                                      and len(value) <= 2048 and not any(c.isspace() for c in value)):
+        if value is not None and not valid_callback_url(value):
             raise option_error(where, key, f"expected an http:// or https:// URL, got {value!r}")
         return value
+    if key == "callback_hosts":
+        items = value if isinstance(value, list) else [value]
+        if value is not None and not all(valid_host_entry(v) for v in items):
+            raise option_error(where, key, f"expected a list of host names (\"ci.example.com\", "
+                                           f"\".example.com\", \"10.0.0.5:8080\"), got {value!r}")
+        return None if value is None else tuple(items)
     if key in ("toolkit_version", "runtime_version"):
         from rknn_dropbox.toolkits import ToolkitError, check_version
         try:
@@ -260,7 +269,8 @@ def _parse_value(where: str, key: str, value: Any) -> Any:
 
 def parse_convert_options(raw: Any, where: str, base: ConvertOptions | None = None,
                           base_dir: Path | None = None) -> ConvertOptions:
-    """Overlay the mapping `raw` on `base`. `base_dir` makes a relative dataset absolute (TOML only)."""
+    """Overlay the mapping `raw` on `base`. `base_dir` is given for the daemon's TOML only: it makes a relative
+    dataset absolute, and only there may TOML-only keys (callback_hosts) be set."""
     if not isinstance(raw, dict):
         raise OptionsError(f"{where}: expected a mapping of option: value, got {type(raw).__name__}")
     allowed = set(ALLOWED_KEYS)
@@ -268,6 +278,8 @@ def parse_convert_options(raw: Any, where: str, base: ConvertOptions | None = No
     for key, value in raw.items():
         if not isinstance(key, str) or key not in allowed:
             raise OptionsError(f"{where}: unknown key {key!r} (allowed: {', '.join(ALLOWED_KEYS)})")
+        if key in TOML_ONLY_KEYS and base_dir is None:
+            raise option_error(where, key, "can only be set in the daemon's TOML [convert], not in a bundle")
         changes[key] = _parse_value(where, key, value)
     for path_key in ("dataset", "verify_dataset"):
         if base_dir is not None and changes.get(path_key) and not os.path.isabs(changes[path_key]):

@@ -9,9 +9,10 @@ from typing import Any
 
 import numpy as np
 
+from rknn_dropbox.convert.calibration import IMAGE_EXTS, read_dataset_lines
+
 SEED = 20240601
 DEFAULT_COUNT = 4
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
 SYNTHETIC = "synthetic images"   # SampleSet.source when the bundle brings no real samples
 
 
@@ -51,16 +52,6 @@ class InputLayout:
     mean: list[list[float]] | None = None
     std: list[list[float]] | None = None
     rgb2bgr: bool = False                       # config(quant_img_RGB2BGR=True)
-
-
-def read_dataset_lines(dataset: Path) -> list[list[Path]]:
-    """A dataset.txt's lines: one path per model input, relative paths taken from the file's folder."""
-    lines: list[list[Path]] = []
-    for text in dataset.read_text(encoding="utf-8", errors="replace").splitlines():
-        if not text.strip() or text.lstrip().startswith("#"):
-            continue
-        lines.append([p if p.is_absolute() else dataset.parent / p for p in map(Path, text.split())])
-    return lines
 
 
 def spread(n_items: int, count: int) -> list[int]:

@@ -3,10 +3,8 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
-import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -20,8 +18,9 @@ from rknn_dropbox.convert.rulefix import (
 )
 from rknn_dropbox.convert.toolkit_keys import toolkit_config_kwargs
 from rknn_dropbox.convert.toolkit_log import (
-    BUILD_PHASES_FP16, BUILD_PHASES_INT8, LOAD_PHASES, ConversionError, toolkit_caller, toolkit_progress,
+    BUILD_PHASES_FP16, BUILD_PHASES_INT8, LOAD_PHASES, ConversionError, log_since, toolkit_caller, toolkit_progress,
 )
+from rknn_dropbox.filehash import sha256_file
 from rknn_dropbox.convert.accuracy import TargetAccuracy, TargetContext, settle
 from rknn_dropbox.convert.verify import (
     Judging, Reference, prepare_reference, strict_failure, threshold, timed_verification,
@@ -47,14 +46,6 @@ class TargetBuild:
     reference: Reference | None = None  # the job's verification samples and the source runtime's outputs
     # dynamic_input: one (shape set, reference) per set verification runs at; `reference` is the first one's
     shape_references: list[tuple[Any, Reference]] = field(default_factory=list)
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def target_name(name: str, platforms: tuple[str, ...], platform: str) -> str:
@@ -242,16 +233,6 @@ def _log_size(raw_log: Path) -> int:
         return 0
 
 
-def _log_since(raw_log: Path, offset: int) -> str:
-    sys.stdout.flush()
-    try:
-        with open(raw_log, "rb") as fh:
-            fh.seek(offset)
-            return fh.read(4 << 20).decode("utf-8", errors="replace")
-    except OSError:
-        return ""
-
-
 def _settle(RKNN: Any, b: TargetBuild, platform: str, rknn: Any, final: Path, seconds: float, build_log: str,
             workarounds: dict[str, Workaround | None]) -> TargetAccuracy:
     spec = b.spec
@@ -273,7 +254,7 @@ def _settle(RKNN: Any, b: TargetBuild, platform: str, rknn: Any, final: Path, se
         start = _log_size(b.raw_log)
         session, seconds, workaround = _build_session(RKNN, b, platform, cand, path, lambda stage, frac: None)
         workarounds[path.name] = workaround
-        return session, seconds, _log_since(b.raw_log, start)
+        return session, seconds, log_since(b.raw_log, start, 4 << 20)
     acc = settle(rknn, ctx, build)
     if per_shape is not None and not (acc.accuracy and acc.accuracy.get("delivered")):
         acc.verification = per_shape  # the build as configured was delivered: its check at every shape set
@@ -287,7 +268,7 @@ def _verified(RKNN: Any, b: TargetBuild, platform: str, rknn: Any, final: Path, 
     workarounds: dict[str, Workaround | None] = {}
     try:
         if b.spec.options.verify:
-            acc = _settle(RKNN, b, platform, rknn, final, seconds, _log_since(b.raw_log, log_start), workarounds)
+            acc = _settle(RKNN, b, platform, rknn, final, seconds, log_since(b.raw_log, log_start, 4 << 20), workarounds)
             acc.seconds["build"] = round(seconds, 3)
             print(f"verification {platform}: {acc.verification}")
     finally:

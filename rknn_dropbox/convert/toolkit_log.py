@@ -213,7 +213,7 @@ def toolkit_caller(raw_log: Path, what: str) -> Callable[..., None]:
         try:
             _call(step, fn, **kwargs)
         except ConversionError as exc:
-            if step != "configuring" and exc.hint is None and toolkit_crashed(_log_since(raw_log, offset)):
+            if step != "configuring" and exc.hint is None and toolkit_crashed(log_since(raw_log, offset)):
                 exc.crash = {"error": exc.error}
             raise
 
@@ -252,12 +252,13 @@ def toolkit_crashed(log_text: str) -> bool:
     return False
 
 
-def _log_since(raw_log: Path, offset: int) -> str:
+def log_since(raw_log: Path, offset: int, limit: int = -1) -> str:
+    """What the job's raw log got from `offset` on (at most `limit` bytes; -1: all); "" when it cannot be read."""
     sys.stdout.flush()
     sys.stderr.flush()
     try:
         with open(raw_log, "rb") as fh:
             fh.seek(offset)
-            return fh.read().decode("utf-8", errors="replace")
+            return fh.read(limit).decode("utf-8", errors="replace")
     except OSError:
         return ""

@@ -22,7 +22,7 @@ DEFAULT_BASE_MB = 600.0
 DEFAULT_RATIO = 200.0
 HISTORY = 8  # ratios kept per format; the estimate is their maximum
 KNOWN_MODELS = 500  # measured peaks kept per model (format and byte size): a model dropped again is estimated exactly
-KNOWN_MARGIN = 1.1
+KNOWN_MARGIN = 1.1  # on a known model's growth over the base (not on the base, which its worker already holds)
 
 
 def mem_available_mb() -> float | None:
@@ -78,12 +78,17 @@ class MemoryHistory:
         return f"{key} {model_mb:.4f}"
 
     def estimate_mb(self, key: str, model_mb: float) -> float:
+        """The worker's estimated peak RSS for this job (its base included)."""
         known = self.models.get(self.model_id(key, model_mb))
         if known:
-            return known * KNOWN_MARGIN
+            return self.base_mb + max(known - self.base_mb, 0.0) * KNOWN_MARGIN
         ratios = self.ratios.get(key)
         ratio = max(ratios) if ratios else DEFAULT_RATIO
         return self.base_mb + ratio * model_mb
+
+    def growth_mb(self, estimate_mb: float) -> float:
+        """What a job estimated at `estimate_mb` adds to the machine: its idle worker already holds the base."""
+        return max(estimate_mb - self.base_mb, 0.0)
 
     def learn(self, key: str, model_mb: float, peak_mb: float, fresh_worker_mb: float | None = None) -> None:
         """Record a finished job's measured peak (and a fresh worker's size, the base)."""
@@ -110,8 +115,12 @@ class Running:
 
 
 class MemoryAdmission:
-    """admit(): the next job starts only if running jobs' remaining growth plus its peak fits in MemAvailable minus
-    memory_reserve_mb; with nothing running, a job always starts (a job bigger than the box runs alone, warned)."""
+    """admit(): the next job starts only if running jobs' remaining growth plus its own growth fits in MemAvailable
+    minus memory_reserve_mb; with nothing running, a job always starts (a job bigger than the box runs alone, warned).
+
+    Growth, not peak: MemAvailable already leaves out every worker's current size, the idle one that takes the job
+    included, so counting the job's whole peak counted its worker's base twice; that ~1 GB decided whether two
+    9 GB builds ran side by side, and made learned estimates serialize jobs that fit (bench/memory.py)."""
 
     def __init__(self, history: MemoryHistory, reserve_mb: float,
                  available: Callable[[], float | None] = mem_available_mb) -> None:
@@ -121,6 +130,8 @@ class MemoryAdmission:
         self.waiting_for_memory = False  # for the status snapshot
 
     def admit(self, job_id: str, estimate_mb: float, running: list[Running]) -> bool:
+        """`estimate_mb`: what the job adds over its idle worker; `running`: each running job's estimated peak and
+        its worker's size now (what it may still grow is the difference)."""
         free = self.available()
         if free is None or self.reserve_mb < 0:
             return True
@@ -188,7 +199,7 @@ class MemoryGate:
         if self.admission is not None:
             running = [Running(self.sizes[j].estimate_mb if j in self.sizes else 0.0, self.pool.rss_of(j))
                        for j in self.pool.busy()]
-            if not self.admission.admit(job_id, size.estimate_mb, running):
+            if not self.admission.admit(job_id, self.admission.history.growth_mb(size.estimate_mb), running):
                 return False
         self.sizes[job_id] = size
         return True

@@ -1,19 +1,26 @@
-"""Completion callbacks: POST a job's final task JSON to its callback_url from background threads, with retries."""
+"""Completion callbacks: POST a job's final task JSON to its callback_url from background threads, with retries.
+
+A sidecar's URL is untrusted: redirects are never followed, `[convert] callback_hosts` limits where it may point,
+every attempt has an overall deadline, a few hosts that never answer hold at most `per_host` threads each, logs
+name the URL without its query, and the published outcome does not tell a refused port from a silent one."""
 
 from __future__ import annotations
 
 import heapq
+import http.client
 import json
+import socket
+import ssl
 import threading
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from loguru import logger
 
 from rknn_dropbox import __version__
+from rknn_dropbox.callback_urls import host_allowed, public_url
 from rknn_dropbox.store import JobStore
 
 PENDING = "pending"
@@ -21,12 +28,33 @@ PENDING = "pending"
 
 @dataclass(frozen=True)
 class CallbackPolicy:
-    """How hard the daemon tries: one POST plus `retries`, waiting backoff, 2×backoff, 4×backoff between them."""
+    """How hard the daemon tries: one POST plus `retries`, waiting backoff, 2×backoff, 4×backoff between them;
+    each attempt ends after `timeout_seconds` in all. `allowed_hosts`: `[convert] callback_hosts` (empty: any);
+    `trusted_url`: the TOML's own callback_url, allowed whatever the list says."""
     timeout_seconds: float = 5.0
     retries: int = 3
     backoff_seconds: float = 1.0
-    threads: int = 2
+    threads: int = 16
+    per_host: int = 2
     max_pending: int = 1000
+    allowed_hosts: tuple[str, ...] = ()
+    trusted_url: str | None = None
+
+    def allows(self, url: str) -> bool:
+        return url == self.trusted_url or host_allowed(url, self.allowed_hosts)
+
+    @classmethod
+    def for_convert(cls, convert: Any) -> "CallbackPolicy":
+        """The policy the daemon's TOML [convert] sets (`callback_hosts`, its own `callback_url`)."""
+        return cls(allowed_hosts=tuple(getattr(convert, "callback_hosts", None) or ()),
+                   trusted_url=getattr(convert, "callback_url", None))
+
+
+def _host_of(url: str) -> str:
+    try:
+        return urlsplit(url).netloc.rpartition("@")[2].lower()
+    except ValueError:
+        return ""
 
 
 @dataclass(order=True)
@@ -48,6 +76,7 @@ class CallbackSender:
         self._cond = threading.Condition()
         self._stopping = False
         self._in_flight = 0
+        self._busy_hosts: dict[str, int] = {}
         self._threads = [threading.Thread(target=self._run, name=f"callbacks-{i}", daemon=True)
                          for i in range(self.policy.threads)]
 
@@ -64,9 +93,10 @@ class CallbackSender:
                 self._cond.wait(0.05)
             self._stopping = True
             self._cond.notify_all()
+        join_until = time.monotonic() + self.policy.timeout_seconds + 1
         for t in self._threads:
             if t.is_alive():  # never started when start-up failed before the sender
-                t.join(self.policy.timeout_seconds + 1)
+                t.join(max(0.0, join_until - time.monotonic()))
 
     @property
     def pending(self) -> int:
@@ -81,18 +111,27 @@ class CallbackSender:
                 logger.error("job {}: {} callbacks already waiting; dropping this one", job_id, len(self._heap))
                 self.store.set_callback_status(job_id, "dropped: too many callbacks waiting")
                 return
+            self.store.set_callback_status(job_id, PENDING)  # before a thread can record the outcome
             heapq.heappush(self._heap, CallbackDelivery(time.monotonic(), job_id, url, body))
             self._cond.notify()
-        self.store.set_callback_status(job_id, PENDING)
 
     def _next(self) -> CallbackDelivery | None:
+        """The earliest due delivery whose host has fewer than `per_host` attempts in flight."""
         with self._cond:
             while not self._stopping:
                 now = time.monotonic()
-                if self._heap and self._heap[0].due <= now:
+                ready = [d for d in self._heap if d.due <= now and
+                         self._busy_hosts.get(_host_of(d.url), 0) < self.policy.per_host]
+                if ready:
+                    chosen = min(ready)
+                    del self._heap[next(i for i, d in enumerate(self._heap) if d is chosen)]  # not ==: by due
+                    heapq.heapify(self._heap)
                     self._in_flight += 1
-                    return heapq.heappop(self._heap)
-                self._cond.wait(self._heap[0].due - now if self._heap else None)
+                    host = _host_of(chosen.url)
+                    self._busy_hosts[host] = self._busy_hosts.get(host, 0) + 1
+                    return chosen
+                later = [d.due - now for d in self._heap if d.due > now]
+                self._cond.wait(min(later) if later else None)
             return None
 
     def _run(self) -> None:
@@ -104,28 +143,40 @@ class CallbackSender:
             finally:
                 with self._cond:
                     self._in_flight -= 1
+                    host = _host_of(delivery.url)
+                    self._busy_hosts[host] -= 1
+                    if not self._busy_hosts[host]:
+                        del self._busy_hosts[host]
                     self._cond.notify_all()
 
     def _attempt(self, d: CallbackDelivery) -> None:
-        retryable = True
+        shown = public_url(d.url)
+        if not self.policy.allows(d.url):
+            logger.warning("job {}: callback to {} refused: its host is not in [convert] callback_hosts", d.job_id,
+                           shown)
+            self.store.set_callback_status(d.job_id, "refused: the URL's host is not in [convert] callback_hosts")
+            return
         try:
-            request = urllib.request.Request(d.url, data=d.body, method="POST", headers={
-                "Content-Type": "application/json", "User-Agent": f"rknn-dropbox/{__version__}"})
-            with urllib.request.urlopen(request, timeout=self.policy.timeout_seconds) as resp:  # noqa: S310
-                code = resp.status
-            logger.info("job {}: callback delivered to {} (HTTP {})", d.job_id, d.url, code)
+            code = post_once(d.url, d.body, self.policy.timeout_seconds)
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            logger.info("job {}: callback to {}: {}", d.job_id, shown, str(exc) or type(exc).__name__)
+            code, problem, retryable = None, "no HTTP answer (connection failed or timed out)", True
+        else:
+            problem = f"HTTP {code}"
+            retryable = code >= 500 or code in (408, 429)
+            if 300 <= code < 400:
+                problem, retryable = f"HTTP {code}: a redirect, which is not followed", False
+        if code is not None and 200 <= code < 300:
+            logger.info("job {}: callback delivered to {} (HTTP {})", d.job_id, shown, code)
             self.store.set_callback_status(d.job_id, f"delivered (HTTP {code})")
             return
-        except urllib.error.HTTPError as exc:
-            problem = f"HTTP {exc.code}"
-            retryable = exc.code >= 500 or exc.code in (408, 429)
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            reason = getattr(exc, "reason", exc)
-            problem = str(reason) or type(exc).__name__
+        self._failed(d, shown, problem, retryable)
+
+    def _failed(self, d: CallbackDelivery, shown: str, problem: str, retryable: bool) -> None:
         attempts = d.attempt + 1
         if retryable and d.attempt < self.policy.retries:
             wait = self.policy.backoff_seconds * 2 ** d.attempt
-            logger.warning("job {}: callback to {} failed ({}); retry {} of {} in {:.0f} s", d.job_id, d.url,
+            logger.warning("job {}: callback to {} failed ({}); retry {} of {} in {:.0f} s", d.job_id, shown,
                            problem, attempts, self.policy.retries, wait)
             self.store.set_callback_status(d.job_id, f"{PENDING}: attempt {attempts} failed: {problem}")
             with self._cond:
@@ -133,5 +184,48 @@ class CallbackSender:
                                                             attempts))
                 self._cond.notify()
             return
-        logger.error("job {}: callback to {} failed after {} attempt(s): {}", d.job_id, d.url, attempts, problem)
+        logger.error("job {}: callback to {} failed after {} attempt(s): {}", d.job_id, shown, attempts, problem)
         self.store.set_callback_status(d.job_id, f"failed after {attempts} attempt(s): {problem}")
+
+
+def post_once(url: str, body: bytes, deadline_seconds: float) -> int:
+    """POST `body` and return the status code; no redirect is followed, and the whole exchange (connect, send,
+    the answer's head) ends after `deadline_seconds`, however slowly the other end drips."""
+    u = urlsplit(url)
+    if u.scheme == "https":
+        conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+            u.hostname or "", u.port, timeout=deadline_seconds, context=ssl.create_default_context())
+    else:
+        conn = http.client.HTTPConnection(u.hostname or "", u.port, timeout=deadline_seconds)
+    end = time.monotonic() + deadline_seconds
+    conn.connect()
+    remaining = end - time.monotonic()
+    if remaining <= 0:
+        conn.close()
+        raise TimeoutError("connecting took the whole deadline")
+    cut = threading.Event()
+    timer = threading.Timer(remaining, _cut, (conn, cut))
+    timer.daemon = True
+    timer.start()
+    try:
+        path = (u.path or "/") + (f"?{u.query}" if u.query else "")
+        conn.request("POST", path, body=body, headers={"Content-Type": "application/json",
+                                                        "User-Agent": f"rknn-dropbox/{__version__}"})
+        status = conn.getresponse().status
+    finally:
+        timer.cancel()
+        conn.close()
+    if cut.is_set():  # what was read before the cut is no answer
+        raise TimeoutError(f"no complete answer within {deadline_seconds:.0f} s")
+    return status
+
+
+def _cut(conn: http.client.HTTPConnection, cut: threading.Event) -> None:
+    """The deadline: shut the socket, which wakes the thread blocked on it."""
+    cut.set()
+    sock = conn.sock
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass

@@ -22,7 +22,7 @@ from rknn_dropbox.intake.watcher import InboxWatcher
 from rknn_dropbox.intake.workarea import JobDir, write_json_atomic
 from rknn_dropbox.logsetup import setup_logging
 from rknn_dropbox.service.admission import MemoryAdmission, MemoryGate, MemoryHistory
-from rknn_dropbox.service.callbacks import CallbackSender
+from rknn_dropbox.service.callbacks import CallbackPolicy, CallbackSender
 from rknn_dropbox.service.endings import JobEndings
 from rknn_dropbox.service.intake_loop import InboxIntake
 from rknn_dropbox.service.messages import WorkOrder
@@ -57,7 +57,7 @@ class Daemon:
                                  if cfg.memory_admission else None, self.pool)
         self.reloader = reloader or (lambda: load_config(self.cfg.source))
         self.queue: deque[str] = deque()
-        self.callbacks = CallbackSender(self.store)
+        self.callbacks = CallbackSender(self.store, CallbackPolicy.for_convert(cfg.convert))
         self.finisher = Finisher(self.store, cfg.outbox, cfg.failed, self.callbacks)
         self.intake = InboxIntake(self.scanner, ParkedEntries(cfg.inbox, cfg.state_dir), self.store, self.finisher,
                                   self.queue, lambda: self.cfg, lambda: len(self.pool.busy()))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import threading
@@ -14,7 +13,7 @@ from rknn_dropbox.joblog import clean_log_text
 from rknn_dropbox.store import COMPLETED, JobRecord
 
 MAX_LOG_BYTES = 8 * 1024 * 1024
-MAX_HASHED_BYTES = 512 * 1024 * 1024  # a dropped file larger than this is listed without its sha256
+MAX_LISTED = 500  # dropped files listed from a failed job's input/ (the walk stops there)
 CACHE_ENTRIES = 2048
 
 
@@ -53,22 +52,12 @@ def _load_json(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _sha256(path: Path) -> str | None:
-    if path.stat().st_size > MAX_HASHED_BYTES:
-        return None
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 class DeliveredFiles:
-    """Reads what the daemon delivered for a job, caching parsed JSON and file hashes."""
+    """Reads what the daemon delivered for a job, caching parsed JSON; it never hashes a dropped file (that would
+    let anyone make request handlers read gigabytes): sha256 comes from result.json only."""
 
     def __init__(self) -> None:
         self.docs = FileCache()
-        self.hashes = FileCache()
 
     def doc(self, job: JobRecord) -> dict[str, Any]:
         """result.json of a completed job, error.json of a failed or cancelled one; {} when there is none yet."""
@@ -78,7 +67,8 @@ class DeliveredFiles:
         return self.docs.get(Path(job.output_dir) / name, _load_json) or {}
 
     def dropped_files(self, job: JobRecord, doc: dict[str, Any]) -> list[dict[str, Any]]:
-        """Name, size and sha256 of each dropped file: from result.json, else read from the job's input/ folder."""
+        """Name, size and sha256 of each dropped file from result.json; else the name and size of the first
+        MAX_LISTED files in the job's input/ folder (no sha256: nothing delivered one)."""
         listed = doc.get("inputs")
         if isinstance(listed, list) and listed:
             return [f for f in listed if isinstance(f, dict)]
@@ -86,13 +76,12 @@ class DeliveredFiles:
         if folder is None or not folder.is_dir():
             return []
         files = []
-        for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.is_symlink())[:500]:
+        for path in sorted(_first_files(folder, MAX_LISTED)):
             try:
-                size = path.stat().st_size
+                size = path.lstat().st_size
             except OSError:
                 continue
-            files.append({"name": str(path.relative_to(folder)), "size": size,
-                          "sha256": self.hashes.get(path, _sha256)})
+            files.append({"name": str(path.relative_to(folder)), "size": size, "sha256": None})
         return files
 
     def log_text(self, job: JobRecord, tail: int | None) -> str:
@@ -108,6 +97,24 @@ class DeliveredFiles:
             except OSError:
                 continue
         return ""
+
+
+def _first_files(folder: Path, limit: int) -> list[Path]:
+    """Up to `limit` regular files under `folder` (links not followed), without walking the rest of the tree
+    (iterative: a folder nested thousands deep is no recursion)."""
+    found: list[Path] = []
+    stack = [folder]
+    while stack and len(found) < limit:
+        try:
+            entries = sorted(os.scandir(stack.pop()), key=lambda e: e.name, reverse=True)
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                stack.append(Path(entry.path))
+            elif entry.is_file(follow_symlinks=False) and len(found) < limit:
+                found.append(Path(entry.path))
+    return found
 
 
 def read_log(path: Path, tail: int | None) -> str:

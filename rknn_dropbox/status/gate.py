@@ -1,10 +1,15 @@
-"""A connection gate for the status server: one I/O thread reads request heads, a few threads answer them."""
+"""A connection gate for the status server: one I/O thread reads request heads, a few threads answer them.
+
+It holds far fewer sockets than the process may open (derived from RLIMIT_NOFILE), so idle clients never take the
+descriptors the daemon's loop, claims and workers need; every answer has an overall deadline."""
 
 from __future__ import annotations
 
 import queue
+import resource
 import selectors
 import socket
+import struct
 import threading
 import time
 from collections import OrderedDict
@@ -20,16 +25,36 @@ TOO_LARGE_RESPONSE = (b"HTTP/1.0 431 Request Header Fields Too Large\r\nContent-
                       b"Content-Length: 36\r\nConnection: close\r\n\r\n{\"error\": \"request head too large\"}\n")
 
 
+DESCRIPTOR_SHARE = 4  # the status server holds at most 1/4 of the process's soft RLIMIT_NOFILE in sockets
+
+
 @dataclass(frozen=True)
 class GateLimits:
     """How much the server lets clients hold; stalled clients cost a socket, never a thread."""
     handler_threads: int = 8          # requests answered at the same time
-    max_pending: int = 1024           # connections still sending their request head; the oldest is dropped
-    ready_queue: int = 256            # complete requests waiting for a handler thread; beyond: 503
+    max_pending: int = 192            # connections still sending their request head; the oldest is dropped
+    ready_queue: int = 56             # complete requests waiting for a handler thread; beyond: 503
     head_timeout: float = 10.0        # seconds from accept until the whole request head must have arrived
     io_timeout: float = 10.0          # per send/recv once a handler thread owns the connection
+    response_timeout: float = 600.0   # seconds a handler thread may spend on one answer, a download included
     max_head_bytes: int = 128 * 1024  # request line + headers
-    request_queue_size: int = 128     # listen() backlog (socketserver's default is 5)
+    request_queue_size: int = 128     # listen() backlog (socketserver's default is 5); held by the kernel
+
+    @property
+    def max_connections(self) -> int:
+        return self.max_pending + self.ready_queue + self.handler_threads
+
+    @classmethod
+    def for_descriptors(cls, soft_limit: int | None = None) -> "GateLimits":
+        """Limits whose sockets fit in 1/DESCRIPTOR_SHARE of the soft NOFILE limit (at most the defaults')."""
+        if soft_limit is None:
+            soft_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        base = cls()
+        if soft_limit == resource.RLIM_INFINITY or soft_limit // DESCRIPTOR_SHARE >= base.max_connections:
+            return base
+        budget = max(8, soft_limit // DESCRIPTOR_SHARE - base.handler_threads)
+        ready = max(2, budget // 4)
+        return cls(max_pending=max(4, budget - ready), ready_queue=ready)
 
 
 @dataclass
@@ -54,6 +79,8 @@ class ConnectionGate:
         self.selector = selectors.DefaultSelector()
         self.pending: OrderedDict[socket.socket, PendingConnection] = OrderedDict()
         self.ready: queue.Queue[tuple[socket.socket, tuple, bytes] | None] = queue.Queue(limits.ready_queue)
+        self.answering: dict[socket.socket, float] = {}  # sockets the handler threads hold -> their deadline
+        self.answering_lock = threading.Lock()
         self._wake_r, self._wake_w = socket.socketpair()
         self._stopping = threading.Event()
         self.io_thread = threading.Thread(target=self._io_loop, name="status-http-io", daemon=True)
@@ -104,7 +131,9 @@ class ConnectionGate:
                         pass
                 else:
                     self._read(key.data)
-            self._expire(time.monotonic())
+            now = time.monotonic()
+            self._expire(now)
+            self._cut_overdue(now)
 
     def _accept(self) -> None:
         for _ in range(64):  # bounded: let the loop also serve reads and expiries
@@ -153,6 +182,20 @@ class ConnectionGate:
                 return  # pending is ordered by accept time, so by deadline
             self._drop(conn)
 
+    def _cut_overdue(self, now: float) -> None:
+        """Answers past their deadline (a client reading a download a byte at a time): shut their sockets, which
+        ends the handler thread's send (sendfile and zip streams included)."""
+        with self.answering_lock:
+            overdue = [sock for sock, deadline in self.answering.items() if deadline <= now]
+            for sock in overdue:
+                del self.answering[sock]
+        for sock in overdue:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close: RST, the
+                sock.shutdown(socket.SHUT_RDWR)  # bytes still queued are dropped rather than trickled out
+            except OSError:
+                pass
+
     def _unwatch(self, conn: PendingConnection) -> None:
         self.pending.pop(conn.sock, None)
         try:
@@ -188,11 +231,15 @@ class ConnectionGate:
             if item is None:
                 return
             sock, address, head = item
+            with self.answering_lock:
+                self.answering[sock] = time.monotonic() + self.limits.response_timeout
             try:
                 self.handle(sock, address, head)
             except Exception as exc:  # noqa: BLE001 - one bad request must not kill a handler thread
                 logger.debug("status request from {} failed: {}", address, exc)
             finally:
+                with self.answering_lock:
+                    self.answering.pop(sock, None)
                 try:
                     sock.shutdown(socket.SHUT_WR)
                 except OSError:

@@ -9,8 +9,6 @@ from typing import Any
 from rknn_dropbox.status.verdict import Verdict, parse_verdict
 from rknn_dropbox.store import COMPLETED, JobRecord
 
-FIRST_ATTEMPT_NAMES = ("baseline", "initial", "first", "default")
-
 
 @dataclass
 class OutputCheck:
@@ -59,20 +57,11 @@ def _number(value: Any) -> float | None:
     return float(value)
 
 
-def _sample_cosines(raw: Any) -> list[float]:
-    out: list[float] = []
-    for item in raw if isinstance(raw, list) else []:
-        value = _number(item.get("cosine") if isinstance(item, dict) else item)
-        if value is not None:
-            out.append(value)
-    return out
-
-
 def parse_output(raw: dict[str, Any]) -> OutputCheck:
-    samples = _sample_cosines(raw.get("cosines", raw.get("per_sample", raw.get("samples"))))
-    low = _number(raw.get("min"))
-    if low is None:
-        low = _number(raw.get("cosine"))
+    """One row of verification.outputs: {name, shape, cosine (the lowest), cosines (one per sample)}."""
+    samples = [v for v in map(_number, raw.get("cosines") or []) if v is not None] \
+        if isinstance(raw.get("cosines"), list) else []
+    low = _number(raw.get("cosine"))
     if low is None and samples:
         low = min(samples)
     shape = raw.get("shape") if isinstance(raw.get("shape"), list) else None
@@ -80,45 +69,31 @@ def parse_output(raw: dict[str, Any]) -> OutputCheck:
 
 
 def _apply_verification(target: TargetView, raw: dict[str, Any]) -> None:
+    """verification.<platform>: {status, reference, reason, input, samples {source, names}, min_cosine, outputs}."""
     target.check_status = str(raw.get("status")) if raw.get("status") is not None else None
-    target.threshold = _number(raw.get("threshold", raw.get("min_cosine")))
+    target.threshold = _number(raw.get("min_cosine"))
     target.reference = raw.get("reference")
     target.reason = raw.get("reason")
-    used = raw.get("samples_used", raw.get("samples", raw.get("input")))
-    if isinstance(used, dict):  # {"source": ..., "names": [...]}
-        used = used.get("names") or raw.get("input") or used.get("source")
-    if isinstance(used, str):
-        target.inputs_used = [used]
-    elif isinstance(used, list):
-        target.inputs_used = [str(u) for u in used if isinstance(u, (str, int, float))]
+    samples = raw.get("samples") if isinstance(raw.get("samples"), dict) else {}
+    names = samples.get("names") if isinstance(samples.get("names"), list) else []
+    described = raw.get("input") or samples.get("source")
+    target.inputs_used = [str(n) for n in names] or ([str(described)] if described else [])
     target.outputs = [parse_output(o) for o in raw.get("outputs") or [] if isinstance(o, dict)]
     target.verdict = parse_verdict(raw)
 
 
 def accuracy_by_target(doc: dict[str, Any], platforms: list[str]) -> dict[str, dict[str, Any]]:
-    """result.json's `accuracy` block per platform, whether it is written once per job or once per target."""
+    """result.json's `accuracy` block of each platform (written per target)."""
     acc = doc.get("accuracy")
-    if not isinstance(acc, dict) or not acc:
+    if not isinstance(acc, dict):
         return {}
-    if any(k in acc for k in ("attempts", "worst_layers", "delivered")):
-        owner = acc.get("platform") or acc.get("target")
-        return {p: acc for p in platforms if owner in (None, p)}
-    return {p: v for p, v in acc.items() if isinstance(v, dict)}
+    return {p: acc[p] for p in platforms if isinstance(acc.get(p), dict)}
 
 
 def was_repaired(block: dict[str, Any]) -> bool:
-    """True when accuracy repair delivered something other than the first build."""
-    if isinstance(block.get("repaired"), bool):
-        return block["repaired"]
-    attempts, delivered = block.get("attempts") or [], block.get("delivered")
-    if not attempts or delivered is None or delivered in FIRST_ATTEMPT_NAMES:
-        return False
-    if isinstance(delivered, int) and not isinstance(delivered, bool):
-        return delivered != 0
-    first = attempts[0]
-    if isinstance(first, dict):
-        return delivered not in (first, first.get("name"), first.get("label"), first.get("id"))
-    return delivered != first
+    """True when accuracy repair delivered another attempt than the first build (`delivered`: its index)."""
+    delivered = block.get("delivered")
+    return isinstance(delivered, int) and not isinstance(delivered, bool) and delivered != 0
 
 
 @dataclass
@@ -177,7 +152,7 @@ class JobView:
         dtype = str(self.quantization.get("dtype") or ("int8" if quantized else "float16"))
         if not quantized:
             return "prequantized" if dtype == "prequantized" else "fp16"
-        return "int8" if dtype in ("w8a8", "int8", "asymmetric_quantized-8") else dtype
+        return "int8" if dtype == "w8a8" else dtype
 
     @property
     def repaired(self) -> bool:
@@ -203,10 +178,10 @@ class JobView:
     @property
     def toolkit_version(self) -> str:
         version = self.doc.get("toolkit_version")
-        described = [t.get("rknn") for t in self.doc.get("targets") or [] if isinstance(t, dict)]
-        for rknn in [self.doc.get("rknn"), *described]:
+        for target in self.doc.get("targets") or []:
+            rknn = target.get("rknn") if isinstance(target, dict) else None
             if not version and isinstance(rknn, dict):
-                version = rknn.get("toolkit_version") or rknn.get("version")
+                version = rknn.get("toolkit_version")
         return str(version) if version else ""
 
     @property

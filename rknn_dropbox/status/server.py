@@ -78,7 +78,7 @@ class StatusServer:
                  limits: GateLimits | None = None) -> None:
         self.store = store
         self.snapshot = snapshot
-        self.limits = limits or GateLimits()
+        self.limits = limits or GateLimits.for_descriptors()
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.listener = socket.create_server((host, port), family=family, backlog=self.limits.request_queue_size)
         self.port = self.listener.getsockname()[1]

@@ -29,7 +29,9 @@ def _statuses(d: Daemon) -> dict[str, str]:
 
 def test_a_job_waits_until_its_estimated_peak_fits(tmp_path: Path, started: list[Daemon]) -> None:
     cfg = _config(tmp_path)
-    (cfg.state_dir / "memory.json").write_text(json.dumps({"base_mb": 3000, "ratios": {}}))  # ~3 GB per job
+    # each job grows its worker by ~3 GB (a model seen before: its measured peak over the base)
+    (cfg.state_dir / "memory.json").write_text(json.dumps({"base_mb": 100, "ratios": {},
+                                                           "models": {".onnx 0.0000": 2800}}))
     d = Daemon(cfg)
     d.pool.target = fakeworkers.by_name
     available = [5000.0]  # MB: room for one such job beside the 1000 MB reserve, not two
@@ -51,7 +53,8 @@ def test_a_job_waits_until_its_estimated_peak_fits(tmp_path: Path, started: list
 
 def test_a_job_bigger_than_the_box_runs_alone(tmp_path: Path, started: list[Daemon]) -> None:
     cfg = _config(tmp_path)
-    (cfg.state_dir / "memory.json").write_text(json.dumps({"base_mb": 50000, "ratios": {}}))
+    (cfg.state_dir / "memory.json").write_text(json.dumps({"base_mb": 100, "ratios": {},
+                                                           "models": {".onnx 0.0000": 50000}}))
     d = Daemon(cfg)
     d.pool.target = fakeworkers.by_name
     d.memory.admission.available = lambda: 5000.0
@@ -86,9 +89,9 @@ def test_a_model_seen_before_is_estimated_from_its_own_peak(tmp_path: Path) -> N
     assert first_time == 400.0 + DEFAULT_RATIO * 44.0  # conservative: what deeplabv3 at 512 grows (bench/memory.py)
     history.learn(".onnx", 44.0, 8900.0, 400.0)    # deeplabv3 at 512: 8.9 GB
     history.learn(".onnx", 46.7, 620.0, 400.0)     # resnet18: 0.6 GB, about the same number of model bytes
-    assert history.estimate_mb(".onnx", 46.7) == 620.0 * KNOWN_MARGIN
-    assert history.estimate_mb(".onnx", 44.0) == 8900.0 * KNOWN_MARGIN
+    assert history.estimate_mb(".onnx", 46.7) == 400.0 + 220.0 * KNOWN_MARGIN  # the margin: on the growth
+    assert history.estimate_mb(".onnx", 44.0) == 400.0 + 8500.0 * KNOWN_MARGIN
     unknown = history.estimate_mb(".onnx", 20.0)   # a model never seen: the format's largest growth per MB
     assert abs(unknown - (400.0 + (8900.0 - 400.0) / 44.0 * 20.0)) < 1.0
     again = MemoryHistory.load(tmp_path)
-    assert again.estimate_mb(".onnx", 46.7) == 620.0 * KNOWN_MARGIN
+    assert again.estimate_mb(".onnx", 46.7) == 400.0 + 220.0 * KNOWN_MARGIN

@@ -176,6 +176,8 @@ def test_a_workaround_build_that_fails_verification_is_not_delivered_and_both_st
     assert built.exists()
     with pytest.raises(ConversionError) as info:
         _refuse_unproven(workaround, {"status": "below_threshold", "min_cosine": 0.999,
+                                      "verdict": {"summary": "detections agree 2/10", "passed": False},
                                       "outputs": [{"name": "output0", "cosine": 0.42}]}, built)
-    assert "rule seperate_conv_rs_split crashed" in info.value.error and "cosine 0.42" in info.value.error
+    assert "rule seperate_conv_rs_split crashed" in info.value.error
+    assert "fails its task check against the source model (detections agree 2/10)" in info.value.error
     assert not built.exists()
