@@ -87,3 +87,10 @@ def start_daemon(cfg, started: list, drops: tuple[str, ...] = (), target=by_name
         (cfg.inbox / f"{name}.onnx").write_bytes(b"model")
     d.start()
     return d
+
+
+def fails_fast(conn: Connection, parent_pid: int) -> None:
+    """Ends every job at once with a (fake) conversion failure: the job goes to failed/ with its inputs."""
+    def behave(conn, order):
+        conn.send(JobDone(order.job_id, False, error="fake conversion failure", hint=None))
+    _serve(conn, behave)

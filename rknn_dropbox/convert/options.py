@@ -298,6 +298,8 @@ def read_yaml_mapping(path: Path) -> dict[str, Any]:
         data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         raise OptionsError(f"{name}: not valid YAML: {' '.join(str(exc).split())}") from None
+    except RecursionError:  # `a: [[[[...` thousands deep
+        raise OptionsError(f"{name}: not valid YAML: nested too deeply") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -18,11 +18,12 @@ def touch_heartbeat(claim_dir: Path) -> None:
     """Say "this host is alive" to the other hosts: the heartbeat file's mtime (set by the file server)."""
     path = claim_dir / HEARTBEAT
     try:
-        os.utime(path, None)
-    except FileNotFoundError:
-        path.write_text(f"{os.getpid()}\n")
-    except OSError as exc:  # a full or read-only share: the claims still work, other hosts may take over
-        logger.warning("cannot update the heartbeat {}: {}", path, exc.strerror)
+        try:
+            os.utime(path, None)
+        except FileNotFoundError:
+            path.write_text(f"{os.getpid()}\n")
+    except OSError as exc:  # a full, read-only or vanished share: the claims still work, other hosts may take over
+        logger.warning("cannot update the heartbeat {}: {}", path, exc.strerror or exc)
 
 
 CLOCK_PROBE = ".clock"
@@ -55,9 +56,22 @@ class Heartbeat:
         touch_heartbeat(self.claim_dir)
         self._thread.start()
 
+    def restart(self) -> None:
+        """A fresh thread after this one ended (the daemon's thread keeper calls it)."""
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
+        self._thread.start()
+
+    def is_alive(self) -> bool:
+        return self._thread.is_alive()
+
     def _run(self) -> None:
-        while not self._stop.wait(self.interval()):
-            touch_heartbeat(self.claim_dir)
+        stop = self._stop
+        while not stop.wait(self.interval()):
+            try:
+                touch_heartbeat(self.claim_dir)
+            except Exception as exc:  # noqa: BLE001 - a heartbeat that stops lets other hosts take live claims
+                logger.error("heartbeat {}: {}", self.claim_dir, exc)
 
     def stop(self) -> None:
         self._stop.set()

@@ -25,7 +25,8 @@ from rknn_dropbox.service.admission import MemoryAdmission, MemoryGate, MemoryHi
 from rknn_dropbox.service.callbacks import CallbackSender
 from rknn_dropbox.service.endings import JobEndings
 from rknn_dropbox.service.intake_loop import InboxIntake
-from rknn_dropbox.service.messages import WorkOrder
+from rknn_dropbox.service.guard import StepGuard
+from rknn_dropbox.service.messages import PoolEvent, WorkOrder
 from rknn_dropbox.service.pool import WorkerPool
 from rknn_dropbox.service.recovery import Recovery
 from rknn_dropbox.service.reload import apply_live, changed_keys, push_live_settings
@@ -35,6 +36,7 @@ from rknn_dropbox.service.startup import (  # noqa: F401  (StartupError, prepare
 )
 from rknn_dropbox.service.routing import ToolkitRouter, missing_default, toolkit_folder
 from rknn_dropbox.service.systemd import notify, watchdog_interval
+from rknn_dropbox.service.threads import ThreadKeeper
 from rknn_dropbox.store import QUEUED, JobRecord, JobStore
 
 STATUS_SECONDS = 10.0  # how often STATUS= goes to systemd
@@ -73,6 +75,9 @@ class Daemon:
         self._watchdog_every = watchdog_interval()
         self._last_watchdog = self._last_status = self._last_takeover = 0.0
         self.heartbeat = Heartbeat(cfg.claim_dir, lambda: self.heartbeat_seconds)
+        self.guard = StepGuard()
+        self.threads = ThreadKeeper()
+        self.held_events: deque[PoolEvent] = deque()  # the workers' reports not yet handled (oldest first)
         self.published_snapshot: dict[str, Any] = {}  # what the status server reads; replaced whole each step
 
     # ---- start-up and the loop --------------------------------------------------------------------------------
@@ -91,6 +96,8 @@ class Daemon:
         self.recovery.recover(self.cfg)
         self.recovery.take_over_stale_claims(self.cfg)
         self.start_watcher()
+        self.threads.keep("heartbeat", self.heartbeat.is_alive, self.heartbeat.restart)
+        self.threads.keep("watcher", lambda: bool(self.watcher and self.watcher.is_alive()), self.restart_watcher)
         self.pool.start()
         self.intake.scan_inbox()
         self.finisher.resend_pending()
@@ -114,6 +121,18 @@ class Daemon:
             raise StartupError(watcher_problem(exc)) from None
         self.watcher = watcher
         self.pool.extra_fds = [watcher.read_fd]
+
+    def restart_watcher(self) -> None:
+        """A watcher whose observer thread died (an inbox that vanished under inotify, say) is replaced."""
+        old, self.watcher = self.watcher, None
+        self.pool.extra_fds = []
+        if old is not None:
+            try:
+                old.stop()
+            except Exception as exc:  # noqa: BLE001 - the old one is dead already; its pipe is closed below
+                logger.debug("stopping the dead watcher: {}", exc)
+                old.close_pipe()
+        self.start_watcher()
 
     def start_status_server(self) -> None:
         """Serve the bound status endpoint (a thread that only reads); daemon.json says where it listens."""
@@ -149,27 +168,41 @@ class Daemon:
         signal.signal(signal.SIGHUP, reload)
 
     def step(self, timeout: float) -> None:
-        """One turn: worker events, inbox changes, reload, deliveries, cancellations, dispatch, keep-alive."""
+        """One turn: worker events, inbox changes, reload, deliveries, cancellations, dispatch, keep-alive.
+
+        Each verb runs under the guard: one that fails (a share gone, a full state disk, a worker that just died)
+        is logged, counted and retried with back-off while the others, and the status server, go on."""
         timeout = self.intake.wait_at_most(timeout)
-        for event in self.pool.wait_events(timeout):
-            self.endings.handle_event(event)
-        if self.intake.needs_scan(self.watcher.drain() if self.watcher else False):
-            self.intake.scan_inbox()
+        if not self.guard.run("worker events", lambda: self.held_events.extend(self.pool.wait_events(timeout))):
+            time.sleep(timeout)  # never spin while waiting on the workers fails
+        self.guard.run("job endings", self.handle_held_events)
+        self.guard.run("inbox scan", self.scan_if_needed)
         if self.reload_requested:
             self.reload_requested = False
-            self.reload()
-        self.finisher.retry_due(time.monotonic())
-        self.endings.apply_cancellations()
-        self.dispatch()
-        self.keep_alive(time.monotonic())
+            self.guard.run("reload", self.reload)
+        self.guard.run("deliveries", lambda: self.finisher.retry_due(time.monotonic()))
+        self.guard.run("cancellations", self.endings.apply_cancellations)
+        self.guard.run("dispatch", self.dispatch)
+        self.guard.run("keep-alive", lambda: self.keep_alive(time.monotonic()))
+        self.guard.run("threads", self.threads.check)
         self.publish_snapshot()
 
+    def handle_held_events(self) -> None:
+        """The workers' reports, oldest first; one whose handling fails stays first, to be handled on a retry."""
+        while self.held_events:
+            self.endings.handle_event(self.held_events[0])
+            self.held_events.popleft()
+
+    def scan_if_needed(self) -> None:
+        if self.intake.needs_scan(self.watcher.drain() if self.watcher else False):
+            self.intake.scan_inbox()
+
     def keep_alive(self, now: float) -> None:
-        """Heartbeat for the other hosts, stale-claim takeover, WATCHDOG=1 and STATUS= (each at its own pace)."""
+        """Stale-claim takeover (guarded on its own), then WATCHDOG=1 and STATUS= (each at its own pace)."""
         if now - self._last_takeover >= self.heartbeat_seconds:  # the heartbeat itself beats from its own thread
             self._last_takeover = now
-            self.recovery.take_over_stale_claims(self.cfg)
-            self.drop_taken_claims()
+            self.guard.run("takeover", self.take_over)
+            self.guard.run("adopt", lambda: self.recovery.adopt_unrecorded(self.cfg))
         lines = []
         if self._watchdog_every is not None and now - self._last_watchdog >= self._watchdog_every:
             self._last_watchdog = now
@@ -179,6 +212,11 @@ class Daemon:
             lines.append(f"STATUS={self.status_line()}")
         if lines:
             notify(*lines)
+
+    def take_over(self) -> None:
+        """Resume the claims of hosts that stopped beating; drop ours that another host took."""
+        self.recovery.take_over_stale_claims(self.cfg)
+        self.drop_taken_claims()
 
     @property
     def heartbeat_seconds(self) -> float:
@@ -200,7 +238,7 @@ class Daemon:
         """SIGHUP: re-read and validate the config; apply what can change live, keep the old one if invalid."""
         try:
             new = self.reloader()
-        except (ConfigError, OSError) as exc:
+        except (ConfigError, OSError, ValueError) as exc:  # ValueError: a file that is not UTF-8, say
             logger.error("reload refused, keeping the running config: {}", exc)
             return
         live, restart = changed_keys(self.cfg, new)
@@ -252,6 +290,8 @@ class Daemon:
         folders = (self.cfg.inbox, self.cfg.outbox, self.cfg.failed, self.cfg.state_dir)
         return {"queue_depth": len(self.queue), "workers_alive": self.pool.alive, "workers": self.cfg.workers,
                 "in_progress": len(self.pool.busy()), "watcher_alive": bool(self.watcher and self.watcher.is_alive()),
+                "threads_alive": self.threads.alive(), "thread_restarts": self.threads.restarts(),
+                "loop_errors": self.guard.failures(), "failing_steps": self.guard.failing(),
                 "waiting_in_inbox": self.intake.waiting, "stopping": self.stopping,
                 "unwritable_folders": [str(f) for f in folders if not os.access(f, os.W_OK | os.X_OK)],
                 "callbacks_pending": self.callbacks.pending, "worker_toolkits": self.pool.toolkits(),

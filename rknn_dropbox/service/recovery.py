@@ -58,6 +58,19 @@ class Recovery:
             else:
                 self.store.mark_failed(record.id, LOST_ERROR, hint=None, stage=None)
 
+    def adopt_unrecorded(self, cfg: Config) -> None:
+        """Job folders in our claim folder without a store row (claimed, then writing the row failed: a full state
+        disk, a locked database) are resumed, as after a restart: nothing claimed is left behind."""
+        try:
+            names = sorted(os.listdir(cfg.claim_dir))
+        except OSError:
+            return
+        for name in names:
+            if name.startswith(".") or self.store.get(name) is not None or not (cfg.claim_dir / name).is_dir():
+                continue
+            logger.warning("job {} is in the work area but not in the job store; resuming it", name)
+            self.resume_claim(cfg, JobDir(cfg.claim_dir / name), "a claim whose job row could not be written")
+
     def take_over_stale_claims(self, cfg: Config) -> None:
         """Resume the claims of hosts that stopped beating (a shared inbox only)."""
         if cfg.work_dir is not None:

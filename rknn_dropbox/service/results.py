@@ -11,7 +11,7 @@ from typing import Any
 from loguru import logger
 
 from rknn_dropbox import __version__
-from rknn_dropbox.intake.delivery import DeliveryError, deliver, deliver_report
+from rknn_dropbox.intake.delivery import DeliveryError, deliver, deliver_report, find_delivered
 from rknn_dropbox.intake.workarea import JobDir, write_json_atomic
 from rknn_dropbox.service.callbacks import PENDING, CallbackSender
 from rknn_dropbox.status.metrics import new_job_costs, observe_job_costs
@@ -133,17 +133,22 @@ class Finisher:
         """Move the job whole into outbox/ or failed/ and record it; when that fails, retry later."""
         record = self._record(job_id)
         if not Path(record.work_path).is_dir():
-            self.drop_taken(job_id)
+            found = find_delivered([self.outbox, self.failed], job_id)
+            if found:  # delivered already; recording it was what failed (a full state disk, say)
+                self.pending.pop(job_id, None)
+                self.record_found_delivery(job_id, *found)
+            else:
+                self.drop_taken(job_id)
             return
         try:
             folder = deliver(JobDir(Path(record.work_path)), self.outbox if success else self.failed, record.name,
                              {RESULT_FILE if success else ERROR_FILE: payload})
         except DeliveryError as exc:
             logger.error("job {}: {}; will retry in {:.0f} s", job_id, exc.strerror, DELIVERY_RETRY_SECONDS)
-            self.store.mark_delivery_pending(job_id, exc.strerror)
-            self._persist_pending(record, success, payload)
             self.pending[job_id] = PendingDelivery(job_id, success, payload,
                                                    time.monotonic() + DELIVERY_RETRY_SECONDS)
+            self._persist_pending(record, success, payload)
+            self.store.mark_delivery_pending(job_id, exc.strerror)
             return
         self.pending.pop(job_id, None)
         if success:
