@@ -187,6 +187,9 @@ class Finisher:
             success, payload = bool(kept["success"]), dict(kept["payload"])
         except (OSError, ValueError, KeyError, TypeError):
             return False
+        if payload.get("task_id") != job_id:  # written by hand into the work area: not this job's outcome
+            logger.warning("job {}: ignoring a delivery.json that is not this job's", job_id)
+            return False
         logger.info("job {}: delivering the outcome kept from the previous run", job_id)
         self.deliver(job_id, success, payload)
         return True
