@@ -35,6 +35,7 @@ from rknn_dropbox.service.startup import (  # noqa: F401  (StartupError, prepare
     StartupError, bind_status_server, open_store_path, prepare_folders, watcher_problem,
 )
 from rknn_dropbox.service.routing import ToolkitRouter, missing_default, toolkit_folder
+from rknn_dropbox.service.share import ShareWatch
 from rknn_dropbox.service.systemd import notify, watchdog_interval
 from rknn_dropbox.service.threads import ThreadKeeper
 from rknn_dropbox.store import QUEUED, JobRecord, JobStore
@@ -77,7 +78,10 @@ class Daemon:
         self.heartbeat = Heartbeat(cfg.claim_dir, lambda: self.heartbeat_seconds)
         self.guard = StepGuard()
         self.threads = ThreadKeeper()
-        self.held_events: deque[PoolEvent] = deque()  # the workers' reports not yet handled (oldest first)
+        self.held_events: deque[tuple[PoolEvent, bool]] = deque()  # reports not yet handled, and if during an outage
+        self.share = ShareWatch({"inbox": cfg.inbox, "outbox": cfg.outbox, "failed": cfg.failed,
+                                 **({"work_dir": cfg.work_dir} if cfg.work_dir is not None else {})})
+        self.finisher.share_available = lambda: self.share.check(force=True)
         self.published_snapshot: dict[str, Any] = {}  # what the status server reads; replaced whole each step
 
     # ---- start-up and the loop --------------------------------------------------------------------------------
@@ -173,24 +177,48 @@ class Daemon:
         Each verb runs under the guard: one that fails (a share gone, a full state disk, a worker that just died)
         is logged, counted and retried with back-off while the others, and the status server, go on."""
         timeout = self.intake.wait_at_most(timeout)
-        if not self.guard.run("worker events", lambda: self.held_events.extend(self.pool.wait_events(timeout))):
+        if not self.guard.run("worker events", lambda: self.receive_events(timeout)):
             time.sleep(timeout)  # never spin while waiting on the workers fails
-        self.guard.run("job endings", self.handle_held_events)
-        self.guard.run("inbox scan", self.scan_if_needed)
+        here = self.guard.run("share", self.share_check) and self.share.available
+        if here:  # the share away: nothing new is converted, nothing delivered, no job failed for it
+            self.guard.run("job endings", self.handle_held_events)
+            self.guard.run("inbox scan", self.scan_if_needed)
         if self.reload_requested:
             self.reload_requested = False
             self.guard.run("reload", self.reload)
-        self.guard.run("deliveries", lambda: self.finisher.retry_due(time.monotonic()))
-        self.guard.run("cancellations", self.endings.apply_cancellations)
-        self.guard.run("dispatch", self.dispatch)
+        if here:
+            self.guard.run("deliveries", lambda: self.finisher.retry_due(time.monotonic()))
+            self.guard.run("cancellations", self.endings.apply_cancellations)
+            self.guard.run("dispatch", self.dispatch)
         self.guard.run("keep-alive", lambda: self.keep_alive(time.monotonic()))
-        self.guard.run("threads", self.threads.check)
+        if here:
+            self.guard.run("threads", self.threads.check)
         self.publish_snapshot()
+
+    def receive_events(self, timeout: float) -> None:
+        """The workers' reports, held with whether the share was away when they came (a job that failed then
+        failed for the outage, not for its model: it is converted again)."""
+        away = not self.share.available
+        self.held_events.extend((event, away) for event in self.pool.wait_events(timeout))
+
+    def share_check(self) -> None:
+        """Look at the share; when it came back, watch inbox afresh (inotify lost its watches) and rescan."""
+        self.share.check()
+        if self.share.came_back:
+            self.share.came_back = False
+            self.finisher.retry_all_soon()
+            self.intake.last_full_scan = 0.0
+            if self.started:
+                self.restart_watcher()
 
     def handle_held_events(self) -> None:
         """The workers' reports, oldest first; one whose handling fails stays first, to be handled on a retry."""
         while self.held_events:
-            self.endings.handle_event(self.held_events[0])
+            event, during_outage = self.held_events[0]
+            if during_outage and self.endings.failed_for_the_outage(event):
+                self.endings.retry_after_outage(event)
+            else:
+                self.endings.handle_event(event)
             self.held_events.popleft()
 
     def scan_if_needed(self) -> None:
@@ -199,7 +227,7 @@ class Daemon:
 
     def keep_alive(self, now: float) -> None:
         """Stale-claim takeover (guarded on its own), then WATCHDOG=1 and STATUS= (each at its own pace)."""
-        if now - self._last_takeover >= self.heartbeat_seconds:  # the heartbeat itself beats from its own thread
+        if now - self._last_takeover >= self.heartbeat_seconds and self.share.available:  # it beats on its own
             self._last_takeover = now
             self.guard.run("takeover", self.take_over)
             self.guard.run("adopt", lambda: self.recovery.adopt_unrecorded(self.cfg))
@@ -229,6 +257,8 @@ class Daemon:
             record = self.store.get(job_id)
             if record is None or not record.work_path or Path(record.work_path).is_dir():
                 continue
+            if not self.share.check(force=True):
+                return  # the folder is missing because the share is: nothing was taken
             self.pool.kill_job(job_id, "taken over")
             if job_id in self.queue:
                 self.queue.remove(job_id)
@@ -292,6 +322,7 @@ class Daemon:
                 "in_progress": len(self.pool.busy()), "watcher_alive": bool(self.watcher and self.watcher.is_alive()),
                 "threads_alive": self.threads.alive(), "thread_restarts": self.threads.restarts(),
                 "loop_errors": self.guard.failures(), "failing_steps": self.guard.failing(),
+                "share_missing": list(self.share.missing), "share_outages": self.share.outages,
                 "waiting_in_inbox": self.intake.waiting, "stopping": self.stopping,
                 "unwritable_folders": [str(f) for f in folders if not os.access(f, os.W_OK | os.X_OK)],
                 "callbacks_pending": self.callbacks.pending, "worker_toolkits": self.pool.toolkits(),

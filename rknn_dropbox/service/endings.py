@@ -67,6 +67,23 @@ class JobEndings:
             self.finisher.fail(event.job_id, f"timed out after {detail.seconds:.0f} s (timeout_seconds)",
                                "raise timeout_seconds for very large models")
 
+    @staticmethod
+    def failed_for_the_outage(event: PoolEvent) -> bool:
+        """A job that ended without an outcome (failed, died, timed out) while the share was away."""
+        if event.kind is EventKind.DONE and isinstance(event.detail, JobDone):
+            return not event.detail.ok
+        return event.kind in (EventKind.DIED, EventKind.TIMEOUT)
+
+    def retry_after_outage(self, event: PoolEvent) -> None:
+        """Its files were out of reach, not wrong: back to the queue's front, not counted as an attempt."""
+        self.record_peak(event.job_id, None)
+        job = self.job_dir(event.job_id)
+        if job:
+            shutil.rmtree(job.root / "tmp", ignore_errors=True)
+        logger.warning("job {} ended while the share was away; converting it again", event.job_id)
+        self.store.mark_queued(event.job_id)
+        self.queue.appendleft(event.job_id)
+
     def retry_alone(self, job_id: str, death: WorkerDeath) -> bool:
         """A worker the kernel killed while other jobs ran (an OOM kill, most likely): the job goes back to the
         queue's front, counted as an attempt, and starts only when no other job runs. Deaths that repeat on the

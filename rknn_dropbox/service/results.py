@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from loguru import logger
 
@@ -110,6 +111,7 @@ class Finisher:
         self.callbacks = callbacks
         self.callbacks_running = False  # before start-up ends, callbacks are marked pending and sent at its end
         self.pending: dict[str, PendingDelivery] = {}
+        self.share_available: Callable[[], bool] = lambda: True  # the daemon's ShareWatch
         self.job_costs = new_job_costs()  # verification/repair seconds and peak RSS of completed jobs (/metrics)
 
     def complete(self, job_id: str, result: dict[str, Any]) -> None:
@@ -133,6 +135,8 @@ class Finisher:
         """Move the job whole into outbox/ or failed/ and record it; when that fails, retry later."""
         record = self._record(job_id)
         if not Path(record.work_path).is_dir():
+            if not self.share_available():  # momentarily missing with the share: tried again when it is back
+                raise FileNotFoundError(errno.ENOENT, "the share is unavailable", record.work_path)
             found = find_delivered([self.outbox, self.failed], job_id)
             if found:  # delivered already; recording it was what failed (a full state disk, say)
                 self.pending.pop(job_id, None)
