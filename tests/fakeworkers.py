@@ -89,8 +89,9 @@ def start_daemon(cfg, started: list, drops: tuple[str, ...] = (), target=by_name
     return d
 
 
-def fails_fast(conn: Connection, parent_pid: int) -> None:
-    """Ends every job at once with a (fake) conversion failure: the job goes to failed/ with its inputs."""
+def fails_fast(conn: Connection, parent_pid: int, toolkit_folder: str | None = None) -> None:
+    """Ends every job at once with a (fake) conversion failure naming the worker's toolkit folder: the job goes to
+    failed/ with its inputs."""
     def behave(conn, order):
-        conn.send(JobDone(order.job_id, False, error="fake conversion failure", hint=None))
+        conn.send(JobDone(order.job_id, False, error=f"fake conversion failure ({toolkit_folder})", hint=None))
     _serve(conn, behave)

@@ -273,7 +273,7 @@ class Daemon:
             return
         live, restart = changed_keys(self.cfg, new)
         self.cfg = apply_live(self.cfg, new, live)
-        push_live_settings(self.cfg, self.scanner, self.pool)
+        push_live_settings(self.cfg, self.scanner, self.pool, self.memory.admission)
         if "log_level" in live:
             setup_logging(self.cfg.log_level)
         logger.info("config reloaded from {}: {}{}", self.cfg.source or "defaults",
@@ -303,12 +303,13 @@ class Daemon:
             if pid is None:
                 self.memory.not_started(job_id)
                 waiting[toolkit] = waiting.get(toolkit, 0) + 1
+                # room now, before later jobs take the idle workers: only the versions of the jobs up to this one
+                # keep theirs (else a job of another version waits for ever under steady load)
+                self.pool.make_room(toolkit, waiting[toolkit], set(waiting))
                 continue
             self.queue.remove(job_id)
             self.store.mark_processing(job_id, pid)
             logger.info("job {} ({}) started with rknn-toolkit2 {}", job_id, record.name, toolkit)
-        for toolkit, count in waiting.items():
-            self.pool.make_room(toolkit, count, set(waiting))
 
     def work_order(self, record: JobRecord) -> WorkOrder:
         return WorkOrder(record.id, record.work_path, record.name, self.cfg.convert.to_json(),

@@ -49,6 +49,7 @@ class JobEndings:
             retry = self.router.retry(event.job_id, detail)  # another toolkit version: back to the queue's front
             if retry is not None:
                 logger.warning("job {}: {}", event.job_id, retry.reason)
+                self._clear_scratch(event.job_id)  # an archive unpacked there is unpacked afresh by the next try
                 self.store.mark_queued(event.job_id)
                 self.queue.appendleft(event.job_id)
             elif detail.ok and detail.result is not None:
@@ -77,9 +78,7 @@ class JobEndings:
     def retry_after_outage(self, event: PoolEvent) -> None:
         """Its files were out of reach, not wrong: back to the queue's front, not counted as an attempt."""
         self.record_peak(event.job_id, None)
-        job = self.job_dir(event.job_id)
-        if job:
-            shutil.rmtree(job.root / "tmp", ignore_errors=True)
+        self._clear_scratch(event.job_id)
         logger.warning("job {} ended while the share was away; converting it again", event.job_id)
         self.store.mark_queued(event.job_id)
         self.queue.appendleft(event.job_id)
@@ -130,6 +129,11 @@ class JobEndings:
                 self._discard_partial_work(job_id)
                 self.finisher.cancel(job_id, "running")
             # else: not held by this daemon
+
+    def _clear_scratch(self, job_id: str) -> None:
+        job = self.job_dir(job_id)
+        if job:
+            shutil.rmtree(job.root / "tmp", ignore_errors=True)
 
     def _discard_partial_work(self, job_id: str) -> None:
         """A killed conversion's half-written outputs and scratch files; its log is kept."""

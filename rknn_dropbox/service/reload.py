@@ -9,6 +9,7 @@ from rknn_dropbox.config import Config
 
 if TYPE_CHECKING:
     from rknn_dropbox.intake.scanner import InboxScanner
+    from rknn_dropbox.service.admission import MemoryAdmission
     from rknn_dropbox.service.pool import WorkerPool
 
 # Read at every use by the loop, the scanner or the pool: safe to swap while running.
@@ -33,8 +34,11 @@ def apply_live(old: Config, new: Config, live: list[str]) -> Config:
     return replace(old, **{k: getattr(new, k) for k in live})
 
 
-def push_live_settings(cfg: Config, scanner: "InboxScanner", pool: "WorkerPool") -> None:
-    """Hand the reloaded live keys to the scanner and the pool, which keep their own copies."""
+def push_live_settings(cfg: Config, scanner: "InboxScanner", pool: "WorkerPool",
+                       admission: "MemoryAdmission | None" = None) -> None:
+    """Hand the reloaded live keys to the scanner, the pool and the memory admission, which keep their own copies."""
+    if admission is not None:
+        admission.reserve_mb = cfg.memory_reserve_mb
     scanner.stable_seconds = cfg.stable_seconds
     scanner.bundle_timeout_seconds = cfg.bundle_timeout_seconds
     scanner.max_file_size = cfg.max_file_size

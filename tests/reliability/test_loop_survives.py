@@ -76,3 +76,12 @@ def test_sighup_with_a_config_that_cannot_be_read_keeps_the_old_one(box: DaemonP
                    ("not UTF-8 text" in line or "not valid TOML" in line) for line in tail), tail
     finally:
         box.config_path.write_bytes(good)
+
+
+def test_a_file_name_with_a_newline_forges_no_log_line(box: DaemonProcess) -> None:
+    name = "evil\nCRITICAL forged: every job deleted.txt"
+    (box.inbox / name).write_text("not a model\n")
+    box.wait_failed(name, timeout=60)
+    lines = box.log().splitlines()
+    assert not [line for line in lines if line.startswith("CRITICAL forged")], "a dropped name forged a log line"
+    assert any("evil\\nCRITICAL forged: every job deleted.txt" in line for line in lines)
