@@ -14,7 +14,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from rknn_dropbox.convert.options import ConvertOptions, OptionsError, parse_convert_options
+from rknn_dropbox.options import ConvertOptions, OptionsError, parse_convert_options
 
 
 class ConfigError(ValueError):

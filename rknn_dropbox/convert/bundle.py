@@ -8,7 +8,7 @@ from typing import Any
 
 from rknn_dropbox.convert.calibration import calibration_dataset, is_calibration_file, verification_dataset
 from rknn_dropbox.convert.model_config import ModelConfigRefs, is_model_config, model_config_to_options
-from rknn_dropbox.convert.options import ConvertOptions, OptionsError, parse_convert_options, read_yaml_mapping
+from rknn_dropbox.options import ConvertOptions, OptionsError, parse_convert_options, read_yaml_mapping
 from rknn_dropbox.formats import (
     FORMATS, PAIR_FORMATS, SUPPORTED_HINT, Format, FormatError, IntegrityError, by_name, find_sets,
     format_for_extension, sniff,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rknn_dropbox.convert.options import ConvertOptions
+from rknn_dropbox.options import ConvertOptions
 from rknn_dropbox.formats import FormatError
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp")

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rknn_dropbox.convert.options import OptionsError, read_yaml_mapping
+from rknn_dropbox.options import OptionsError, read_yaml_mapping
 from rknn_dropbox.intake.sidecars import bundle_files, find_sidecars
 from rknn_dropbox.intake.tree import TooDeep
 from rknn_dropbox.intake.workarea import MANIFEST, JobDir, fsync_dir, write_json_atomic

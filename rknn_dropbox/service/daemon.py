@@ -355,6 +355,8 @@ class Daemon:
                 (job.root / "conversion.raw").unlink(missing_ok=True)
             self.store.mark_queued(job_id)
             logger.info("job {} left queued; it resumes on the next start", job_id)
+        self.finisher.copier.stop()  # copies under way to another filesystem finish, and are recorded
+        self.finisher.collect_copies()
         self.callbacks.stop()
         if self.server is not None:
             if self.serving:

@@ -120,7 +120,7 @@ class JobEndings:
         """Cancel what `rknn-dropbox cancel` flagged in the store: a queued job leaves the queue, a running one
         loses its worker; either way its inputs go to failed/ and the task reads "cancelled"."""
         for job_id in self.store.cancel_requested_ids():
-            if job_id in self.finisher.pending:
+            if job_id in self.finisher.pending or self.finisher.copier.busy(job_id):
                 continue  # it finished already; only its delivery is pending
             if job_id in self.queue:
                 self.queue.remove(job_id)

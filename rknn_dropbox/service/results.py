@@ -13,8 +13,9 @@ from loguru import logger
 
 from rknn_dropbox import __version__
 from rknn_dropbox.intake.delivery import DeliveryError, deliver, deliver_report, find_delivered
-from rknn_dropbox.intake.workarea import JobDir, write_json_atomic
+from rknn_dropbox.intake.workarea import JobDir, same_filesystem, write_json_atomic
 from rknn_dropbox.service.callbacks import PENDING, CallbackSender
+from rknn_dropbox.service.copier import DeliveryCopier
 from rknn_dropbox.status.metrics import new_job_costs, observe_job_costs
 from rknn_dropbox.store import CANCELLED, COMPLETED, FAILED, FINAL_STATUSES, JobRecord, JobStore
 
@@ -94,6 +95,11 @@ def read_delivered(folder: Path, fname: str) -> DeliveredOutcome:
 
 
 # ---- delivering and recording -----------------------------------------------------------------------------------
+def _other_filesystem(job_root: Path, dest: Path) -> bool:
+    try:
+        return not same_filesystem(job_root, dest)
+    except OSError:
+        return False  # delivered inline: deliver() says what is wrong
 @dataclass
 class PendingDelivery:
     job_id: str
@@ -111,6 +117,7 @@ class Finisher:
         self.callbacks = callbacks
         self.callbacks_running = False  # before start-up ends, callbacks are marked pending and sent at its end
         self.pending: dict[str, PendingDelivery] = {}
+        self.copier = DeliveryCopier()
         self.share_available: Callable[[], bool] = lambda: True  # the daemon's ShareWatch
         self.job_costs = new_job_costs()  # verification/repair seconds and peak RSS of completed jobs (/metrics)
 
@@ -144,16 +151,42 @@ class Finisher:
             else:
                 self.drop_taken(job_id)
             return
-        try:
-            folder = deliver(JobDir(Path(record.work_path)), self.outbox if success else self.failed, record.name,
-                             {RESULT_FILE if success else ERROR_FILE: payload})
-        except DeliveryError as exc:
-            logger.error("job {}: {}; will retry in {:.0f} s", job_id, exc.strerror, DELIVERY_RETRY_SECONDS)
-            self.pending[job_id] = PendingDelivery(job_id, success, payload,
-                                                   time.monotonic() + DELIVERY_RETRY_SECONDS)
-            self._persist_pending(record, success, payload)
-            self.store.mark_delivery_pending(job_id, exc.strerror)
+        if self.copier.busy(job_id):
+            return  # its copy to another filesystem is under way
+        job, dest = JobDir(Path(record.work_path)), self.outbox if success else self.failed
+        files = {RESULT_FILE if success else ERROR_FILE: payload}
+        if _other_filesystem(job.root, dest):  # a copy, maybe long: off the loop's thread
+            logger.info("job {}: copying it to {} (another filesystem) in the background", job_id, dest)
+            self.copier.start(job_id, success, payload, lambda: deliver(job, dest, record.name, files))
             return
+        try:
+            folder = deliver(job, dest, record.name, files)
+        except DeliveryError as exc:
+            self._wait_to_retry(record, success, payload, exc)
+            return
+        self._record_delivery(record, success, payload, folder)
+
+    def collect_copies(self) -> None:
+        """Record the background copies that finished (or wait to retry those that failed)."""
+        for copy in self.copier.finished():
+            record = self._record(copy.job_id)
+            try:
+                folder = copy.future.result()
+            except OSError as exc:
+                self._wait_to_retry(record, copy.success, copy.payload,
+                                    exc if isinstance(exc, DeliveryError) else DeliveryError(exc.errno, str(exc)))
+                continue
+            self._record_delivery(record, copy.success, copy.payload, folder)
+
+    def _wait_to_retry(self, record: JobRecord, success: bool, payload: dict[str, Any], exc: DeliveryError) -> None:
+        logger.error("job {}: {}; will retry in {:.0f} s", record.id, exc.strerror, DELIVERY_RETRY_SECONDS)
+        self.pending[record.id] = PendingDelivery(record.id, success, payload,
+                                                  time.monotonic() + DELIVERY_RETRY_SECONDS)
+        self._persist_pending(record, success, payload)
+        self.store.mark_delivery_pending(record.id, exc.strerror)
+
+    def _record_delivery(self, record: JobRecord, success: bool, payload: dict[str, Any], folder: Path) -> None:
+        job_id = record.id
         self.pending.pop(job_id, None)
         if success:
             self.store.mark_completed(job_id, str(folder))
@@ -228,6 +261,7 @@ class Finisher:
         self.notify_callback(job_id)
 
     def retry_due(self, now: float) -> None:
+        self.collect_copies()
         for pending in list(self.pending.values()):
             if pending.next_try <= now:
                 self.deliver(pending.job_id, pending.success, pending.payload)

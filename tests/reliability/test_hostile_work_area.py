@@ -16,7 +16,7 @@ import pytest
 import modelgen
 from rknn_dropbox.config import Config, config_from_mapping
 from rknn_dropbox.convert.bundle import BundleError, inspect_bundle
-from rknn_dropbox.convert.options import ConvertOptions
+from rknn_dropbox.options import ConvertOptions
 from rknn_dropbox.intake.claims import claim_bundle
 from rknn_dropbox.intake.hosts import HEARTBEAT
 from rknn_dropbox.intake.workarea import write_json_atomic
