@@ -74,6 +74,11 @@ def _manifest_problem(data: Any, folder: str) -> str | None:
         return "its entries are not plain file names inside the claim"
     if not isinstance(data.get("kind"), str):
         return "its kind is not a word"
+    causes = data.get("attempt_causes", [])
+    if not (isinstance(causes, list) and len(causes) <= 100 and all(isinstance(c, str) for c in causes)):
+        return "its attempt_causes are not sentences"
+    if not isinstance(data.get("toolkit_plan", ""), str):
+        return "its toolkit_plan is not text"
     rejection = data.get("rejection")
     if rejection is not None and not (isinstance(rejection, dict) and isinstance(rejection.get("error"), str)
                                       and isinstance(rejection.get("hint"), (str, type(None)))):
@@ -95,6 +100,17 @@ def read_manifest(root: Path) -> dict[str, Any]:
     if problem:
         raise ManifestError(f"job.json cannot be trusted: {problem}")
     return data
+
+
+def note_in_manifest(job: JobDir, **fields: Any) -> None:
+    """Keep what the job store learnt about a job (its attempts, its toolkit plan) in its job.json too, so that a
+    host taking the claim over knows it; best effort (the store stays the reference for this host)."""
+    try:
+        data = read_manifest(job.root)
+        data.update(fields)
+        write_json_atomic(job.root / MANIFEST, data)
+    except (OSError, ValueError):
+        pass
 
 
 def linked_parts(job: JobDir) -> list[str]:

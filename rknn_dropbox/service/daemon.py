@@ -66,7 +66,7 @@ class Daemon:
                                   self.queue, lambda: self.cfg, lambda: len(self.pool.busy()))
         self.endings = JobEndings(self.store, self.queue, self.pool, self.memory, self.router, self.finisher,
                                   lambda: self.cfg)
-        self.recovery = Recovery(self.store, self.finisher, self.queue, self.intake.report_unclaimable)
+        self.recovery = Recovery(self.store, self.finisher, self.queue, self.intake.report_unclaimable, self.router)
         self.watcher: InboxWatcher | None = None
         self.server: Any = None
         self.serving = False  # the status server's threads run (it may be bound and not yet serving)

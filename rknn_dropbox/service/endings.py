@@ -11,7 +11,7 @@ from typing import Any, Callable
 from loguru import logger
 
 from rknn_dropbox.config import Config
-from rknn_dropbox.intake.workarea import JobDir
+from rknn_dropbox.intake.workarea import JobDir, note_in_manifest
 from rknn_dropbox.joblog import finish_log
 from rknn_dropbox.service.admission import MemoryGate
 from rknn_dropbox.service.messages import EventKind, JobDone, JobProgress, JobTimeout, PoolEvent, WorkerDeath
@@ -90,7 +90,10 @@ class JobEndings:
         record = self.store.get(job_id)
         if record is None or not death.kernel_kill_beside_others or record.attempts + 1 >= self.config().max_attempts:
             return False
-        self.store.record_interrupted_attempt(record, death.cause)
+        causes = self.store.record_interrupted_attempt(record, death.cause)
+        job = self.job_dir(job_id)
+        if job:
+            note_in_manifest(job, attempt_causes=causes)
         logger.warning("job {}: {} while other jobs ran: retrying it alone", job_id, death.cause)
         self.store.mark_queued(job_id)
         self.queue.appendleft(job_id)

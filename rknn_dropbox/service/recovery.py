@@ -16,11 +16,12 @@ from rknn_dropbox.intake.delivery import find_delivered, repair_interrupted_deli
 from rknn_dropbox.intake.hosts import take_over_stale_claims
 from rknn_dropbox.intake.scanner import split_name
 from rknn_dropbox.intake.workarea import (
-    INPUT_DIR, MANIFEST, JobDir, ManifestError, is_job_id, linked_parts,
+    INPUT_DIR, MANIFEST, JobDir, ManifestError, is_job_id, linked_parts, note_in_manifest,
 )
 from rknn_dropbox.joblog import finish_log
 from rknn_dropbox.service.guard import describe
 from rknn_dropbox.service.results import ERROR_FILE, RESULT_FILE, Finisher
+from rknn_dropbox.service.routing import ToolkitRouter
 from rknn_dropbox.store import FINAL_STATUSES, PROCESSING, JobRecord, JobStore
 
 CLAIM_INTERRUPTED = "claim interrupted"
@@ -34,8 +35,9 @@ class Recovery:
     """Turns job folders found in our claim folder back into queued jobs (or finished ones)."""
 
     def __init__(self, store: JobStore, finisher: Finisher, queue: deque[str],
-                 unclaimable: Callable[..., None]) -> None:
+                 unclaimable: Callable[..., None], router: ToolkitRouter | None = None) -> None:
         self.store = store
+        self.router = router  # told the toolkit plan a taken-over job carries
         self.finisher = finisher
         self.queue = queue
         self.unclaimable = unclaimable  # (name, entries, ClaimError, job_id): report a claim that cannot finish
@@ -163,6 +165,7 @@ class Recovery:
         """A conversion the daemon died under counts as an attempt; at max_attempts the job fails, listing every
         attempt's cause (a model that takes the whole service down is not retried without end). True if it failed."""
         causes = self.store.record_interrupted_attempt(record, f"{INTERRUPTED} (left by {left_by})")
+        note_in_manifest(JobDir(Path(record.work_path)), attempt_causes=causes)
         attempts = len(causes)
         if attempts < cfg.max_attempts:
             return False
@@ -199,10 +202,15 @@ class Recovery:
         folder; a row made from a manifest carries what the claim knew (callback_url, attempts, toolkit plan)."""
         record = self.store.get(job.job_id)
         if record is None:
+            causes = list((manifest or {}).get("attempt_causes", []))
             record = JobRecord(id=job.job_id, name=name, work_path=str(job.root),
                                target=",".join(cfg.convert.target_platform),
-                               callback_url=callback_url_for(job.input, cfg.convert.callback_url))
+                               callback_url=callback_url_for(job.input, cfg.convert.callback_url),
+                               attempts=len(causes), attempt_causes=causes,
+                               toolkit_plan=(manifest or {}).get("toolkit_plan") or None)
             self.store.add(record)
+            if record.toolkit_plan and self.router is not None:
+                self.router.learn(job.job_id, record.toolkit_plan)
         elif record.work_path != str(job.root):
             self.store.set_work_path(job.job_id, str(job.root))
         return record

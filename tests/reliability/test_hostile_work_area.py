@@ -172,3 +172,28 @@ def test_the_worker_does_not_follow_a_link_swapped_into_a_claimed_input(tmp_path
     (input_dir / "dataset.txt").symlink_to(secret)  # swapped in after the scanner checked the bundle
     with pytest.raises(BundleError, match=r"dataset.txt is a symbolic link; links are not followed"):
         inspect_bundle(input_dir, "net", ConvertOptions(), tmp_path / "job" / "tmp")
+
+
+def test_a_takeover_keeps_the_callback_the_attempts_and_the_toolkit_plan(tmp_path: Path) -> None:
+    from rknn_dropbox.intake.workarea import JobDir, note_in_manifest
+    cfg = _config(tmp_path)
+    dead = cfg.claim_dir.parent / "dead-host"
+    (cfg.inbox / "net.onnx").write_bytes(b"model")
+    (cfg.inbox / "net.yaml").write_text("callback_url: https://ci.example/hook\n")
+    job = claim_bundle(cfg.inbox, dead, "net", ["net.onnx", "net.yaml"], "file")
+    # what the dead host had learnt: one attempt it died under, a handover to rknn-toolkit2 2.3.2
+    note_in_manifest(job, attempt_causes=["attempt 1: the daemon stopped while converting it"],
+                     toolkit_plan=json.dumps({"toolkit": "2.3.2", "crashed": [], "handovers": 1}))
+    (dead / HEARTBEAT).write_text("1\n")
+    old = time.time() - 3600
+    os.utime(dead / HEARTBEAT, (old, old))
+    d = Daemon(cfg)
+    try:
+        d.recovery.take_over_stale_claims(cfg)
+        record = d.store.get(job.job_id)
+        assert record.callback_url == "https://ci.example/hook"
+        assert record.attempts == 1 and record.attempt_causes[0].startswith("attempt 1:")
+        assert d.router.toolkit_of(job.job_id) == "2.3.2"
+        assert list(d.queue) == [job.job_id] and JobDir(cfg.claim_dir / job.job_id).input.is_dir()
+    finally:
+        d.store.close()

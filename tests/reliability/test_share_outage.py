@@ -77,7 +77,7 @@ def test_an_unmounted_share_is_waited_for_and_every_job_delivered_once(box_facto
                  os.listdir(server / "failed"), 180, what=f"{name} delivered")
     assert os.listdir(server / "failed") == [], box.log()[-3000:]
     assert sorted(os.listdir(server / "outbox")) == ["first", "second"]  # exactly once each
-    assert {t["status"] for t in box.tasks()} == {"completed"}
+    wait_for(lambda: {t["status"] for t in box.tasks()} == {"completed"}, 30, what="both recorded completed")
     assert box.get("/health")["status"] == "healthy"
     assert _metric(box.port, "rknn_dropbox_share_outages_total") == "1"
     log = box.log()
