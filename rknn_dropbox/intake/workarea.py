@@ -118,6 +118,15 @@ def linked_parts(job: JobDir) -> list[str]:
     return [p.name for p in (job.root, job.input, job.output) if p.is_symlink()]
 
 
+def folder_gone(path: Path) -> bool:
+    """True only when `path` is really not there (ENOENT); ESTALE, EIO ... raise: a share in trouble, not a move."""
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        return True
+    return False
+
+
 def same_filesystem(a: Path, b: Path) -> bool:
     return os.stat(a).st_dev == os.stat(b).st_dev
 

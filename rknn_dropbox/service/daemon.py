@@ -19,7 +19,7 @@ from rknn_dropbox.intake.hosts import Heartbeat
 from rknn_dropbox.intake.parked import ParkedEntries
 from rknn_dropbox.intake.scanner import InboxScanner
 from rknn_dropbox.intake.watcher import InboxWatcher
-from rknn_dropbox.intake.workarea import JobDir, write_json_atomic
+from rknn_dropbox.intake.workarea import JobDir, folder_gone, write_json_atomic
 from rknn_dropbox.logsetup import setup_logging
 from rknn_dropbox.service.admission import MemoryAdmission, MemoryGate, MemoryHistory
 from rknn_dropbox.service.callbacks import CallbackSender
@@ -255,7 +255,7 @@ class Daemon:
         deliver nothing; it is that host's job now."""
         for job_id in [*self.pool.busy(), *self.queue]:
             record = self.store.get(job_id)
-            if record is None or not record.work_path or Path(record.work_path).is_dir():
+            if record is None or not record.work_path or not folder_gone(Path(record.work_path)):
                 continue
             if not self.share.check(force=True):
                 return  # the folder is missing because the share is: nothing was taken

@@ -13,7 +13,7 @@ from loguru import logger
 
 from rknn_dropbox import __version__
 from rknn_dropbox.intake.delivery import DeliveryError, deliver, deliver_report, find_delivered
-from rknn_dropbox.intake.workarea import JobDir, same_filesystem, write_json_atomic
+from rknn_dropbox.intake.workarea import JobDir, folder_gone, same_filesystem, write_json_atomic
 from rknn_dropbox.service.callbacks import PENDING, CallbackSender
 from rknn_dropbox.service.copier import DeliveryCopier
 from rknn_dropbox.status.metrics import new_job_costs, observe_job_costs
@@ -141,7 +141,7 @@ class Finisher:
     def deliver(self, job_id: str, success: bool, payload: dict[str, Any]) -> None:
         """Move the job whole into outbox/ or failed/ and record it; when that fails, retry later."""
         record = self._record(job_id)
-        if not Path(record.work_path).is_dir():
+        if folder_gone(Path(record.work_path)):
             if not self.share_available():  # momentarily missing with the share: tried again when it is back
                 raise FileNotFoundError(errno.ENOENT, "the share is unavailable", record.work_path)
             found = find_delivered([self.outbox, self.failed], job_id)
