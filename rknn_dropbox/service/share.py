@@ -85,17 +85,16 @@ class ShareWatch:
         return self.available
 
     def _problems(self) -> list[str]:
-        info = _mountinfo()
-        problems = []
-        for name, path in self.folders.items():
-            mount = mount_of(self.resolved[name], info)
-            if info and mount != self.mounts[name]:
-                was = self.mounts[name]
-                problems.append(f"{name} {path}: the mount it was on ({was.mount_point if was else '?'}) is gone")
-                continue
+        problems: dict[str, str] = {}
+        for name, path in self.folders.items():  # stat first: it also brings back an automount that expired
             try:
                 if not stat.S_ISDIR(os.stat(path).st_mode):
-                    problems.append(f"{name} {path}: not a folder")
+                    problems[name] = f"{name} {path}: not a folder"
             except OSError as exc:  # ENOENT, ESTALE, EIO, ENOTCONN (a FUSE server that died)
-                problems.append(f"{name} {path}: {describe(exc)}")
-        return problems
+                problems[name] = f"{name} {path}: {describe(exc)}"
+        info = _mountinfo()
+        for name, path in self.folders.items():
+            was = self.mounts[name]
+            if name not in problems and info and mount_of(self.resolved[name], info) != was:
+                problems[name] = f"{name} {path}: the mount it was on ({was.mount_point if was else '?'}) is gone"
+        return [problems[name] for name in self.folders if name in problems]

@@ -134,3 +134,14 @@ def test_dead_threads_are_restarted_and_shown(tmp_path: Path, started: list[Daem
     assert 'rknn_dropbox_thread_restarts_total{thread="heartbeat"} 1' in text
     (cfg.inbox / "late.onnx").write_bytes(b"model")  # the new watcher wakes the loop
     _step_until(d, "the job done", lambda: _completed(d, "late"))
+
+
+def test_the_share_check_reads_the_mount_a_folder_is_on() -> None:
+    from rknn_dropbox.service.share import MountId, mount_of
+    info = ("22 1 8:1 / / rw - ext4 /dev/vda rw\n"
+            "40 22 0:50 / /srv/share rw - autofs systemd-1 rw\n"
+            "41 40 0:51 / /srv/share rw - nfs4 nas:/export rw\n")  # an automount, and the share mounted on it
+    assert mount_of("/srv/share/inbox", info) == MountId("/srv/share", "nfs4", "nas:/export")
+    assert mount_of("/srv/shared", info) == MountId("/", "ext4", "/dev/vda")
+    unmounted = info.rsplit("41 40", 1)[0]
+    assert mount_of("/srv/share/inbox", unmounted) == MountId("/srv/share", "autofs", "systemd-1")
