@@ -203,7 +203,8 @@ class Daemon:
 
     def share_check(self) -> None:
         """Look at the share; when it came back, watch inbox afresh (inotify lost its watches) and rescan."""
-        self.share.check()
+        if not self.share.check():
+            self.held_events = deque((event, True) for event, _ in self.held_events)  # unhandled when it went
         if self.share.came_back:
             self.share.came_back = False
             self.finisher.retry_all_soon()
@@ -215,6 +216,9 @@ class Daemon:
         """The workers' reports, oldest first; one whose handling fails stays first, to be handled on a retry."""
         while self.held_events:
             event, during_outage = self.held_events[0]
+            if not during_outage and self.endings.failed_for_the_outage(event) and not self.share.check(force=True):
+                self.share_check()  # it went just now: this failure may be the outage's; held as such
+                return
             if during_outage and self.endings.failed_for_the_outage(event):
                 self.endings.retry_after_outage(event)
             else:
