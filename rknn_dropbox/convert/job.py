@@ -18,7 +18,7 @@ from rknn_dropbox.convert.calibration import read_dataset_lines
 from rknn_dropbox.convert.repair import delivered_quantization
 from rknn_dropbox.convert.cache import ResultCache, cache_key
 from rknn_dropbox.convert.faults import inject_fault, injected_toolkit_crash
-from rknn_dropbox.convert.options import ConvertOptions, OptionsError, check_fp16_platforms, effective_quantization
+from rknn_dropbox.options import ConvertOptions, OptionsError, check_fp16_platforms, effective_quantization
 from rknn_dropbox.convert.accuracy import TargetAccuracy
 from rknn_dropbox.convert.simulator import bound_heap_growth, peak_rss_mb, reset_peak_rss
 from rknn_dropbox.convert.target import (

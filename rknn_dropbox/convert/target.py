@@ -12,11 +12,11 @@ from typing import Any, Callable
 
 from rknn_dropbox import __version__
 from rknn_dropbox.convert.bundle import ModelSpec
-from rknn_dropbox.convert.platforms import NO_FP16_PLATFORMS, dtype_platform_error
+from rknn_dropbox.platforms import NO_FP16_PLATFORMS, dtype_platform_error
 from rknn_dropbox.convert.rulefix import (
     AdvisedBuild, LogWindow, RuleCrash, Workaround, build_with_advice, failed_verification_story, rule_crash_error,
 )
-from rknn_dropbox.convert.toolkit_keys import toolkit_config_kwargs
+from rknn_dropbox.toolkit_keys import toolkit_config_kwargs
 from rknn_dropbox.convert.toolkit_log import (
     BUILD_PHASES_FP16, BUILD_PHASES_INT8, LOAD_PHASES, ConversionError, log_since, toolkit_caller, toolkit_progress,
 )

@@ -11,7 +11,7 @@ from typing import Any, Callable
 from loguru import logger
 
 from rknn_dropbox.config import Config
-from rknn_dropbox.intake.workarea import JobDir
+from rknn_dropbox.intake.workarea import JobDir, note_in_manifest
 from rknn_dropbox.joblog import finish_log
 from rknn_dropbox.service.admission import MemoryGate
 from rknn_dropbox.service.messages import EventKind, JobDone, JobProgress, JobTimeout, PoolEvent, WorkerDeath
@@ -49,6 +49,7 @@ class JobEndings:
             retry = self.router.retry(event.job_id, detail)  # another toolkit version: back to the queue's front
             if retry is not None:
                 logger.warning("job {}: {}", event.job_id, retry.reason)
+                self._clear_scratch(event.job_id)  # an archive unpacked there is unpacked afresh by the next try
                 self.store.mark_queued(event.job_id)
                 self.queue.appendleft(event.job_id)
             elif detail.ok and detail.result is not None:
@@ -67,6 +68,21 @@ class JobEndings:
             self.finisher.fail(event.job_id, f"timed out after {detail.seconds:.0f} s (timeout_seconds)",
                                "raise timeout_seconds for very large models")
 
+    @staticmethod
+    def failed_for_the_outage(event: PoolEvent) -> bool:
+        """A job that ended without an outcome (failed, died, timed out) while the share was away."""
+        if event.kind is EventKind.DONE and isinstance(event.detail, JobDone):
+            return not event.detail.ok
+        return event.kind in (EventKind.DIED, EventKind.TIMEOUT)
+
+    def retry_after_outage(self, event: PoolEvent) -> None:
+        """Its files were out of reach, not wrong: back to the queue's front, not counted as an attempt."""
+        self.record_peak(event.job_id, None)
+        self._clear_scratch(event.job_id)
+        logger.warning("job {} ended while the share was away; converting it again", event.job_id)
+        self.store.mark_queued(event.job_id)
+        self.queue.appendleft(event.job_id)
+
     def retry_alone(self, job_id: str, death: WorkerDeath) -> bool:
         """A worker the kernel killed while other jobs ran (an OOM kill, most likely): the job goes back to the
         queue's front, counted as an attempt, and starts only when no other job runs. Deaths that repeat on the
@@ -74,7 +90,10 @@ class JobEndings:
         record = self.store.get(job_id)
         if record is None or not death.kernel_kill_beside_others or record.attempts + 1 >= self.config().max_attempts:
             return False
-        self.store.record_interrupted_attempt(record, death.cause)
+        causes = self.store.record_interrupted_attempt(record, death.cause)
+        job = self.job_dir(job_id)
+        if job:
+            note_in_manifest(job, attempt_causes=causes)
         logger.warning("job {}: {} while other jobs ran: retrying it alone", job_id, death.cause)
         self.store.mark_queued(job_id)
         self.queue.appendleft(job_id)
@@ -104,7 +123,7 @@ class JobEndings:
         """Cancel what `rknn-dropbox cancel` flagged in the store: a queued job leaves the queue, a running one
         loses its worker; either way its inputs go to failed/ and the task reads "cancelled"."""
         for job_id in self.store.cancel_requested_ids():
-            if job_id in self.finisher.pending:
+            if job_id in self.finisher.pending or self.finisher.copier.busy(job_id):
                 continue  # it finished already; only its delivery is pending
             if job_id in self.queue:
                 self.queue.remove(job_id)
@@ -113,6 +132,11 @@ class JobEndings:
                 self._discard_partial_work(job_id)
                 self.finisher.cancel(job_id, "running")
             # else: not held by this daemon
+
+    def _clear_scratch(self, job_id: str) -> None:
+        job = self.job_dir(job_id)
+        if job:
+            shutil.rmtree(job.root / "tmp", ignore_errors=True)
 
     def _discard_partial_work(self, job_id: str) -> None:
         """A killed conversion's half-written outputs and scratch files; its log is kept."""

@@ -123,7 +123,16 @@ class WorkerPool:
         if not idle:
             return None
         slot = idle[0]
-        slot.conn.send(order)
+        try:
+            slot.conn.send(order)
+        except OSError as exc:  # BrokenPipeError: the worker died after its last message; a fresh one replaces it
+            logger.warning("worker {} (pid {}) could not take job {} ({}); starting a fresh worker", slot.index,
+                           slot.process.pid, order.job_id, exc.strerror or exc)
+            slot.stopping = True
+            slot.process.kill()
+            slot.process.join(5)
+            self._replace(slot)
+            return None
         slot.job_id = order.job_id
         slot.started_at = self.clock()
         return slot.process.pid
