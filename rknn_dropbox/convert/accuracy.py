@@ -56,6 +56,7 @@ class TargetContext:
     scratch: Path
     first_seconds: float
     build_log: str = ""               # the toolkit's output during the first build
+    journal: Any = None               # the target's attempt journal (attempts.TargetJournal), or None
 
     def judging(self, rknn_path: Path) -> Judging:
         return Judging(self.quantize, self.spec.options.verify_thresholds, rknn_path)
@@ -106,17 +107,25 @@ def _candidate_runner(ctx: TargetContext, build: CandidateBuilder, overflow: set
         path = ctx.scratch / f"{ctx.final.name}.attempt{next(counter)}"
         started = time.monotonic()
         rknn = None
+        if ctx.journal is not None:  # on disk before it starts: a crash in it names it (convert/attempts.py)
+            ctx.journal.record_started(cand, path)
         try:
             rknn, seconds, log = build(cand, path)
             overflow.update(fp16_overflow(log) or [])  # auto_hybrid names the tensors it moves out of float16
             verification = verify_session(rknn, ctx.spec, ctx.ref, ctx.min_cos, judging=ctx.judging(path))
             print(f"accuracy {ctx.platform} attempt {cand.label}: {verification.get('status')} "
                   f"{(verification.get('verdict') or {}).get('summary')}")
-            return _attempt_of(cand, verification, seconds, path)
+            attempt = _attempt_of(cand, verification, seconds, path)
+            if ctx.journal is not None:
+                ctx.journal.record_finished(attempt, verification, path)
+            return attempt
         except Exception as exc:  # noqa: BLE001 - one candidate failing is one data point
             path.unlink(missing_ok=True)
-            return rp.Attempt(cand, None, {}, time.monotonic() - started, False,
-                              getattr(exc, "error", None) or error_reason(exc))
+            attempt = rp.Attempt(cand, None, {}, time.monotonic() - started, False,
+                                 getattr(exc, "error", None) or error_reason(exc))
+            if ctx.journal is not None:
+                ctx.journal.record_finished(attempt, None, None)
+            return attempt
         finally:
             if rknn is not None:
                 try:
@@ -184,6 +193,9 @@ def settle(rknn: Any, ctx: TargetContext, build: CandidateBuilder) -> TargetAccu
     t2 = time.monotonic()
     first = _attempt_of(rp.Candidate("as configured", quantize=ctx.quantize), verification, ctx.first_seconds,
                         ctx.final)
+    if ctx.journal is not None:  # the first build's verdict, and what the step found, before any candidate
+        ctx.journal.record_finished(first, verification, ctx.final)
+        ctx.journal.record_context(dict(accuracy), dict(result.seconds))
     outcome = rp.search(first, candidates, _candidate_runner(ctx, build, overflow),
                         rp.budget_seconds(o.repair_budget_seconds, ctx.first_seconds), fallback,
                         spent=result.seconds.get("analysis", 0.0))

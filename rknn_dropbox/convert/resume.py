@@ -1,0 +1,75 @@
+"""A target whose accuracy repair killed the worker, delivered on the job's retry from the attempt journal: the best
+build made before the crash (the first build included), the candidate that crashed named, nothing rebuilt."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from rknn_dropbox.convert.accuracy import TargetAccuracy
+from rknn_dropbox.convert.attempts import CRASHED, TargetJournal
+from rknn_dropbox.convert.rulefix import Workaround
+from rknn_dropbox.convert.toolkit_log import ConversionError
+
+
+def _rank(entry: dict[str, Any], index: int) -> tuple[bool, float, int]:
+    """Passed first, then the higher lowest cosine, then the earlier (cheaper) attempt."""
+    attempt = entry.get("attempt") or {}
+    low = attempt.get("min_cosine")
+    return bool(attempt.get("passed")), low if isinstance(low, (int, float)) else -2.0, -index
+
+
+def _attempt_json(entry: dict[str, Any]) -> dict[str, Any]:
+    """result.json's accuracy.attempts item: as recorded, or the crashed candidate's."""
+    if entry.get("state") == CRASHED:
+        return {"label": entry["label"], "settings": entry.get("settings", {}), "build_seconds": 0.0,
+                "passed": False, "crashed": True, "error": f"the worker died building it: {entry.get('cause')}"}
+    return dict(entry.get("attempt") or {"label": entry.get("label"), "passed": False})
+
+
+def _no_build_left(platform: str, crash: dict[str, Any], entries: list[dict[str, Any]]) -> ConversionError:
+    listed = "; ".join(f"{e.get('label')}: " + ("crashed the worker" if e.get("state") == CRASHED else
+                       f"min cosine {(e.get('attempt') or {}).get('min_cosine')}, its .rknn is gone")
+                       for e in entries)
+    return ConversionError(
+        f"{platform}: the accuracy-repair candidate {crash['label']} killed the worker ({crash.get('cause')}) and no "
+        f"earlier build is left to deliver (attempts: {listed})",
+        "set accuracy_repair = \"off\" to deliver the first build as it verifies, or see conversion.log")
+
+
+def resume_target(journal: TargetJournal, platform: str, final: Path
+                  ) -> tuple[TargetAccuracy, Workaround | None] | None:
+    """The target delivered from the journal when an earlier run's repair candidate crashed the worker (None: no
+    such crash, build it). The best usable attempt ends in `final`; ConversionError when none is usable."""
+    crash = journal.crash()
+    if crash is None:
+        return None
+    section = journal.section()
+    entries = section["attempts"]
+    usable = {i: path for i, e in enumerate(entries) if (path := journal.usable(e)) is not None}
+    if not usable:
+        raise _no_build_left(platform, crash, entries)
+    best = max(usable, key=lambda i: _rank(entries[i], i))
+    if usable[best] != final:
+        os.replace(usable[best], final)
+    for i, path in usable.items():
+        if i != best and path != final:
+            path.unlink(missing_ok=True)
+    journal.record_delivered(best, final)
+    chosen = entries[best]
+    cause = str(crash.get("cause") or "the worker died")
+    accuracy = {**section.get("accuracy", {}), "attempts": [_attempt_json(e) for e in entries], "delivered": best,
+                "delivered_label": chosen["label"], "passed": bool((chosen.get("attempt") or {}).get("passed")),
+                "repair_crashed": {"candidate": crash["label"], "cause": cause}}
+    low = (chosen.get("attempt") or {}).get("min_cosine")
+    warning = (f"{platform}: the accuracy-repair candidate {crash['label']} killed the worker ({cause}); "
+               f"delivered the best build before it ({chosen['label']}, lowest cosine {low}) without trying the "
+               "candidates after it")
+    seconds = dict(section.get("seconds") or {})
+    seconds["build"] = (entries[0].get("attempt") or {}).get("build_seconds", 0.0)
+    if section.get("repair_started_at") and crash.get("started_at"):
+        seconds["repair"] = round(max(0.0, crash["started_at"] - section["repair_started_at"]), 3)
+    acc = TargetAccuracy(chosen.get("verification"), accuracy, [warning], seconds)
+    workaround = (section.get("workarounds") or {}).get(chosen.get("built_file") or final.name)
+    return acc, Workaround(**workaround) if workaround else None

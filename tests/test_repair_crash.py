@@ -1,0 +1,76 @@
+"""Issue 17: a repair candidate that kills the worker never loses the job (a real daemon, real toolkit builds)."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+import accuracygen as gen
+from conftest import DaemonProcess, all_files
+
+pytestmark = pytest.mark.slow
+
+FAULTS = {"RKNN_DROPBOX_FAULT_INJECTION": "1",
+          "RKNN_DROPBOX_FAULTS": "crashrepair=repair_candidate,crashfirst=segfault"}
+
+
+@pytest.fixture(scope="module")
+def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
+    d = DaemonProcess(tmp_path_factory.mktemp("repaircrash") / "box", "bundle_timeout_seconds = 8.0\n", dict(FAULTS))
+    d.start()
+    yield d
+    d.stop(timeout=60)
+
+
+def _needs_repair(folder: Path) -> Path:
+    """An int8 drop whose first build falls below the threshold (an outlier channel), on natural images."""
+    gen.write_outlier_channel_net(folder / "net.onnx")
+    gen.write_dataset(folder / "dataset.txt", gen.write_natural_images(folder / "images", n=4))
+    (folder / "config.yaml").write_text("mean_values: [0, 0, 0]\nstd_values: [255, 255, 255]\n")
+    return folder
+
+
+def test_a_repair_candidate_that_kills_the_worker_delivers_the_first_build(box: DaemonProcess,
+                                                                           tmp_path: Path) -> None:
+    source = _needs_repair(tmp_path / "crashrepair")
+    shutil.copytree(source, box.inbox / source.name)
+    result = box.wait_completed("crashrepair", timeout=400)
+    acc = result["accuracy"]["rk3588"]
+    crashed = acc["repair_crashed"]
+    assert "SIGSEGV" in crashed["cause"] and "signal 11" in crashed["cause"], crashed
+    first, crash = acc["attempts"][0], acc["attempts"][1]
+    assert acc["delivered"] == 0 and acc["delivered_label"] == "as configured", acc
+    assert first["min_cosine"] < 0.98 and not first["passed"], first  # it needed repair: the first build
+    assert crash["label"] == crashed["candidate"] and crash["crashed"] and not crash["passed"], crash
+    assert len(acc["attempts"]) == 2, acc  # nothing tried after the crash
+    assert acc["worst_layers"] and acc["report"] == "accuracy/error_analysis.txt", acc  # the step's findings kept
+    assert any(crashed["candidate"] in w and "killed the worker" in w for w in result["warnings"]), result["warnings"]
+    v = result["verification"]["rk3588"]
+    assert v["status"] == "below_threshold" and v["outputs"][0]["cosine"] == first["min_cosine"], v
+    assert result["quantization"]["dtype"] == "w8a8" and "build_settings" not in result["targets"][0]
+    delivered = box.outbox / "crashrepair"
+    rknn = delivered / "crashrepair.rknn"
+    assert hashlib.sha256(rknn.read_bytes()).hexdigest() == result["targets"][0]["sha256"]
+    files = all_files(delivered)
+    assert {f"input/{source.name}/{f}" for f in all_files(source)} <= set(files), files  # no input lost
+    assert {"crashrepair.rknn", "result.json", "conversion.log", "accuracy/error_analysis.txt"} <= set(files)
+    assert not [f for f in files if ".attempt" in f or f.endswith(".part")], files
+    log = (delivered / "conversion.log").read_text(errors="replace")
+    assert "delivered from the attempt journal" in log
+    task = next(t for t in box.get("/api/tasks")["tasks"] if t["name"] == "crashrepair")
+    assert task["status"] == "completed" and task["attempts"] == 1, task
+    assert not (box.failed / "crashrepair").exists()
+
+
+def test_a_death_in_the_first_build_still_fails_the_job(box: DaemonProcess, tmp_path: Path) -> None:
+    source = _needs_repair(tmp_path / "crashfirst")
+    shutil.copytree(source, box.inbox / source.name)
+    error = box.wait_failed("crashfirst", timeout=300)
+    assert error["error"].startswith("worker crashed with signal 11 (SIGSEGV)"), error
+    assert "attempt_causes" not in error, error  # not retried: no repair had started
+    assert {f"input/{source.name}/{f}" for f in all_files(source)} <= set(all_files(box.failed / "crashfirst"))
+    assert not (box.outbox / "crashfirst").exists()
