@@ -1,4 +1,5 @@
-"""The work area: a claimed job's folder (JobDir) and the atomic-write/fsync helpers claims and deliveries share."""
+"""The work area: a claimed job's folder (JobDir), the attempt journal read as plain JSON (the daemon's side), and
+the atomic-write/fsync helpers claims and deliveries share."""
 
 from __future__ import annotations
 
