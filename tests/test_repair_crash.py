@@ -10,6 +10,7 @@ from typing import Iterator
 import pytest
 
 import accuracygen as gen
+from calibimages import make_calibration_set
 from conftest import DaemonProcess, all_files
 
 pytestmark = pytest.mark.slow
@@ -74,3 +75,39 @@ def test_a_death_in_the_first_build_still_fails_the_job(box: DaemonProcess, tmp_
     assert "attempt_causes" not in error, error  # not retried: no repair had started
     assert {f"input/{source.name}/{f}" for f in all_files(source)} <= set(all_files(box.failed / "crashfirst"))
     assert not (box.outbox / "crashfirst").exists()
+
+
+@pytest.fixture(scope="module")
+def small_yolo(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> object:
+    """yolov8n at 160x160 (random weights, exported once and cached like the zoo corpus)."""
+    from zoo import build_corpus, corpus_available
+    why = corpus_available()
+    if why:
+        pytest.fail(f"the model corpus cannot be built: {why}")
+    cache = getattr(request.config, "cache", None)
+    folder = Path(cache.mkdir("zoo")) if cache is not None else tmp_path_factory.mktemp("zoo")
+    return build_corpus(folder, ["yolov8n-160"])["yolov8n-160"]
+
+
+def test_a_real_toolkit_crash_in_a_repair_candidate_delivers_the_best_build_before_it(
+        box: DaemonProcess, small_yolo: object, tmp_path: Path) -> None:
+    """rknn-toolkit2 2.5.0 kills the worker with SIGILL building yolov8n as w16a16i_dfp ("Meet unsupported tensor
+    dtype in Sub" in the DFL head); a threshold no int8 build meets sends the repair there."""
+    source = tmp_path / "yolocrash"
+    source.mkdir()
+    shutil.copy(small_yolo.path, source / "yolov8n.onnx")
+    (source / "config.yaml").write_text(f"mean_values: {small_yolo.mean}\nstd_values: {small_yolo.std}\n"
+                                        "verify_min_cosine: 0.999999\ndisable_rules: [seperate_conv_rs_split]\n")
+    make_calibration_set(source, small_yolo.input_shape, 4)
+    shutil.copytree(source, box.inbox / source.name)
+    result = box.wait_completed("yolocrash", timeout=600)
+    acc = result["accuracy"]["rk3588"]
+    assert acc["repair_crashed"]["candidate"] == "w16a16i_dfp", acc
+    assert "signal 4 (SIGILL)" in acc["repair_crashed"]["cause"], acc
+    crashed = next(i for i, a in enumerate(acc["attempts"]) if a.get("crashed"))
+    assert acc["attempts"][crashed]["label"] == "w16a16i_dfp" and crashed == len(acc["attempts"]) - 1, acc
+    assert acc["delivered"] < crashed and acc["attempts"][acc["delivered"]]["min_cosine"] > 0.9, acc
+    assert any("w16a16i_dfp killed the worker" in w for w in result["warnings"]), result["warnings"]
+    delivered = box.outbox / "yolocrash"
+    assert (delivered / "yolocrash.rknn").stat().st_size == result["targets"][0]["size"]
+    assert {f"input/{source.name}/{f}" for f in all_files(source)} <= set(all_files(delivered))
