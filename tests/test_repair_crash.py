@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import urllib.request
 from pathlib import Path
 from typing import Iterator
 
@@ -64,6 +65,9 @@ def test_a_repair_candidate_that_kills_the_worker_delivers_the_first_build(box: 
     assert "delivered from the attempt journal" in log
     task = next(t for t in box.get("/api/tasks")["tasks"] if t["name"] == "crashrepair")
     assert task["status"] == "completed" and task["attempts"] == 1, task
+    with urllib.request.urlopen(f"http://127.0.0.1:{box.port}/tasks/{task['task_id']}", timeout=10) as resp:
+        page = resp.read().decode()
+    assert "repair_crashed" in page and crashed["candidate"] in page, page[-3000:]  # the job page names it
     assert not (box.failed / "crashrepair").exists()
 
 
