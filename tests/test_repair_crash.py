@@ -96,12 +96,14 @@ def small_yolo(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
 def test_a_real_toolkit_crash_in_a_repair_candidate_delivers_the_best_build_before_it(
         box: DaemonProcess, small_yolo: object, tmp_path: Path) -> None:
     """rknn-toolkit2 2.5.0 kills the worker with SIGILL building yolov8n as w16a16i_dfp ("Meet unsupported tensor
-    dtype in Sub" in the DFL head); a threshold no int8 build meets sends the repair there."""
+    dtype in Sub" in the DFL head). Random weights give class scores of ~1e-4, below int8's output step, so every int8
+    candidate fails the detection check and the search reaches the 16-bit one (last); the budget lets it get there,
+    and the rule the toolkit trips on is disabled up front (a build that needed it is delivered only if it passes)."""
     source = tmp_path / "yolocrash"
     source.mkdir()
     shutil.copy(small_yolo.path, source / "yolov8n.onnx")
     (source / "config.yaml").write_text(f"mean_values: {small_yolo.mean}\nstd_values: {small_yolo.std}\n"
-                                        "verify_min_cosine: 0.999999\ndisable_rules: [seperate_conv_rs_split]\n")
+                                        "repair_budget_seconds: 1200\ndisable_rules: [seperate_conv_rs_split]\n")
     make_calibration_set(source, small_yolo.input_shape, 4)
     shutil.copytree(source, box.inbox / source.name)
     result = box.wait_completed("yolocrash", timeout=600)

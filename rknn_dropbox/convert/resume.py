@@ -7,17 +7,30 @@ import os
 from pathlib import Path
 from typing import Any
 
+from rknn_dropbox.convert import repair as rp
 from rknn_dropbox.convert.accuracy import TargetAccuracy
 from rknn_dropbox.convert.attempts import CRASHED, TargetJournal
 from rknn_dropbox.convert.rulefix import Workaround
 from rknn_dropbox.convert.toolkit_log import ConversionError
 
 
-def _rank(entry: dict[str, Any], index: int) -> tuple[bool, float, int]:
-    """Passed first, then the higher lowest cosine, then the earlier (cheaper) attempt."""
-    attempt = entry.get("attempt") or {}
-    low = attempt.get("min_cosine")
-    return bool(attempt.get("passed")), low if isinstance(low, (int, float)) else -2.0, -index
+def _score(entry: dict[str, Any]) -> float:
+    score = (entry.get("attempt") or {}).get("score")
+    return float(score) if isinstance(score, (int, float)) else -1.0
+
+
+def _chosen(entries: list[dict[str, Any]], usable: list[int]) -> tuple[int, str]:
+    """The attempt delivered, as the repair search picks when none passed: a passing one, else the first build unless
+    another is clearly better (repair.CLEARLY_BETTER); and why."""
+    passed = [i for i in usable if (entries[i].get("attempt") or {}).get("passed")]
+    if passed:
+        return passed[0], f"{entries[passed[0]]['label']} passed its check before the crash"
+    best = max(usable, key=lambda i: (_score(entries[i]), -i))
+    if 0 not in usable:
+        return best, "the first build's .rknn is gone; this is the best attempt left"
+    if best and _score(entries[best]) >= _score(entries[0]) + rp.CLEARLY_BETTER:
+        return best, f"no attempt passed; {entries[best]['label']} came closest before the crash"
+    return 0, "no attempt passed and none was clearly better than the build as configured, which is kept"
 
 
 def _attempt_json(entry: dict[str, Any]) -> dict[str, Any]:
@@ -50,7 +63,7 @@ def resume_target(journal: TargetJournal, platform: str, final: Path
     usable = {i: path for i, e in enumerate(entries) if (path := journal.usable(e)) is not None}
     if not usable:
         raise _no_build_left(platform, crash, entries)
-    best = max(usable, key=lambda i: _rank(entries[i], i))
+    best, because = _chosen(entries, sorted(usable))
     if usable[best] != final:
         os.replace(usable[best], final)
     for i, path in usable.items():
@@ -61,10 +74,14 @@ def resume_target(journal: TargetJournal, platform: str, final: Path
     cause = str(crash.get("cause") or "the worker died")
     accuracy = {**section.get("accuracy", {}), "attempts": [_attempt_json(e) for e in entries], "delivered": best,
                 "delivered_label": chosen["label"], "passed": bool((chosen.get("attempt") or {}).get("passed")),
-                "repair_crashed": {"candidate": crash["label"], "cause": cause}}
-    low = (chosen.get("attempt") or {}).get("min_cosine")
+                "delivered_because": because, "repair_crashed": {"candidate": crash["label"], "cause": cause}}
+    cost = rp.npu_cost(chosen.get("settings") or {}, ((entries[0].get("attempt") or {}).get("size"),
+                                                      (chosen.get("attempt") or {}).get("size"))) if best else None
+    if cost:
+        accuracy["npu_cost"] = cost
+    verdict = (chosen.get("attempt") or {}).get("verdict") or "unverified"
     warning = (f"{platform}: the accuracy-repair candidate {crash['label']} killed the worker ({cause}); "
-               f"delivered the best build before it ({chosen['label']}, lowest cosine {low}) without trying the "
+               f"delivered the best build before it ({chosen['label']}: {verdict}) without trying the "
                "candidates after it")
     seconds = dict(section.get("seconds") or {})
     seconds["build"] = (entries[0].get("attempt") or {}).get("build_seconds", 0.0)

@@ -18,14 +18,17 @@ from rknn_dropbox.intake.workarea import JobDir, unfinished_repair
 SEGV = "worker crashed with signal 11 (SIGSEGV) in the toolkit's native code"
 
 
-def _verified(label: str, low: float, passed: bool = False, **config: str) -> tuple[rp.Attempt, dict]:
-    verification = {"status": "passed" if passed else "below_threshold", "outputs": [{"name": "y", "cosine": low}]}
-    return rp.Attempt(rp.Candidate(label, dict(config)), low, {"y": low}, 1.5, passed), verification
+def _verified(label: str, score: float, **config: str) -> tuple[rp.Attempt, dict]:
+    """An attempt whose verdict margin is `score` (>= 1: passed), its cosine the same number."""
+    passed = score >= 1.0
+    verification = {"status": "passed" if passed else "below_threshold", "outputs": [{"name": "y", "cosine": score}]}
+    return rp.Attempt(rp.Candidate(label, dict(config)), score, {"y": score}, 1.5, passed, score=score,
+                      summary=f"agrees {score:.2f}"), verification
 
 
 def _died_in_repair(root: Path, second: float | None) -> Path:
-    """A job whose first build verified at 0.90, then (with `second`) one candidate at that cosine, then a
-    w16a16i_dfp candidate that killed the worker; its final .rknn."""
+    """A job whose first build scored 0.90, then (with `second`) one candidate at that score, then a w16a16i_dfp
+    candidate that killed the worker; its final .rknn."""
     (root / "out").mkdir(parents=True)
     (root / "tmp").mkdir()
     final = root / "out" / "net.rknn"
@@ -72,16 +75,25 @@ def test_the_retry_delivers_the_first_build_and_names_the_crash(tmp_path: Path) 
 
 
 def test_a_better_candidate_before_the_crash_is_the_one_delivered(tmp_path: Path) -> None:
-    final = _died_in_repair(tmp_path, 0.95)
+    final = _died_in_repair(tmp_path, 0.97)
     journal = AttemptJournal.open(tmp_path, RepairCrash("rk3588", "w16a16i_dfp", SEGV)).target("rk3588")
     acc, workaround = resume_target(journal, "rk3588", final)
     assert final.read_bytes() == b"kl build" and not (tmp_path / "tmp" / "net.rknn.attempt1").exists()
     assert acc.accuracy["delivered"] == 1 and acc.accuracy["delivered_label"] == "kl_divergence"
     assert acc.accuracy["attempts"][1]["settings"]["quantized_algorithm"] == "kl_divergence"
     assert workaround is None
+    assert "came closest" in acc.accuracy["delivered_because"]
     # a second retry (another target died later) delivers the same again, from the file it was moved to
     again, _ = resume_target(journal, "rk3588", final)
     assert again.accuracy["delivered"] == 1 and final.read_bytes() == b"kl build"
+
+
+def test_a_candidate_not_clearly_better_leaves_the_first_build_delivered(tmp_path: Path) -> None:
+    final = _died_in_repair(tmp_path, 0.92)  # better, but by less than repair.CLEARLY_BETTER
+    journal = AttemptJournal.open(tmp_path, RepairCrash("rk3588", "w16a16i_dfp", SEGV)).target("rk3588")
+    acc, _ = resume_target(journal, "rk3588", final)
+    assert acc.accuracy["delivered"] == 0 and final.read_bytes() == b"first build"
+    assert not (tmp_path / "tmp" / "net.rknn.attempt1").exists()  # the candidate not delivered is removed
 
 
 def test_nothing_left_to_deliver_fails_listing_every_attempt(tmp_path: Path) -> None:
