@@ -43,12 +43,46 @@ def _attempt_json(entry: dict[str, Any]) -> dict[str, Any]:
 
 def _no_build_left(platform: str, crash: dict[str, Any], entries: list[dict[str, Any]]) -> ConversionError:
     listed = "; ".join(f"{e.get('label')}: " + ("crashed the worker" if e.get("state") == CRASHED else
-                       f"min cosine {(e.get('attempt') or {}).get('min_cosine')}, its .rknn is gone")
+                       f"{(e.get('attempt') or {}).get('verdict') or 'not verified'}, its .rknn is gone")
                        for e in entries)
     return ConversionError(
         f"{platform}: the accuracy-repair candidate {crash['label']} killed the worker ({crash.get('cause')}) and no "
         f"earlier build is left to deliver (attempts: {listed})",
         "set accuracy_repair = \"off\" to deliver the first build as it verifies, or see conversion.log")
+
+
+def _move_into_place(journal: TargetJournal, usable: dict[int, Path], best: int, final: Path) -> None:
+    """The chosen attempt's .rknn becomes `final`; the other attempts' files go."""
+    if usable[best] != final:
+        os.replace(usable[best], final)
+    for i, path in usable.items():
+        if i != best and path != final:
+            path.unlink(missing_ok=True)
+    journal.record_delivered(best, final)
+
+
+def _accuracy(section: dict[str, Any], crash: dict[str, Any], best: int, because: str) -> dict[str, Any]:
+    """result.json's accuracy.<platform>: what the step found, every attempt, the delivered one, the crash."""
+    entries = section["attempts"]
+    chosen = entries[best].get("attempt") or {}
+    accuracy = {**section.get("accuracy", {}), "attempts": [_attempt_json(e) for e in entries], "delivered": best,
+                "delivered_label": entries[best]["label"], "passed": bool(chosen.get("passed")),
+                "delivered_because": because,
+                "repair_crashed": {"candidate": crash["label"], "cause": str(crash.get("cause") or "the worker died")}}
+    cost = rp.npu_cost(entries[best].get("settings") or {}, ((entries[0].get("attempt") or {}).get("size"),
+                                                             chosen.get("size"))) if best else None
+    if cost:
+        accuracy["npu_cost"] = cost
+    return accuracy
+
+
+def _seconds(section: dict[str, Any], crash: dict[str, Any]) -> dict[str, float]:
+    """The earlier run's timings: verify and analysis, the first build, the repair until the crash."""
+    seconds = dict(section.get("seconds") or {})
+    seconds["build"] = (section["attempts"][0].get("attempt") or {}).get("build_seconds", 0.0)
+    if section.get("repair_started_at") and crash.get("started_at"):
+        seconds["repair"] = round(max(0.0, crash["started_at"] - section["repair_started_at"]), 3)
+    return seconds
 
 
 def resume_target(journal: TargetJournal, platform: str, final: Path
@@ -64,29 +98,12 @@ def resume_target(journal: TargetJournal, platform: str, final: Path
     if not usable:
         raise _no_build_left(platform, crash, entries)
     best, because = _chosen(entries, sorted(usable))
-    if usable[best] != final:
-        os.replace(usable[best], final)
-    for i, path in usable.items():
-        if i != best and path != final:
-            path.unlink(missing_ok=True)
-    journal.record_delivered(best, final)
+    _move_into_place(journal, usable, best, final)
+    accuracy = _accuracy(section, crash, best, because)
     chosen = entries[best]
-    cause = str(crash.get("cause") or "the worker died")
-    accuracy = {**section.get("accuracy", {}), "attempts": [_attempt_json(e) for e in entries], "delivered": best,
-                "delivered_label": chosen["label"], "passed": bool((chosen.get("attempt") or {}).get("passed")),
-                "delivered_because": because, "repair_crashed": {"candidate": crash["label"], "cause": cause}}
-    cost = rp.npu_cost(chosen.get("settings") or {}, ((entries[0].get("attempt") or {}).get("size"),
-                                                      (chosen.get("attempt") or {}).get("size"))) if best else None
-    if cost:
-        accuracy["npu_cost"] = cost
-    verdict = (chosen.get("attempt") or {}).get("verdict") or "unverified"
-    warning = (f"{platform}: the accuracy-repair candidate {crash['label']} killed the worker ({cause}); "
-               f"delivered the best build before it ({chosen['label']}: {verdict}) without trying the "
-               "candidates after it")
-    seconds = dict(section.get("seconds") or {})
-    seconds["build"] = (entries[0].get("attempt") or {}).get("build_seconds", 0.0)
-    if section.get("repair_started_at") and crash.get("started_at"):
-        seconds["repair"] = round(max(0.0, crash["started_at"] - section["repair_started_at"]), 3)
-    acc = TargetAccuracy(chosen.get("verification"), accuracy, [warning], seconds)
+    warning = (f"{platform}: the accuracy-repair candidate {crash['label']} killed the worker "
+               f"({accuracy['repair_crashed']['cause']}); delivered the best build before it ({chosen['label']}: "
+               f"{(chosen.get('attempt') or {}).get('verdict') or 'unverified'}) without trying the candidates after it")
+    acc = TargetAccuracy(chosen.get("verification"), accuracy, [warning], _seconds(section, crash))
     workaround = (section.get("workarounds") or {}).get(chosen.get("built_file") or final.name)
     return acc, Workaround(**workaround) if workaround else None
