@@ -115,7 +115,9 @@ class TargetJournal:
                                  "state": FINISHED, "attempt": attempt.to_json(), "verification": verification,
                                  "finished_at": time.time()}
         if file is not None and Path(file).is_file():
-            entry.update(file=self.relative(file), built_file=Path(file).name, size=Path(file).stat().st_size, sha256=_sha256(Path(file)))
+            path = Path(file)
+            entry.update(file=self.relative(path), built_file=path.name, size=path.stat().st_size,
+                         sha256=_sha256(path))
 
         def change(section: dict[str, Any]) -> None:
             attempts = section["attempts"]

@@ -101,9 +101,10 @@ def resume_target(journal: TargetJournal, platform: str, final: Path
     _move_into_place(journal, usable, best, final)
     accuracy = _accuracy(section, crash, best, because)
     chosen = entries[best]
+    verdict = (chosen.get("attempt") or {}).get("verdict") or "unverified"
     warning = (f"{platform}: the accuracy-repair candidate {crash['label']} killed the worker "
                f"({accuracy['repair_crashed']['cause']}); delivered the best build before it ({chosen['label']}: "
-               f"{(chosen.get('attempt') or {}).get('verdict') or 'unverified'}) without trying the candidates after it")
+               f"{verdict}) without trying the candidates after it")
     acc = TargetAccuracy(chosen.get("verification"), accuracy, [warning], _seconds(section, crash))
     workaround = (section.get("workarounds") or {}).get(chosen.get("built_file") or final.name)
     return acc, Workaround(**workaround) if workaround else None
