@@ -173,11 +173,19 @@ def settle(rknn: Any, ctx: TargetContext, build: CandidateBuilder) -> TargetAccu
                                "inputs (or verify_dataset) to check and repair it")
     if verification.get("status") != "below_threshold":
         return result
+    first = _attempt_of(rp.Candidate("as configured", quantize=ctx.quantize), verification, ctx.first_seconds,
+                        ctx.final)
+    if ctx.journal is not None:  # the first build's verdict on disk before the analysis or any candidate runs
+        ctx.journal.record_finished(first, verification, ctx.final)
     accuracy: dict[str, Any] = {}
     rows: list[LayerError] = []
     if ctx.quantize:
         t1 = time.monotonic()
+        if ctx.journal is not None:
+            ctx.journal.record_analysis(started=True)
         rows = _analysis(rknn, ctx, accuracy)
+        if ctx.journal is not None:
+            ctx.journal.record_analysis(started=False)
         result.seconds["analysis"] = round(time.monotonic() - t1, 3)
     overflow = set(fp16_overflow(ctx.build_log) or [])
     if overflow:
@@ -191,10 +199,7 @@ def settle(rknn: Any, ctx: TargetContext, build: CandidateBuilder) -> TargetAccu
         return result
     rknn.release()  # the first session's simulator holds its tensors; rebuilds get the memory
     t2 = time.monotonic()
-    first = _attempt_of(rp.Candidate("as configured", quantize=ctx.quantize), verification, ctx.first_seconds,
-                        ctx.final)
-    if ctx.journal is not None:  # the first build's verdict, and what the step found, before any candidate
-        ctx.journal.record_finished(first, verification, ctx.final)
+    if ctx.journal is not None:  # what the step found, before any candidate
         ctx.journal.record_context(dict(accuracy), dict(result.seconds))
     outcome = rp.search(first, candidates, _candidate_runner(ctx, build, overflow),
                         rp.budget_seconds(o.repair_budget_seconds, ctx.first_seconds), fallback,

@@ -15,6 +15,7 @@ from rknn_dropbox.intake.workarea import ATTEMPTS, read_attempts, write_json_ato
 
 JOURNAL_VERSION = 1
 STARTED, FINISHED, CRASHED = "started", "finished", "crashed"
+ANALYSIS = "accuracy_analysis"  # the toolkit's per-layer report: native code too, run before any candidate
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,8 @@ class AttemptJournal:
         journal = cls(job_root)
         data = journal.read()
         section = data["targets"].get(crash.platform) if crash else None
-        unfinished = [e for e in (section or {}).get("attempts", []) if e.get("state") == STARTED]
+        unfinished = [e for e in (section or {}).get("attempts", []) + [(section or {}).get("analysis") or {}]
+                      if e.get("state") == STARTED]
         if crash is None or not unfinished:
             journal.path.unlink(missing_ok=True)
             return journal
@@ -100,8 +102,17 @@ class TargetJournal:
             self.journal.write(data)
 
     def crash(self) -> dict[str, Any] | None:
-        """The candidate a worker died building in an earlier run, or None."""
-        return next((e for e in self.section()["attempts"] if e.get("state") == CRASHED), None)
+        """The candidate (or the per-layer analysis: "step") a worker died in during an earlier run, or None."""
+        section = self.section()
+        analysis = section.get("analysis") or {}
+        if analysis.get("state") == CRASHED:
+            return {**analysis, "label": ANALYSIS, "step": True}
+        return next((e for e in section["attempts"] if e.get("state") == CRASHED), None)
+
+    def record_analysis(self, started: bool) -> None:
+        """The toolkit's per-layer analysis starts (True) or has finished (False)."""
+        state = {"state": STARTED, "started_at": time.time()} if started else {"state": FINISHED}
+        self._update(lambda s: s.__setitem__("analysis", state))
 
     def record_started(self, candidate: Any, file: Path) -> None:
         """A repair candidate is about to be built into `file`."""

@@ -73,7 +73,18 @@ def _accuracy(section: dict[str, Any], crash: dict[str, Any], best: int, because
                                                              chosen.get("size"))) if best else None
     if cost:
         accuracy["npu_cost"] = cost
+    if crash.get("step"):  # the per-layer analysis itself: no report, no candidate tried
+        accuracy["analysis_error"] = f"the worker died in the toolkit's accuracy_analysis: {crash.get('cause')}"
     return accuracy
+
+
+def _crash_warning(platform: str, crash: dict[str, Any], cause: str, chosen: dict[str, Any]) -> str:
+    verdict = (chosen.get("attempt") or {}).get("verdict") or "unverified"
+    if crash.get("step"):
+        return (f"{platform}: the toolkit's per-layer accuracy analysis killed the worker ({cause}); delivered the "
+                f"build as configured ({verdict}), not repaired")
+    return (f"{platform}: the accuracy-repair candidate {crash['label']} killed the worker ({cause}); delivered the "
+            f"best build before it ({chosen['label']}: {verdict}) without trying the candidates after it")
 
 
 def _seconds(section: dict[str, Any], crash: dict[str, Any]) -> dict[str, float]:
@@ -101,10 +112,7 @@ def resume_target(journal: TargetJournal, platform: str, final: Path
     _move_into_place(journal, usable, best, final)
     accuracy = _accuracy(section, crash, best, because)
     chosen = entries[best]
-    verdict = (chosen.get("attempt") or {}).get("verdict") or "unverified"
-    warning = (f"{platform}: the accuracy-repair candidate {crash['label']} killed the worker "
-               f"({accuracy['repair_crashed']['cause']}); delivered the best build before it ({chosen['label']}: "
-               f"{verdict}) without trying the candidates after it")
+    warning = _crash_warning(platform, crash, accuracy["repair_crashed"]["cause"], chosen)
     acc = TargetAccuracy(chosen.get("verification"), accuracy, [warning], _seconds(section, crash))
     workaround = (section.get("workarounds") or {}).get(chosen.get("built_file") or final.name)
     return acc, Workaround(**workaround) if workaround else None

@@ -53,11 +53,17 @@ def read_attempts(root: Path) -> dict[str, Any] | None:
 
 
 def unfinished_repair(job: JobDir) -> tuple[str, str] | None:
-    """(platform, candidate label) of the accuracy-repair candidate the job's worker had started and not finished,
-    from its attempt journal; None when there is none (the worker died anywhere else)."""
+    """(platform, candidate label) of the accuracy-repair candidate the job's worker had started and not finished
+    ("accuracy_analysis": the per-layer report before them), from its attempt journal; None when there is none (the
+    worker died anywhere else)."""
     targets = (read_attempts(job.root) or {}).get("targets")
     for platform, section in (targets.items() if isinstance(targets, dict) else ()):
-        attempts = section.get("attempts") if isinstance(section, dict) else None
+        if not isinstance(section, dict):
+            continue
+        analysis = section.get("analysis")
+        if isinstance(analysis, dict) and analysis.get("state") == "started":
+            return str(platform), "accuracy_analysis"
+        attempts = section.get("attempts")
         for entry in attempts if isinstance(attempts, list) else ():
             if isinstance(entry, dict) and entry.get("state") == "started":
                 return str(platform), str(entry.get("label"))

@@ -113,3 +113,30 @@ def test_a_run_without_a_repair_crash_starts_a_fresh_journal(tmp_path: Path) -> 
     assert resume_target(journal.target("rk3588"), "rk3588", final) is None
     data = json.dumps(AttemptJournal(tmp_path).read())
     assert "w16a16i_dfp" not in data
+
+
+def test_a_death_in_the_per_layer_analysis_delivers_the_first_build_unrepaired(tmp_path: Path) -> None:
+    (tmp_path / "out").mkdir()
+    final = tmp_path / "out" / "net.rknn"
+    final.write_bytes(b"first build")
+    journal = AttemptJournal.open(tmp_path, None).target("rk3588")
+    journal.record_finished(*_verified("as configured", 0.5), final)
+    journal.record_analysis(started=True)  # the toolkit's accuracy_analysis: the worker dies in it
+    assert unfinished_repair(JobDir(tmp_path)) == ("rk3588", "accuracy_analysis")
+    journal = AttemptJournal.open(tmp_path, RepairCrash("rk3588", "accuracy_analysis", SEGV)).target("rk3588")
+    acc, _ = resume_target(journal, "rk3588", final)
+    assert acc.accuracy["repair_crashed"] == {"candidate": "accuracy_analysis", "cause": SEGV}
+    assert acc.accuracy["delivered"] == 0 and [a["label"] for a in acc.accuracy["attempts"]] == ["as configured"]
+    assert SEGV in acc.accuracy["analysis_error"] and "per-layer accuracy analysis killed" in acc.warnings[0]
+    assert final.read_bytes() == b"first build"
+
+
+def test_a_finished_analysis_is_no_crash(tmp_path: Path) -> None:
+    (tmp_path / "out").mkdir()
+    final = tmp_path / "out" / "net.rknn"
+    final.write_bytes(b"first build")
+    journal = AttemptJournal.open(tmp_path, None).target("rk3588")
+    journal.record_finished(*_verified("as configured", 0.5), final)
+    journal.record_analysis(started=True)
+    journal.record_analysis(started=False)  # no candidate followed (accuracy_repair off): a later death is elsewhere
+    assert unfinished_repair(JobDir(tmp_path)) is None
