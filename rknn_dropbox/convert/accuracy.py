@@ -13,6 +13,7 @@ from typing import Any, Callable
 import numpy as np
 
 from rknn_dropbox.convert import repair as rp
+from rknn_dropbox.convert.attempts import NoJournal, TargetJournal
 from rknn_dropbox.convert.analysis import LayerError, hybrid_ranges, run_analysis, worst_layers
 from rknn_dropbox.convert.simulator import lean_sessions
 from rknn_dropbox.convert.verify import (
@@ -56,7 +57,8 @@ class TargetContext:
     scratch: Path
     first_seconds: float
     build_log: str = ""               # the toolkit's output during the first build
-    journal: Any = None               # the target's attempt journal (attempts.TargetJournal), or None
+    # every attempt and its verdict on disk before the next starts (convert/attempts.py)
+    journal: TargetJournal | NoJournal = field(default_factory=NoJournal)
 
     def judging(self, rknn_path: Path) -> Judging:
         return Judging(self.quantize, self.spec.options.verify_thresholds, rknn_path)
@@ -107,8 +109,7 @@ def _candidate_runner(ctx: TargetContext, build: CandidateBuilder, overflow: set
         path = ctx.scratch / f"{ctx.final.name}.attempt{next(counter)}"
         started = time.monotonic()
         rknn = None
-        if ctx.journal is not None:  # on disk before it starts: a crash in it names it (convert/attempts.py)
-            ctx.journal.record_started(cand, path)
+        ctx.journal.record_started(cand, path)  # on disk before it starts: a crash in it names it
         try:
             rknn, seconds, log = build(cand, path)
             overflow.update(fp16_overflow(log) or [])  # auto_hybrid names the tensors it moves out of float16
@@ -116,15 +117,13 @@ def _candidate_runner(ctx: TargetContext, build: CandidateBuilder, overflow: set
             print(f"accuracy {ctx.platform} attempt {cand.label}: {verification.get('status')} "
                   f"{(verification.get('verdict') or {}).get('summary')}")
             attempt = _attempt_of(cand, verification, seconds, path)
-            if ctx.journal is not None:
-                ctx.journal.record_finished(attempt, verification, path)
+            ctx.journal.record_finished(attempt, verification, path)
             return attempt
         except Exception as exc:  # noqa: BLE001 - one candidate failing is one data point
             path.unlink(missing_ok=True)
             attempt = rp.Attempt(cand, None, {}, time.monotonic() - started, False,
                                  getattr(exc, "error", None) or error_reason(exc))
-            if ctx.journal is not None:
-                ctx.journal.record_finished(attempt, None, None)
+            ctx.journal.record_finished(attempt, None, None)
             return attempt
         finally:
             if rknn is not None:
@@ -175,17 +174,14 @@ def settle(rknn: Any, ctx: TargetContext, build: CandidateBuilder) -> TargetAccu
         return result
     first = _attempt_of(rp.Candidate("as configured", quantize=ctx.quantize), verification, ctx.first_seconds,
                         ctx.final)
-    if ctx.journal is not None:  # the first build's verdict on disk before the analysis or any candidate runs
-        ctx.journal.record_finished(first, verification, ctx.final)
+    ctx.journal.record_finished(first, verification, ctx.final)  # on disk before the analysis or any candidate
     accuracy: dict[str, Any] = {}
     rows: list[LayerError] = []
     if ctx.quantize:
         t1 = time.monotonic()
-        if ctx.journal is not None:
-            ctx.journal.record_analysis(started=True)
+        ctx.journal.record_analysis(started=True)  # the toolkit's native code: a death in it is named too
         rows = _analysis(rknn, ctx, accuracy)
-        if ctx.journal is not None:
-            ctx.journal.record_analysis(started=False)
+        ctx.journal.record_analysis(started=False)
         result.seconds["analysis"] = round(time.monotonic() - t1, 3)
     overflow = set(fp16_overflow(ctx.build_log) or [])
     if overflow:
@@ -199,8 +195,7 @@ def settle(rknn: Any, ctx: TargetContext, build: CandidateBuilder) -> TargetAccu
         return result
     rknn.release()  # the first session's simulator holds its tensors; rebuilds get the memory
     t2 = time.monotonic()
-    if ctx.journal is not None:  # what the step found, before any candidate
-        ctx.journal.record_context(dict(accuracy), dict(result.seconds))
+    ctx.journal.record_context(dict(accuracy), dict(result.seconds))  # what the step found, before any candidate
     outcome = rp.search(first, candidates, _candidate_runner(ctx, build, overflow),
                         rp.budget_seconds(o.repair_budget_seconds, ctx.first_seconds), fallback,
                         spent=result.seconds.get("analysis", 0.0))

@@ -173,3 +173,28 @@ class TargetJournal:
         except OSError:
             return None
         return path
+
+
+class NoJournal:
+    """No journal (a caller that keeps none): every record is dropped, no crash is ever found."""
+
+    def reset(self) -> None:
+        pass
+
+    def crash(self) -> dict[str, Any] | None:
+        return None
+
+    def record_started(self, candidate: Any, file: Path) -> None:
+        pass
+
+    def record_finished(self, attempt: Any, verification: dict[str, Any] | None, file: Path | None) -> None:
+        pass
+
+    def record_analysis(self, started: bool) -> None:
+        pass
+
+    def record_context(self, accuracy: dict[str, Any], seconds: dict[str, float]) -> None:
+        pass
+
+    def record_workaround(self, file: Path, workaround: Any) -> None:
+        pass

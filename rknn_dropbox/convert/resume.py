@@ -9,7 +9,7 @@ from typing import Any
 
 from rknn_dropbox.convert import repair as rp
 from rknn_dropbox.convert.accuracy import TargetAccuracy
-from rknn_dropbox.convert.attempts import CRASHED, TargetJournal
+from rknn_dropbox.convert.attempts import CRASHED, NoJournal, TargetJournal
 from rknn_dropbox.convert.rulefix import Workaround
 from rknn_dropbox.convert.toolkit_log import ConversionError
 
@@ -96,12 +96,12 @@ def _seconds(section: dict[str, Any], crash: dict[str, Any]) -> dict[str, float]
     return seconds
 
 
-def resume_target(journal: TargetJournal, platform: str, final: Path
+def resume_target(journal: TargetJournal | NoJournal, platform: str, final: Path
                   ) -> tuple[TargetAccuracy, Workaround | None] | None:
     """The target delivered from the journal when an earlier run's repair candidate crashed the worker (None: no
     such crash, build it). The best usable attempt ends in `final`; ConversionError when none is usable."""
     crash = journal.crash()
-    if crash is None:
+    if crash is None or not isinstance(journal, TargetJournal):
         return None
     section = journal.section()
     entries = section["attempts"]

@@ -22,7 +22,7 @@ from rknn_dropbox.convert.toolkit_log import (
 )
 from rknn_dropbox.filehash import sha256_file
 from rknn_dropbox.convert.accuracy import TargetAccuracy, TargetContext, settle
-from rknn_dropbox.convert.attempts import AttemptJournal
+from rknn_dropbox.convert.attempts import AttemptJournal, NoJournal, TargetJournal
 from rknn_dropbox.convert.faults import inject_repair_fault
 from rknn_dropbox.convert.resume import resume_target
 from rknn_dropbox.convert.verify import (
@@ -238,6 +238,10 @@ def _log_size(raw_log: Path) -> int:
         return 0
 
 
+def _journal(b: TargetBuild, platform: str) -> TargetJournal | NoJournal:
+    return b.journal.target(platform) if b.journal is not None else NoJournal()
+
+
 def _settle(RKNN: Any, b: TargetBuild, platform: str, rknn: Any, final: Path, seconds: float, build_log: str,
             workarounds: dict[str, Workaround | None]) -> TargetAccuracy:
     spec = b.spec
@@ -252,7 +256,7 @@ def _settle(RKNN: Any, b: TargetBuild, platform: str, rknn: Any, final: Path, se
         per_shape, reference, verify_seconds = _verify_shapes(rknn, b, min_cos, seconds, judging)
         if per_shape.get("status") != "below_threshold":
             return TargetAccuracy(per_shape, seconds={"verify": verify_seconds})
-    journal = b.journal.target(platform) if b.journal is not None else None
+    journal = _journal(b, platform)
     ctx = TargetContext(spec, reference, platform, b.quantize, min_cos, final, report_dir, Path.cwd(), seconds,
                         build_log, journal)
 
@@ -261,8 +265,7 @@ def _settle(RKNN: Any, b: TargetBuild, platform: str, rknn: Any, final: Path, se
         start = _log_size(b.raw_log)
         session, seconds, workaround = _build_session(RKNN, b, platform, cand, path, lambda stage, frac: None)
         workarounds[path.name] = workaround
-        if journal is not None:
-            journal.record_workaround(path, workaround)
+        journal.record_workaround(path, workaround)
         return session, seconds, log_since(b.raw_log, start, 4 << 20)
     acc = settle(rknn, ctx, build)
     if per_shape is not None and not (acc.accuracy and acc.accuracy.get("delivered")):
@@ -289,14 +292,12 @@ def _verified(RKNN: Any, b: TargetBuild, platform: str, rknn: Any, final: Path, 
 def _first_build(RKNN: Any, b: TargetBuild, platform: str, final: Path, progress: StageProgress
                  ) -> tuple[TargetAccuracy, Workaround | None]:
     """The build as configured and its accuracy step (repair included)."""
-    journal = b.journal.target(platform) if b.journal is not None else None
-    if journal is not None:
-        journal.reset()
+    journal = _journal(b, platform)
+    journal.reset()
     log_start = _log_size(b.raw_log)
     first = Candidate("as configured", quantize=b.quantize)
     rknn, seconds, first_workaround = _build_session(RKNN, b, platform, first, final, progress)
-    if journal is not None:
-        journal.record_workaround(final, first_workaround)
+    journal.record_workaround(final, first_workaround)
     progress("verify", 0.9)
     return _verified(RKNN, b, platform, rknn, final, seconds, log_start, first_workaround)
 
@@ -307,8 +308,8 @@ def build_target(RKNN: Any, b: TargetBuild, platform: str, out_name: str, progre
     accuracy step's outcome and the toolkit workaround the delivered build needed (if any)."""
     print(f"--- target {platform}: building {out_name}")
     final = b.output / out_name
-    journal = b.journal.target(platform) if b.journal is not None else None
-    resumed = resume_target(journal, platform, final) if journal is not None else None
+    journal = _journal(b, platform)
+    resumed = resume_target(journal, platform, final)
     if resumed is not None:  # an earlier run's repair candidate killed the worker: its best build so far
         print(f"--- target {platform}: delivered from the attempt journal: {resumed[0].warnings[0]}")
         acc, workaround = resumed
