@@ -5,12 +5,12 @@ reads it (`unfinished_repair`) to tell a death in the repair from any other."""
 
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rknn_dropbox.filehash import sha256_file
 from rknn_dropbox.intake.workarea import ATTEMPTS, read_attempts, write_json_atomic
 
 JOURNAL_VERSION = 1
@@ -30,14 +30,6 @@ class RepairCrash:
         if not data:
             return None
         return cls(str(data.get("platform", "")), str(data.get("candidate", "")), str(data.get("cause", "")))
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class AttemptJournal:
@@ -128,7 +120,7 @@ class TargetJournal:
         if file is not None and Path(file).is_file():
             path = Path(file)
             entry.update(file=self.relative(path), built_file=path.name, size=path.stat().st_size,
-                         sha256=_sha256(path))
+                         sha256=sha256_file(path))
 
         def change(section: dict[str, Any]) -> None:
             attempts = section["attempts"]
@@ -168,7 +160,7 @@ class TargetJournal:
             return None
         path = self.journal.root / entry["file"]
         try:
-            if path.stat().st_size != entry.get("size") or _sha256(path) != entry.get("sha256"):
+            if path.stat().st_size != entry.get("size") or sha256_file(path) != entry.get("sha256"):
                 return None
         except OSError:
             return None
