@@ -1,4 +1,5 @@
-"""The work area: a claimed job's folder (JobDir) and the atomic-write/fsync helpers claims and deliveries share."""
+"""The work area: a claimed job's folder (JobDir), the attempt journal read as plain JSON (the daemon's side), and
+the atomic-write/fsync helpers claims and deliveries share."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ OUTPUT_DIR = "out"
 LOG_NAME = "conversion.log"
 MAX_NAME_BYTES = 200  # leaves room for "-NN" suffixes and staging prefixes under NAME_MAX (255)
 PARTIAL_PREFIX = ".partial-"  # outbox/.partial-<job id>: a delivery being staged, renamed whole when complete
+ATTEMPTS = "attempts.json"  # the attempt journal: convert/attempts.py writes it, the daemon only reads it
 
 
 @dataclass
@@ -125,6 +127,33 @@ def folder_gone(path: Path) -> bool:
     except FileNotFoundError:
         return True
     return False
+
+
+def read_attempts(root: Path) -> dict[str, Any] | None:
+    """A job folder's attempt journal as plain JSON (None: none, or unreadable)."""
+    try:
+        data = json.loads((root / ATTEMPTS).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def unfinished_repair(job: JobDir) -> tuple[str, str] | None:
+    """(platform, candidate label) of the accuracy-repair candidate the job's worker had started and not finished
+    ("accuracy_analysis": the per-layer report before them), from its attempt journal; None when there is none (the
+    worker died anywhere else)."""
+    targets = (read_attempts(job.root) or {}).get("targets")
+    for platform, section in (targets.items() if isinstance(targets, dict) else ()):
+        if not isinstance(section, dict):
+            continue
+        analysis = section.get("analysis")
+        if isinstance(analysis, dict) and analysis.get("state") == "started":
+            return str(platform), "accuracy_analysis"
+        attempts = section.get("attempts")
+        for entry in attempts if isinstance(attempts, list) else ():
+            if isinstance(entry, dict) and entry.get("state") == "started":
+                return str(platform), str(entry.get("label"))
+    return None
 
 
 def same_filesystem(a: Path, b: Path) -> bool:

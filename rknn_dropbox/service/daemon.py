@@ -318,7 +318,8 @@ class Daemon:
     def work_order(self, record: JobRecord) -> WorkOrder:
         return WorkOrder(record.id, record.work_path, record.name, self.cfg.convert.to_json(),
                          str(self.cfg.cache_dir) if self.cfg.cache else None, self.cfg.cache_max_bytes,
-                         str(self.cfg.state_dir), **self.router.order_fields(record.id))
+                         str(self.cfg.state_dir), **self.router.order_fields(record.id),
+                         repair_crash=self.endings.repair_crashes.get(record.id))
 
     # ---- status and shutdown ----------------------------------------------------------------------------------
     def status_snapshot(self) -> dict[str, Any]:
