@@ -113,7 +113,7 @@ def _candidate_runner(ctx: TargetContext, build: CandidateBuilder, overflow: set
         try:
             rknn, seconds, log = build(cand, path)
             overflow.update(fp16_overflow(log) or [])  # auto_hybrid names the tensors it moves out of float16
-            verification = verify_session(rknn, ctx.spec, ctx.ref, ctx.min_cos, judging=ctx.judging(path))
+            verification = verify_session(rknn, ctx.spec, ctx.ref, ctx.min_cos, ctx.judging(path))
             print(f"accuracy {ctx.platform} attempt {cand.label}: {verification.get('status')} "
                   f"{(verification.get('verdict') or {}).get('summary')}")
             attempt = _attempt_of(cand, verification, seconds, path)
@@ -163,8 +163,8 @@ def settle(rknn: Any, ctx: TargetContext, build: CandidateBuilder) -> TargetAccu
 
     `rknn` is the first build's session, released here before any rebuild (one session in memory at a time)."""
     o = ctx.spec.options
-    verification, seconds = timed_verification(rknn, ctx.spec, ctx.ref, ctx.min_cos, ctx.first_seconds,
-                                               ctx.judging(ctx.final))
+    verification, seconds = timed_verification(rknn, ctx.spec, ctx.ref, ctx.min_cos, ctx.judging(ctx.final),
+                                               ctx.first_seconds)
     result = TargetAccuracy(verification, seconds={"verify": seconds})
     if verification.get("status") == "warning":  # synthetic samples only: say so, never repair
         result.warnings.append(f"{ctx.platform}: on synthetic images (the bundle brings no real samples) "

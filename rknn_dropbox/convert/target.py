@@ -207,7 +207,7 @@ def _verify_shapes(rknn: Any, b: TargetBuild, min_cos: float, build_seconds: flo
     the simulator's seconds."""
     per_shape, seconds = [], 0.0
     for shapes, ref in b.shape_references:
-        verification, took = timed_verification(rknn, b.spec, ref, min_cos, build_seconds, judging)
+        verification, took = timed_verification(rknn, b.spec, ref, min_cos, judging, build_seconds)
         per_shape.append({"shapes": shapes, **verification})
         seconds += took
     worst = next((i for i, v in enumerate(per_shape) if v.get("status") != "passed"), 0)
