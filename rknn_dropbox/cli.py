@@ -60,7 +60,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_convert(args: argparse.Namespace) -> int:
     """Convert once, in this process, with the same converter code the workers use."""
-    from rknn_dropbox.convert.options import parse_convert_options
+    from rknn_dropbox.options import parse_convert_options
     cfg = _load(args)
     setup_logging(cfg.log_level)
     defaults = cfg.convert

@@ -14,7 +14,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from rknn_dropbox.convert.options import ConvertOptions, OptionsError, parse_convert_options
+from rknn_dropbox.options import ConvertOptions, OptionsError, parse_convert_options
 
 
 class ConfigError(ValueError):
@@ -229,6 +229,10 @@ def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> C
             raise ConfigError(f"config file not found: {path}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not UTF-8 text (save the config as UTF-8)") from None
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read it: {exc.strerror or exc}") from None
         base_dir = path.resolve().parent
     cfg = config_from_mapping(raw, base_dir, source=path)
     return apply_overrides(cfg, overrides or {})

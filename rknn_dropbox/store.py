@@ -165,6 +165,11 @@ class JobStore:
         """Waiting for a worker (claimed, resumed after a restart, or left unfinished by a shutdown)."""
         self.update(job_id, status=QUEUED, stage="queued", progress=0.0)
 
+    def reopen(self, job_id: str) -> None:
+        """A job recorded final whose inputs were never delivered is queued again (its old outcome cleared)."""
+        self.update(job_id, status=QUEUED, stage="queued", progress=0.0, error=None, hint=None, output_dir=None,
+                    finished_at=None, outputs=[])
+
     def record_interrupted_attempt(self, record: JobRecord, cause: str) -> list[str]:
         """An attempt ended without an outcome (the daemon or its worker died under it): counted, with its cause;
         every attempt's cause so far."""

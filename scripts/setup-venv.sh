@@ -2,7 +2,8 @@
 # Creates ./.venv (once) and installs rknn-dropbox with rknn-toolkit2 and a CPU-only torch.
 # Idempotent: re-running does nothing unless requirements/ or pyproject.toml changed.
 # Usage: scripts/setup-venv.sh [--test] [--tensorflow]   (--test includes TensorFlow: CI runs the real TF tests,
-#        and installs chromium with apt when missing and run as root: the status page tests use it)
+#        and installs chromium and bindfs with apt when missing and run as root: the status page tests and the
+#        share-outage test use them)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3.11}
@@ -32,7 +33,18 @@ ensure_chromium() {
     echo "setup: no chromium (the status page tests will skip): run 'apt-get install chromium' as root" >&2
   fi
 }
-if [[ "$extras" == *test* ]]; then ensure_chromium; fi
+# The share-outage test mounts a real FUSE share (bindfs) and unmounts it under a running daemon.
+ensure_bindfs() {
+  if command -v bindfs >/dev/null 2>&1; then return 0; fi
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing bindfs and fuse3 (apt) for the share-outage test" >&2
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bindfs fuse3; } >/dev/null 2>&1 ||
+      echo "setup: warning: apt could not install bindfs; the share-outage test will skip" >&2
+  else
+    echo "setup: no bindfs (the share-outage test will skip): run 'apt-get install bindfs fuse3' as root" >&2
+  fi
+}
+if [[ "$extras" == *test* ]]; then ensure_chromium; ensure_bindfs; fi
 stamp_input="$(cat pyproject.toml requirements/*.txt config.example.toml; echo "$extras $TORCH_SPEC")"
 stamp="$VENV/.rknn-dropbox-stamp"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$(printf '%s' "$stamp_input" | sha256sum)" ]; then

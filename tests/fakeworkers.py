@@ -87,3 +87,11 @@ def start_daemon(cfg, started: list, drops: tuple[str, ...] = (), target=by_name
         (cfg.inbox / f"{name}.onnx").write_bytes(b"model")
     d.start()
     return d
+
+
+def fails_fast(conn: Connection, parent_pid: int, toolkit_folder: str | None = None) -> None:
+    """Ends every job at once with a (fake) conversion failure naming the worker's toolkit folder: the job goes to
+    failed/ with its inputs."""
+    def behave(conn, order):
+        conn.send(JobDone(order.job_id, False, error=f"fake conversion failure ({toolkit_folder})", hint=None))
+    _serve(conn, behave)

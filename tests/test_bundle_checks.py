@@ -19,7 +19,7 @@ from rknn_dropbox.formats.base import IntegrityError
 from rknn_dropbox.formats.caffe import check_caffe
 from rknn_dropbox.formats.darknet import check_darknet, darknet_expected_weights_bytes
 from rknn_dropbox.convert.model_config import is_model_config, model_config_to_options
-from rknn_dropbox.convert.options import OptionsError, parse_convert_options
+from rknn_dropbox.options import OptionsError, parse_convert_options
 
 
 # ------------------------------------------------------------------------------------------------------- archives

@@ -322,10 +322,11 @@ def test_a_tar_gz_of_a_model_folder_converts(box: DaemonProcess, tmp_path: Path)
 
 # ---------------------------------------------------------------------------------------------- verification
 def test_verification_below_the_threshold_warns_or_fails_when_strict(box: DaemonProcess, tmp_path: Path) -> None:
-    # an int8 build never matches the float model exactly: a threshold of 1.0 cannot be met (without the repair,
-    # whose 16-bit candidates can round up to 1.0)
+    # an int8 build never matches the float model exactly: thresholds no build can meet (without the repair)
+    impossible = ("verify_thresholds: {relative_error: 0.0, top1_agreement: 1.01, detection_agreement: 1.01, "
+                  "argmax_agreement: 1.01, mask_iou: 1.01, ctc_agreement: 1.01}\n")
     for name, strict in (("lenient", "false"), ("strict", "true")):
-        folder = modelgen.write_int8_folder(src(tmp_path) / name, 1, f"verify_min_cosine: 1.0\nverify_strict: "
+        folder = modelgen.write_int8_folder(src(tmp_path) / name, 1, f"{impossible}verify_strict: "
                                             f"{strict}\naccuracy_repair: \"off\"\n")
         shutil.copytree(folder, box.inbox / name)
     lenient = box.wait_completed("lenient")
@@ -334,5 +335,5 @@ def test_verification_below_the_threshold_warns_or_fails_when_strict(box: Daemon
     assert any("verif" in w for w in lenient["warnings"]), lenient["warnings"]
     assert (box.outbox / "lenient" / "lenient.rknn").is_file()
     strict = box.wait_failed("strict")
-    assert "below verify_min_cosine 1.0 (verify_strict)" in strict["error"]
+    assert "below its threshold) (verify_strict)" in strict["error"], strict["error"]
     assert not list((box.failed / "strict").glob("*.rknn"))

@@ -82,6 +82,8 @@ RECIPES: dict[str, Recipe] = {
 EXTRA_RECIPES: dict[str, Recipe] = {
     "yolo11n": Recipe("ultralytics", "yolo11n.yaml", 320, "yolo-detect", "rule-retry"),
     "yolov8n-640": Recipe("ultralytics", "yolov8n.yaml", 640, "yolo-detect", "rule-retry"),
+    # small; rknn-toolkit2 2.5.0 dies of SIGILL building it as w16a16i_dfp (a real repair-candidate crash)
+    "yolov8n-160": Recipe("ultralytics", "yolov8n.yaml", 160, "yolo-detect", "rule-retry"),
     "deeplabv3_mobilenet_v3": Recipe("torchvision", "deeplabv3_mobilenet_v3_large", 256, "segmentation",
                                      "converts"),
     "deeplabv3_mobilenet_v3-512": Recipe("torchvision", "deeplabv3_mobilenet_v3_large", 512, "segmentation",

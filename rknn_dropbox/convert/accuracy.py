@@ -13,6 +13,7 @@ from typing import Any, Callable
 import numpy as np
 
 from rknn_dropbox.convert import repair as rp
+from rknn_dropbox.convert.attempts import NoJournal, TargetJournal
 from rknn_dropbox.convert.analysis import LayerError, hybrid_ranges, run_analysis, worst_layers
 from rknn_dropbox.convert.simulator import lean_sessions
 from rknn_dropbox.convert.verify import (
@@ -56,6 +57,8 @@ class TargetContext:
     scratch: Path
     first_seconds: float
     build_log: str = ""               # the toolkit's output during the first build
+    # every attempt and its verdict on disk before the next starts (convert/attempts.py)
+    journal: TargetJournal | NoJournal = field(default_factory=NoJournal)
 
     def judging(self, rknn_path: Path) -> Judging:
         return Judging(self.quantize, self.spec.options.verify_thresholds, rknn_path)
@@ -106,17 +109,22 @@ def _candidate_runner(ctx: TargetContext, build: CandidateBuilder, overflow: set
         path = ctx.scratch / f"{ctx.final.name}.attempt{next(counter)}"
         started = time.monotonic()
         rknn = None
+        ctx.journal.record_started(cand, path)  # on disk before it starts: a crash in it names it
         try:
             rknn, seconds, log = build(cand, path)
             overflow.update(fp16_overflow(log) or [])  # auto_hybrid names the tensors it moves out of float16
-            verification = verify_session(rknn, ctx.spec, ctx.ref, ctx.min_cos, judging=ctx.judging(path))
+            verification = verify_session(rknn, ctx.spec, ctx.ref, ctx.min_cos, ctx.judging(path))
             print(f"accuracy {ctx.platform} attempt {cand.label}: {verification.get('status')} "
                   f"{(verification.get('verdict') or {}).get('summary')}")
-            return _attempt_of(cand, verification, seconds, path)
+            attempt = _attempt_of(cand, verification, seconds, path)
+            ctx.journal.record_finished(attempt, verification, path)
+            return attempt
         except Exception as exc:  # noqa: BLE001 - one candidate failing is one data point
             path.unlink(missing_ok=True)
-            return rp.Attempt(cand, None, {}, time.monotonic() - started, False,
-                              getattr(exc, "error", None) or error_reason(exc))
+            attempt = rp.Attempt(cand, None, {}, time.monotonic() - started, False,
+                                 getattr(exc, "error", None) or error_reason(exc))
+            ctx.journal.record_finished(attempt, None, None)
+            return attempt
         finally:
             if rknn is not None:
                 try:
@@ -155,8 +163,8 @@ def settle(rknn: Any, ctx: TargetContext, build: CandidateBuilder) -> TargetAccu
 
     `rknn` is the first build's session, released here before any rebuild (one session in memory at a time)."""
     o = ctx.spec.options
-    verification, seconds = timed_verification(rknn, ctx.spec, ctx.ref, ctx.min_cos, ctx.first_seconds,
-                                               ctx.judging(ctx.final))
+    verification, seconds = timed_verification(rknn, ctx.spec, ctx.ref, ctx.min_cos, ctx.judging(ctx.final),
+                                               ctx.first_seconds)
     result = TargetAccuracy(verification, seconds={"verify": seconds})
     if verification.get("status") == "warning":  # synthetic samples only: say so, never repair
         result.warnings.append(f"{ctx.platform}: on synthetic images (the bundle brings no real samples) "
@@ -164,11 +172,16 @@ def settle(rknn: Any, ctx: TargetContext, build: CandidateBuilder) -> TargetAccu
                                "inputs (or verify_dataset) to check and repair it")
     if verification.get("status") != "below_threshold":
         return result
+    first = _attempt_of(rp.Candidate("as configured", quantize=ctx.quantize), verification, ctx.first_seconds,
+                        ctx.final)
+    ctx.journal.record_finished(first, verification, ctx.final)  # on disk before the analysis or any candidate
     accuracy: dict[str, Any] = {}
     rows: list[LayerError] = []
     if ctx.quantize:
         t1 = time.monotonic()
+        ctx.journal.record_analysis(started=True)  # the toolkit's native code: a death in it is named too
         rows = _analysis(rknn, ctx, accuracy)
+        ctx.journal.record_analysis(started=False)
         result.seconds["analysis"] = round(time.monotonic() - t1, 3)
     overflow = set(fp16_overflow(ctx.build_log) or [])
     if overflow:
@@ -182,8 +195,7 @@ def settle(rknn: Any, ctx: TargetContext, build: CandidateBuilder) -> TargetAccu
         return result
     rknn.release()  # the first session's simulator holds its tensors; rebuilds get the memory
     t2 = time.monotonic()
-    first = _attempt_of(rp.Candidate("as configured", quantize=ctx.quantize), verification, ctx.first_seconds,
-                        ctx.final)
+    ctx.journal.record_context(dict(accuracy), dict(result.seconds))  # what the step found, before any candidate
     outcome = rp.search(first, candidates, _candidate_runner(ctx, build, overflow),
                         rp.budget_seconds(o.repair_budget_seconds, ctx.first_seconds), fallback,
                         spent=result.seconds.get("analysis", 0.0))

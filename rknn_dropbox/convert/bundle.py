@@ -10,14 +10,15 @@ from rknn_dropbox.convert.calibration import (
     BundlePlace, DatasetChoice, calibration_dataset, is_calibration_file, read_dataset_lines, verification_dataset,
 )
 from rknn_dropbox.convert.model_config import ModelConfigRefs, is_model_config, model_config_to_options
-from rknn_dropbox.convert.options import ConvertOptions, OptionsError, parse_convert_options, read_yaml_mapping
+from rknn_dropbox.options import ConvertOptions, OptionsError, parse_convert_options, read_yaml_mapping
 from rknn_dropbox.formats import (
     FORMATS, PAIR_FORMATS, SUPPORTED_HINT, Format, FormatError, IntegrityError, by_name, find_sets,
     format_for_extension, sniff,
 )
 from rknn_dropbox.intake.archives import ArchiveError, is_archive, strip_single_folder, unpack_archive
 from rknn_dropbox.intake.scanner import is_ignored, split_name
-from rknn_dropbox.intake.sidecars import bundle_files, find_sidecars, is_sidecar
+from rknn_dropbox.intake.sidecars import bundle_files, find_sidecars, is_sidecar, linked_files
+from rknn_dropbox.intake.tree import MAX_DEPTH, TooDeep
 
 FORMAT_NAMES = {f.name: f.display for f in FORMATS}
 Found = tuple[str, Path, "Path | None"]  # (format name, model, weights)
@@ -192,9 +193,17 @@ def _options_and_model(files: list[Path], bundle_name: str, defaults: ConvertOpt
 
 def inspect_bundle(input_dir: Path, bundle_name: str, defaults: ConvertOptions, work: Path) -> ModelSpec:
     """Read a claimed bundle: pick its model, apply sidecar/config.yaml over the defaults, find calibration data."""
-    files = bundle_files(input_dir)
+    try:
+        files = bundle_files(input_dir)
+    except TooDeep:
+        raise BundleError(f"{bundle_name} is nested more than {MAX_DEPTH} folders deep",
+                          "flatten it: a bundle needs only a few levels") from None
     if not files:
         raise BundleError(f"{bundle_name} holds no files")
+    links = linked_files(files)
+    if links:  # swapped into the claimed input/ after the scanner looked: never followed
+        raise BundleError(f"{links[0].relative_to(input_dir)} is a symbolic link; links are not followed",
+                          "copy the file itself into the inbox")
     root = _bundle_root(input_dir)
     files, unpacked_root = _unpack_archives(files, work)
     root = unpacked_root or root

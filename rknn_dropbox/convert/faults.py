@@ -2,14 +2,15 @@
 
 Not an option a user can set: it needs RKNN_DROPBOX_FAULT_INJECTION=1 in the daemon's environment, and
 RKNN_DROPBOX_FAULTS names the bundles and their faults ("victim=slow,segv=segfault").  Faults: segfault, abort,
-exit, hang, oom, raise, slow (sleeps RKNN_DROPBOX_FAULT_SLOW_SECONDS, default 5, then converts normally)."""
+exit, hang, oom, raise, slow (sleeps RKNN_DROPBOX_FAULT_SLOW_SECONDS, default 5, then converts normally);
+repair_candidate (a segfault when the first accuracy-repair candidate starts building, as the toolkit's does)."""
 
 from __future__ import annotations
 
 import os
 import time
 
-FAULTS = ("segfault", "exit", "hang", "oom", "abort", "raise", "slow", "toolkit-crash")
+FAULTS = ("segfault", "exit", "hang", "oom", "abort", "raise", "slow", "toolkit-crash", "repair_candidate")
 
 
 def injected_toolkit_crash(bundle_name: str, toolkit_version: str) -> bool:
@@ -50,3 +51,10 @@ def inject_fault(bundle_name: str) -> None:
         raise RuntimeError("injected fault")
     elif fault == "slow":
         time.sleep(float(os.environ.get("RKNN_DROPBOX_FAULT_SLOW_SECONDS", "5")))
+
+
+def inject_repair_fault(bundle_name: str) -> None:
+    """"repair_candidate": the worker dies of SIGSEGV as an accuracy-repair candidate starts; nothing outside tests."""
+    if fault_for(bundle_name) == "repair_candidate":
+        import ctypes
+        ctypes.string_at(0)

@@ -18,8 +18,9 @@ from rknn_dropbox.convert.calibration import read_dataset_lines
 from rknn_dropbox.convert.repair import delivered_quantization
 from rknn_dropbox.convert.cache import ResultCache, cache_key
 from rknn_dropbox.convert.faults import inject_fault, injected_toolkit_crash
-from rknn_dropbox.convert.options import ConvertOptions, OptionsError, check_fp16_platforms, effective_quantization
+from rknn_dropbox.options import ConvertOptions, OptionsError, check_fp16_platforms, effective_quantization
 from rknn_dropbox.convert.accuracy import TargetAccuracy
+from rknn_dropbox.convert.attempts import AttemptJournal, RepairCrash
 from rknn_dropbox.convert.simulator import bound_heap_growth, peak_rss_mb, reset_peak_rss
 from rknn_dropbox.convert.target import (
     TargetBuild, build_target, shape_references, target_error, target_name,
@@ -56,6 +57,7 @@ class JobSettings:
     default_toolkit: str | None = None  # the first of [toolkits] versions
     toolkit: str | None = None  # build with exactly this version (the daemon's handover, or a fallback)
     crashed: tuple[dict[str, str], ...] = ()  # the fallback's reason: [{"toolkit": "2.5.0", "error": "..."}]
+    repair_crash: RepairCrash | None = None  # the previous run's worker died in this accuracy-repair candidate
 
     @classmethod
     def from_order(cls, order: dict[str, Any]) -> "JobSettings":
@@ -63,7 +65,7 @@ class JobSettings:
         lock_dir = order.get("lock_dir")
         return cls(Path(cache_dir) if cache_dir else None, int(order.get("cache_max_bytes") or 0),
                    Path(lock_dir) if lock_dir else None, order.get("default_toolkit"), order.get("toolkit"),
-                   tuple(order.get("crashed") or ()))
+                   tuple(order.get("crashed") or ()), RepairCrash.from_order(order.get("repair_crash")))
 
 
 @dataclass(frozen=True)
@@ -286,7 +288,8 @@ def _convert(job: JobDir, name: str, defaults: ConvertOptions, progress: Progres
     references = shape_references(spec, prepared, spec.verify_dataset) if spec.options.verify else []
     reference = references[0][1] if references else None
     build = TargetBuild(spec, q.quantize, q.prequantized, prepared, job.output, job.job_id,
-                        job.root / "conversion.raw", settings.lock_dir, reference, references)
+                        job.root / "conversion.raw", settings.lock_dir, reference, references,
+                        AttemptJournal.open(job.root, settings.repair_crash), name)
     try:
         outcome = _build_targets(RKNN, build, name, result, progress)
     except ConversionError as exc:

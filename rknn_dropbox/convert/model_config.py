@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from rknn_dropbox.convert.options import OptionsError, option_error
+from rknn_dropbox.options import OptionsError, option_error
 
 MODEL_CONFIG_KEYS = ("name", "platform", "model_file_path", "pt_file_path", "prototxt_file_path",
                      "caffemodel_file_path", "darknet_cfg_path", "darknet_weights_path", "quantize", "dataset",

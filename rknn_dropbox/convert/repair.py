@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from rknn_dropbox.convert.platforms import DTYPE_PLATFORMS, NO_FP16_PLATFORMS
+from rknn_dropbox.platforms import DTYPE_PLATFORMS, NO_FP16_PLATFORMS
 
 MIN_BUDGET_SECONDS = 60.0
 BUDGET_FACTOR = 3.0

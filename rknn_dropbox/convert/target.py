@@ -12,16 +12,19 @@ from typing import Any, Callable
 
 from rknn_dropbox import __version__
 from rknn_dropbox.convert.bundle import ModelSpec
-from rknn_dropbox.convert.platforms import NO_FP16_PLATFORMS, dtype_platform_error
+from rknn_dropbox.platforms import NO_FP16_PLATFORMS, dtype_platform_error
 from rknn_dropbox.convert.rulefix import (
     AdvisedBuild, LogWindow, RuleCrash, Workaround, build_with_advice, failed_verification_story, rule_crash_error,
 )
-from rknn_dropbox.convert.toolkit_keys import toolkit_config_kwargs
+from rknn_dropbox.toolkit_keys import toolkit_config_kwargs
 from rknn_dropbox.convert.toolkit_log import (
     BUILD_PHASES_FP16, BUILD_PHASES_INT8, LOAD_PHASES, ConversionError, log_since, toolkit_caller, toolkit_progress,
 )
 from rknn_dropbox.filehash import sha256_file
 from rknn_dropbox.convert.accuracy import TargetAccuracy, TargetContext, settle
+from rknn_dropbox.convert.attempts import AttemptJournal, NoJournal, TargetJournal
+from rknn_dropbox.convert.faults import inject_repair_fault
+from rknn_dropbox.convert.resume import resume_target
 from rknn_dropbox.convert.verify import (
     Judging, Reference, prepare_reference, strict_failure, threshold, timed_verification,
 )
@@ -46,6 +49,8 @@ class TargetBuild:
     reference: Reference | None = None  # the job's verification samples and the source runtime's outputs
     # dynamic_input: one (shape set, reference) per set verification runs at; `reference` is the first one's
     shape_references: list[tuple[Any, Reference]] = field(default_factory=list)
+    journal: AttemptJournal | None = None  # every attempt's .rknn and verdict on disk (None: not kept)
+    bundle_name: str = ""             # the job's name (test-only fault injection picks bundles by it)
 
 
 def target_name(name: str, platforms: tuple[str, ...], platform: str) -> str:
@@ -202,7 +207,7 @@ def _verify_shapes(rknn: Any, b: TargetBuild, min_cos: float, build_seconds: flo
     the simulator's seconds."""
     per_shape, seconds = [], 0.0
     for shapes, ref in b.shape_references:
-        verification, took = timed_verification(rknn, b.spec, ref, min_cos, build_seconds, judging)
+        verification, took = timed_verification(rknn, b.spec, ref, min_cos, judging, build_seconds)
         per_shape.append({"shapes": shapes, **verification})
         seconds += took
     worst = next((i for i, v in enumerate(per_shape) if v.get("status") != "passed"), 0)
@@ -233,6 +238,10 @@ def _log_size(raw_log: Path) -> int:
         return 0
 
 
+def _journal(b: TargetBuild, platform: str) -> TargetJournal | NoJournal:
+    return b.journal.target(platform) if b.journal is not None else NoJournal()
+
+
 def _settle(RKNN: Any, b: TargetBuild, platform: str, rknn: Any, final: Path, seconds: float, build_log: str,
             workarounds: dict[str, Workaround | None]) -> TargetAccuracy:
     spec = b.spec
@@ -247,13 +256,16 @@ def _settle(RKNN: Any, b: TargetBuild, platform: str, rknn: Any, final: Path, se
         per_shape, reference, verify_seconds = _verify_shapes(rknn, b, min_cos, seconds, judging)
         if per_shape.get("status") != "below_threshold":
             return TargetAccuracy(per_shape, seconds={"verify": verify_seconds})
+    journal = _journal(b, platform)
     ctx = TargetContext(spec, reference, platform, b.quantize, min_cos, final, report_dir, Path.cwd(), seconds,
-                        build_log)
+                        build_log, journal)
 
     def build(cand: Candidate, path: Path) -> tuple[Any, float, str]:
+        inject_repair_fault(b.bundle_name)
         start = _log_size(b.raw_log)
         session, seconds, workaround = _build_session(RKNN, b, platform, cand, path, lambda stage, frac: None)
         workarounds[path.name] = workaround
+        journal.record_workaround(path, workaround)
         return session, seconds, log_since(b.raw_log, start, 4 << 20)
     acc = settle(rknn, ctx, build)
     if per_shape is not None and not (acc.accuracy and acc.accuracy.get("delivered")):
@@ -277,17 +289,32 @@ def _verified(RKNN: Any, b: TargetBuild, platform: str, rknn: Any, final: Path, 
     return acc, workarounds.get(f"{final.name}.attempt{delivered}") if delivered else first_workaround
 
 
+def _first_build(RKNN: Any, b: TargetBuild, platform: str, final: Path, progress: StageProgress
+                 ) -> tuple[TargetAccuracy, Workaround | None]:
+    """The build as configured and its accuracy step (repair included)."""
+    journal = _journal(b, platform)
+    journal.reset()
+    log_start = _log_size(b.raw_log)
+    first = Candidate("as configured", quantize=b.quantize)
+    rknn, seconds, first_workaround = _build_session(RKNN, b, platform, first, final, progress)
+    journal.record_workaround(final, first_workaround)
+    progress("verify", 0.9)
+    return _verified(RKNN, b, platform, rknn, final, seconds, log_start, first_workaround)
+
+
 def build_target(RKNN: Any, b: TargetBuild, platform: str, out_name: str, progress: StageProgress
                  ) -> tuple[dict[str, Any], TargetAccuracy, Workaround | None]:
     """Build `out_name` for `platform`, verify it (repair it below the threshold); its result.json entry, the
     accuracy step's outcome and the toolkit workaround the delivered build needed (if any)."""
     print(f"--- target {platform}: building {out_name}")
     final = b.output / out_name
-    log_start = _log_size(b.raw_log)
-    first = Candidate("as configured", quantize=b.quantize)
-    rknn, seconds, first_workaround = _build_session(RKNN, b, platform, first, final, progress)
-    progress("verify", 0.9)
-    acc, workaround = _verified(RKNN, b, platform, rknn, final, seconds, log_start, first_workaround)
+    journal = _journal(b, platform)
+    resumed = resume_target(journal, platform, final)
+    if resumed is not None:  # an earlier run's repair candidate killed the worker: its best build so far
+        print(f"--- target {platform}: delivered from the attempt journal: {resumed[0].warnings[0]}")
+        acc, workaround = resumed
+    else:
+        acc, workaround = _first_build(RKNN, b, platform, final, progress)
     _refuse_unproven(workaround, acc.verification, final)
     failure = strict_failure(acc.verification)
     if failure and b.spec.options.verify_strict:

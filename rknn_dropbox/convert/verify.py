@@ -233,12 +233,11 @@ def _output_rows(names: list[str], refs: list[list[np.ndarray]], sims: list[list
     return rows
 
 
-def verify_session(rknn: Any, spec: Any, ref: Reference, min_cos: float, build_seconds: float | None = None,
-                   judging: Judging | None = None) -> dict[str, Any]:
+def verify_session(rknn: Any, spec: Any, ref: Reference, min_cos: float, judging: Judging,
+                   build_seconds: float | None = None) -> dict[str, Any]:
     """Run the built session's simulator on the samples and judge each output by its task (checks/); result.json's
     verification of one target. With the build's time given, the first verification of a job decides how many
     samples fit (Reference.bound_samples)."""
-    judging = judging or Judging(quantized=min_cos < FP16_MIN_COSINE)
     base: dict[str, Any] = {"reference": spec.fmt.reference_name}
     if ref.skipped:
         return {"status": "skipped", "reason": ref.skipped}
@@ -266,11 +265,11 @@ def verify_session(rknn: Any, spec: Any, ref: Reference, min_cos: float, build_s
     return out
 
 
-def timed_verification(rknn: Any, spec: Any, ref: Reference, min_cos: float, build_seconds: float | None = None,
-                       judging: Judging | None = None) -> tuple[dict[str, Any], float]:
+def timed_verification(rknn: Any, spec: Any, ref: Reference, min_cos: float, judging: Judging,
+                       build_seconds: float | None = None) -> tuple[dict[str, Any], float]:
     """verify_session and the seconds it took beside the source runtime's (timings: verify vs reference)."""
     started, ref_before = time.monotonic(), ref.seconds
-    verification = verify_session(rknn, spec, ref, min_cos, build_seconds, judging)
+    verification = verify_session(rknn, spec, ref, min_cos, judging, build_seconds)
     return verification, round(time.monotonic() - started - (ref.seconds - ref_before), 3)
 
 

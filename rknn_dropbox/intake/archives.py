@@ -142,6 +142,8 @@ def unpack_archive(path: Path, dest: Path, limits: ArchiveLimits = ArchiveLimits
     at most limits.max_members members and limits.max_bytes bytes; files are created with O_EXCL so nothing is
     written through a name that already exists.
     """
+    if dest.exists():  # left by an earlier attempt of the same job (a retry, a toolkit handover): start afresh
+        shutil.rmtree(dest)
     dest.mkdir(parents=True, exist_ok=False)
     try:
         if path.name.lower().endswith(".zip"):

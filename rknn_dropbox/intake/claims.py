@@ -11,8 +11,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rknn_dropbox.convert.options import OptionsError, read_yaml_mapping
+from rknn_dropbox.options import OptionsError, read_yaml_mapping
 from rknn_dropbox.intake.sidecars import bundle_files, find_sidecars
+from rknn_dropbox.intake.tree import TooDeep
 from rknn_dropbox.intake.workarea import MANIFEST, JobDir, fsync_dir, write_json_atomic
 
 
@@ -113,7 +114,10 @@ def callback_url_for(job_input: Path, default: str | None) -> str | None:
     sidecar still report; an unreadable sidecar is left for the worker to reject with a proper error."""
     if not job_input.is_dir():
         return default
-    found = find_sidecars([f for f in bundle_files(job_input) if not f.is_symlink()])
+    try:
+        found = find_sidecars([f for f in bundle_files(job_input) if not f.is_symlink()])
+    except (TooDeep, OSError):
+        return default
     url = default
     for path in (p for p in (found.folder, found.own) if p is not None):
         try:

@@ -65,14 +65,13 @@ def deliver(job: JobDir, dest_parent: Path, name: str, extra_files: dict[str, An
     extra_files: file name -> JSON data written beside the outputs (result.json / error.json).
     Raises DeliveryError (the job stays whole in the work area) when the destination cannot take it.
     """
+    staging = dest_parent / f"{PARTIAL_PREFIX}{job.job_id}"
     try:
+        _make_whole(job, staging)  # an earlier try whose undo failed too
         dest_parent.mkdir(parents=True, exist_ok=True)
         job.output.mkdir(parents=True, exist_ok=True)
         for fname, data in extra_files.items():
             write_json_atomic(job.output / fname, data)
-        staging = dest_parent / f"{PARTIAL_PREFIX}{job.job_id}"
-        if os.path.lexists(staging):
-            shutil.rmtree(staging)
         same_fs = same_filesystem(job.root, dest_parent)
         if same_fs:
             _fsync_tree(job.output)  # what we wrote; the inputs were renamed, not rewritten, so no fsync for them
@@ -89,24 +88,31 @@ def deliver(job: JobDir, dest_parent: Path, name: str, extra_files: dict[str, An
         os.rename(staging, final)
         fsync_dir(dest_parent)
     except OSError as exc:
-        # undo a partial same-fs move so the job is whole again, and leave no partial folder behind
-        if (job.output / INPUT_DIR).exists() and not job.input.exists():
-            os.rename(job.output / INPUT_DIR, job.input)
-        staging = dest_parent / f"{PARTIAL_PREFIX}{job.job_id}"
-        if staging.exists() and not job.output.exists():
-            try:
-                if (staging / INPUT_DIR).exists() and not job.input.exists():
-                    os.rename(staging / INPUT_DIR, job.input)
-                os.rename(staging, job.output)
-            except OSError:
-                pass
-        shutil.rmtree(staging, ignore_errors=True)
+        try:
+            _make_whole(job, staging)
+        except OSError:
+            pass  # the share itself fails: the next try makes the job whole first
         where = "outbox" if "result.json" in extra_files else "failed"
         if _errno_of(exc) == errno.ENOSPC:
             raise DeliveryError(exc.errno, f"no space left on {where} ({dest_parent})") from exc
         raise DeliveryError(_errno_of(exc), f"cannot write to {where} ({dest_parent}): {exc}") from exc
     shutil.rmtree(job.root, ignore_errors=True)
     return final
+
+
+def _make_whole(job: JobDir, staging: Path) -> None:
+    """Undo a partial same-fs move (the job whole again in the work area) and remove a staging folder that holds
+    nothing of the user's; a staging folder still holding the inputs is never deleted."""
+    if (job.output / INPUT_DIR).exists() and not job.input.exists():
+        os.rename(job.output / INPUT_DIR, job.input)
+    if not os.path.lexists(staging):
+        return
+    if (staging / INPUT_DIR).exists() and not job.input.exists():
+        os.rename(staging / INPUT_DIR, job.input)
+    if not job.output.exists():
+        os.rename(staging, job.output)
+    elif not (staging / INPUT_DIR).exists() or job.input.exists():
+        shutil.rmtree(staging)  # a cross-fs copy cut short (the job kept everything), or an emptied staging
 
 
 def deliver_report(dest_parent: Path, name: str, job_id: str, files: dict[str, Any]) -> Path:

@@ -14,15 +14,18 @@ from loguru import logger
 HEARTBEAT = ".heartbeat"
 
 
-def touch_heartbeat(claim_dir: Path) -> None:
-    """Say "this host is alive" to the other hosts: the heartbeat file's mtime (set by the file server)."""
+def touch_heartbeat(claim_dir: Path) -> str | None:
+    """Say "this host is alive" to the other hosts: the heartbeat file's mtime (set by the file server).
+    None, or why it could not (a full, read-only or vanished share: the claims still work)."""
     path = claim_dir / HEARTBEAT
     try:
-        os.utime(path, None)
-    except FileNotFoundError:
-        path.write_text(f"{os.getpid()}\n")
-    except OSError as exc:  # a full or read-only share: the claims still work, other hosts may take over
-        logger.warning("cannot update the heartbeat {}: {}", path, exc.strerror)
+        try:
+            os.utime(path, None)
+        except FileNotFoundError:
+            path.write_text(f"{os.getpid()}\n")
+    except OSError as exc:
+        return f"cannot update the heartbeat {path}: {exc.strerror or exc}"
+    return None
 
 
 CLOCK_PROBE = ".clock"
@@ -50,14 +53,37 @@ class Heartbeat:
         self.interval = interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
+        self.failing = False
 
     def start(self) -> None:
-        touch_heartbeat(self.claim_dir)
+        self.beat()
         self._thread.start()
 
+    def beat(self) -> None:
+        """Touch the heartbeat; a failure is logged when it starts, and its end when it ends (not every beat)."""
+        problem = touch_heartbeat(self.claim_dir)
+        if problem and not self.failing:
+            logger.warning("{} (other hosts may take over this host's claims if it lasts)", problem)
+        elif self.failing and not problem:
+            logger.info("the heartbeat {} beats again", self.claim_dir)
+        self.failing = problem is not None
+
+    def restart(self) -> None:
+        """A fresh thread after this one ended (the daemon's thread keeper calls it)."""
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
+        self._thread.start()
+
+    def is_alive(self) -> bool:
+        return self._thread.is_alive()
+
     def _run(self) -> None:
-        while not self._stop.wait(self.interval()):
-            touch_heartbeat(self.claim_dir)
+        stop = self._stop
+        while not stop.wait(self.interval()):
+            try:
+                self.beat()
+            except Exception as exc:  # noqa: BLE001 - a heartbeat that stops lets other hosts take live claims
+                logger.error("heartbeat {}: {}", self.claim_dir, exc)
 
     def stop(self) -> None:
         self._stop.set()

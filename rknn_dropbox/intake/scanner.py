@@ -8,16 +8,18 @@ import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from rknn_dropbox.formats import PAIR_EXTS, SINGLE_MODEL_EXTS, SUPPORTED_HINT, is_checkpoint_ext
 from rknn_dropbox.intake.archives import ARCHIVE_SUFFIXES as ARCHIVE_EXTS
+from rknn_dropbox.intake.tree import MAX_DEPTH, TooDeep, walk_tree
 
 __all__ = ["PAIR_EXTS", "SINGLE_MODEL_EXTS", "ARCHIVE_EXTS", "SIDECAR_EXTS", "is_checkpoint_ext", "is_ignored",
            "split_name", "InboxScanner"]
 
 IGNORED_PATTERNS = ("Thumbs.db", "desktop.ini", "*.part", "*.tmp", "*.crdownload", "~*", "@eaDir", "__MACOSX")
 SIDECAR_EXTS = (".yaml", ".yml")
+TOO_DEEP = "too deep"  # a folder signature's marker: nested deeper than MAX_DEPTH
 
 
 def is_ignored(name: str) -> bool:
@@ -51,22 +53,18 @@ def entry_signature(path: Path) -> Signature | None:
         return None
     if not stat.S_ISDIR(st.st_mode):
         return (st.st_mode, st.st_size, st.st_mtime_ns)
-    items = []
-    for root, dirs, files in os.walk(path):
-        dirs[:] = sorted(d for d in dirs if not is_ignored(d))
-        for fname in sorted(files):
-            if is_ignored(fname):
-                continue
-            full = os.path.join(root, fname)
-            try:
-                fst = os.lstat(full)
-            except OSError:
-                continue
-            items.append((os.path.relpath(full, path), fst.st_mode, fst.st_size, fst.st_mtime_ns))
-        for d in dirs:
-            full = os.path.join(root, d)
-            if os.path.islink(full):
-                items.append((os.path.relpath(full, path), "link", 0, 0))
+    items: list[tuple[str, Any, int, int]] = []
+    try:
+        for root, _, files in walk_tree(path, is_ignored):
+            for fname in files:
+                full = os.path.join(root, fname)
+                try:
+                    fst = os.lstat(full)
+                except OSError:
+                    continue
+                items.append((os.path.relpath(full, path), fst.st_mode, fst.st_size, fst.st_mtime_ns))
+    except TooDeep:
+        items.append(("", TOO_DEEP, 0, 0))
     return ("dir", tuple(items))
 
 
@@ -199,7 +197,11 @@ class InboxScanner:
                 result.waiting += 1
             return
         for rel, mode, size, _ in files:
-            if mode == "link" or stat.S_ISLNK(mode):
+            if mode == TOO_DEEP:
+                result.rejected.append(Rejection(name, [name], f"folder {name} is nested more than {MAX_DEPTH} "
+                                                 "folders deep", "flatten it: a bundle needs only a few levels"))
+                return
+            if stat.S_ISLNK(mode):
                 result.rejected.append(Rejection(name, [name], f"{name}/{rel} is a symbolic link; links are not "
                                                  "followed", "copy the file itself into the folder"))
                 return

@@ -4,12 +4,12 @@ One rule for the daemon (callback_url at claim time) and the worker (every optio
 
 from __future__ import annotations
 
-import os
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
 from rknn_dropbox.intake.scanner import SIDECAR_EXTS, is_ignored, split_name
+from rknn_dropbox.intake.tree import walk_tree
 
 FOLDER_CONFIG_NAMES = ("config.yaml", "config.yml", "model_config.yml", "model_config.yaml")
 
@@ -23,12 +23,18 @@ class Sidecars:
 
 
 def bundle_files(root: Path) -> list[Path]:
-    """Every file under `root` in a stable order, without OS litter and partial downloads."""
+    """Every file under `root` in a stable order, without OS litter and partial downloads (links included: see
+    `linked_files`). Raises TooDeep for a tree nested deeper than the scanner accepts."""
     out = []
-    for base, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not is_ignored(d))
-        out.extend(Path(base) / f for f in sorted(files) if not is_ignored(f))
+    for base, _, files in walk_tree(root, is_ignored):
+        out.extend(Path(base) / f for f in files)
     return out
+
+
+def linked_files(files: list[Path]) -> list[Path]:
+    """The symbolic links among `files`: the scanner's rule (links are not followed) applied again by whoever reads
+    a claimed bundle, since a link may be swapped into a claimed input/ after the scanner looked."""
+    return [f for f in files if f.is_symlink()]
 
 
 def is_sidecar(path: Path) -> bool:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 from loguru import logger
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
+from watchdog.utils import BaseThread
 
 NETWORK_FS_TYPES = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "afs", "ceph", "glusterfs", "lustre", "sshfs")
 
@@ -66,7 +68,9 @@ class InboxWatcher:
     def __init__(self, inbox: Path, ignore_under: Path, poll: bool | str, poll_interval: float = 1.0) -> None:
         self.inbox = inbox
         self.polling, self.reason = choose_polling(poll, inbox)
+        self._others = set(threading.enumerate())  # the inotify reader thread starts with the observer object
         self.observer = PollingObserver(timeout=poll_interval) if self.polling else Observer()
+        self.threads: list[threading.Thread] = []
         self.read_fd, self.write_fd = os.pipe()
         os.set_blocking(self.read_fd, False)
         os.set_blocking(self.write_fd, False)
@@ -74,10 +78,13 @@ class InboxWatcher:
 
     def start(self) -> None:
         self.observer.start()
+        self.threads = [t for t in threading.enumerate()  # the observer's and its inotify reader's
+                        if isinstance(t, BaseThread) and t not in self._others]
         logger.info("watching {} with {} ({})", self.inbox, "polling" if self.polling else "inotify", self.reason)
 
     def is_alive(self) -> bool:
-        return self.observer.is_alive()
+        """The observer and every thread it started (inotify's reader dies alone on a tree nested too deep)."""
+        return self.observer.is_alive() and all(t.is_alive() for t in self.threads)
 
     def drain(self) -> bool:
         """Consume wake-ups; True when anything changed since the last call."""

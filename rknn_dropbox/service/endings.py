@@ -11,7 +11,7 @@ from typing import Any, Callable
 from loguru import logger
 
 from rknn_dropbox.config import Config
-from rknn_dropbox.intake.workarea import JobDir
+from rknn_dropbox.intake.workarea import JobDir, note_in_manifest, unfinished_repair
 from rknn_dropbox.joblog import finish_log
 from rknn_dropbox.service.admission import MemoryGate
 from rknn_dropbox.service.messages import EventKind, JobDone, JobProgress, JobTimeout, PoolEvent, WorkerDeath
@@ -33,6 +33,7 @@ class JobEndings:
         self.router = router
         self.finisher = finisher
         self.config = config
+        self.repair_crashes: dict[str, dict[str, str]] = {}  # job id -> the repair candidate its worker died in
 
     def record_peak(self, job_id: str, result: dict[str, Any] | None) -> None:
         """A job ended: its peak memory into the store and its result, and the admission's history."""
@@ -47,8 +48,11 @@ class JobEndings:
         elif event.kind is EventKind.DONE and isinstance(detail, JobDone):
             self.record_peak(event.job_id, detail.result if detail.ok else None)
             retry = self.router.retry(event.job_id, detail)  # another toolkit version: back to the queue's front
+            if retry is None:
+                self.repair_crashes.pop(event.job_id, None)
             if retry is not None:
                 logger.warning("job {}: {}", event.job_id, retry.reason)
+                self._clear_scratch(event.job_id)  # an archive unpacked there is unpacked afresh by the next try
                 self.store.mark_queued(event.job_id)
                 self.queue.appendleft(event.job_id)
             elif detail.ok and detail.result is not None:
@@ -59,13 +63,30 @@ class JobEndings:
         elif event.kind is EventKind.DIED and isinstance(detail, WorkerDeath):
             self.record_peak(event.job_id, None)
             self._finish_log(event.job_id)
-            if not self.retry_alone(event.job_id, detail):
+            if not self.retry_alone(event.job_id, detail) and not self.retry_repair_crash(event.job_id, detail):
+                self.repair_crashes.pop(event.job_id, None)
                 self.finisher.fail(event.job_id, self.death_error(event.job_id, detail), detail.hint or
                                    "the toolkit ended the worker process; see conversion.log for its last words")
         elif event.kind is EventKind.TIMEOUT and isinstance(detail, JobTimeout):
+            self.repair_crashes.pop(event.job_id, None)
             self._finish_log(event.job_id)
             self.finisher.fail(event.job_id, f"timed out after {detail.seconds:.0f} s (timeout_seconds)",
                                "raise timeout_seconds for very large models")
+
+    @staticmethod
+    def failed_for_the_outage(event: PoolEvent) -> bool:
+        """A job that ended without an outcome (failed, died, timed out) while the share was away."""
+        if event.kind is EventKind.DONE and isinstance(event.detail, JobDone):
+            return not event.detail.ok
+        return event.kind in (EventKind.DIED, EventKind.TIMEOUT)
+
+    def retry_after_outage(self, event: PoolEvent) -> None:
+        """Its files were out of reach, not wrong: back to the queue's front, not counted as an attempt."""
+        self.record_peak(event.job_id, None)
+        self._clear_scratch(event.job_id)
+        logger.warning("job {} ended while the share was away; converting it again", event.job_id)
+        self.store.mark_queued(event.job_id)
+        self.queue.appendleft(event.job_id)
 
     def retry_alone(self, job_id: str, death: WorkerDeath) -> bool:
         """A worker the kernel killed while other jobs ran (an OOM kill, most likely): the job goes back to the
@@ -74,11 +95,31 @@ class JobEndings:
         record = self.store.get(job_id)
         if record is None or not death.kernel_kill_beside_others or record.attempts + 1 >= self.config().max_attempts:
             return False
-        self.store.record_interrupted_attempt(record, death.cause)
+        causes = self.store.record_interrupted_attempt(record, death.cause)
+        job = self.job_dir(job_id)
+        if job:
+            note_in_manifest(job, attempt_causes=causes)
         logger.warning("job {}: {} while other jobs ran: retrying it alone", job_id, death.cause)
         self.store.mark_queued(job_id)
         self.queue.appendleft(job_id)
         self.memory.run_alone(job_id)
+        return True
+
+    def retry_repair_crash(self, job_id: str, death: WorkerDeath) -> bool:
+        """A worker that died building an accuracy-repair candidate (the job's attempt journal shows it started and
+        unfinished): the job goes back to the queue's front, counted as an attempt, and its next worker delivers the
+        best build made before it, naming the crash (`repair_crash` in the order). True if requeued."""
+        job, record = self.job_dir(job_id), self.store.get(job_id)
+        crashed = unfinished_repair(job) if job is not None else None
+        if record is None or crashed is None or record.attempts + 1 >= self.config().max_attempts:
+            return False
+        platform, candidate = crashed
+        self.store.record_interrupted_attempt(record, f"{death.cause} (accuracy-repair candidate {candidate})")
+        self.repair_crashes[job_id] = {"platform": platform, "candidate": candidate, "cause": death.cause}
+        logger.warning("job {}: {} building the accuracy-repair candidate {} for {}: delivering the best build "
+                       "made before it", job_id, death.cause, candidate, platform)
+        self.store.mark_queued(job_id)
+        self.queue.appendleft(job_id)
         return True
 
     def death_error(self, job_id: str, death: WorkerDeath) -> str:
@@ -104,7 +145,7 @@ class JobEndings:
         """Cancel what `rknn-dropbox cancel` flagged in the store: a queued job leaves the queue, a running one
         loses its worker; either way its inputs go to failed/ and the task reads "cancelled"."""
         for job_id in self.store.cancel_requested_ids():
-            if job_id in self.finisher.pending:
+            if job_id in self.finisher.pending or self.finisher.copier.busy(job_id):
                 continue  # it finished already; only its delivery is pending
             if job_id in self.queue:
                 self.queue.remove(job_id)
@@ -113,6 +154,11 @@ class JobEndings:
                 self._discard_partial_work(job_id)
                 self.finisher.cancel(job_id, "running")
             # else: not held by this daemon
+
+    def _clear_scratch(self, job_id: str) -> None:
+        job = self.job_dir(job_id)
+        if job:
+            shutil.rmtree(job.root / "tmp", ignore_errors=True)
 
     def _discard_partial_work(self, job_id: str) -> None:
         """A killed conversion's half-written outputs and scratch files; its log is kept."""

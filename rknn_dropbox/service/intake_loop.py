@@ -92,7 +92,8 @@ class InboxIntake:
         error, hint = claim_problem(cfg.inbox, exc)
         record = self.store.get(job_id) if job_id else None
         self.finisher.report_unclaimable(record or JobRecord(id=job_id or new_job_id(), name=name,
-                                                             target=",".join(cfg.convert.target_platform)),
+                                                             target=",".join(cfg.convert.target_platform),
+                                                             callback_url=cfg.convert.callback_url),
                                          entries, error, hint)
 
     def reject(self, rejection: Rejection) -> None:

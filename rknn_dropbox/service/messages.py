@@ -20,11 +20,14 @@ class WorkOrder:
     default_toolkit: str | None = None  # the first of [toolkits] versions: what a job builds with unless it asks
     toolkit: str | None = None  # build with exactly this version (the job asked for it, or a fallback)
     crashed: tuple[dict[str, str], ...] = ()  # a fallback's reason: the versions that crashed on this job before
+    # the previous run's worker died building this accuracy-repair candidate: {"platform", "candidate", "cause"}
+    repair_crash: dict[str, str] | None = None
 
     def settings(self) -> dict[str, Any]:
         """The per-daemon settings part of the order, as convert's JobSettings.from_order reads them."""
         return {"cache_dir": self.cache_dir, "cache_max_bytes": self.cache_max_bytes, "lock_dir": self.lock_dir,
-                "default_toolkit": self.default_toolkit, "toolkit": self.toolkit, "crashed": list(self.crashed)}
+                "default_toolkit": self.default_toolkit, "toolkit": self.toolkit, "crashed": list(self.crashed),
+                "repair_crash": self.repair_crash}
 
 
 @dataclass(frozen=True)

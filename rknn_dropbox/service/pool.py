@@ -27,6 +27,7 @@ _SIGNAL_CAUSES = {
     signal.SIGKILL: "worker killed by signal 9 (SIGKILL): most likely the machine ran out of memory during the "
                     "toolkit's build (the kernel's OOM killer ends the largest process)",
     signal.SIGSEGV: "worker crashed with signal 11 (SIGSEGV) in the toolkit's native code",
+    signal.SIGILL: "worker crashed with signal 4 (SIGILL) in the toolkit's native code",
     signal.SIGABRT: "worker aborted with signal 6 (SIGABRT): the toolkit's native compiler gave up "
                     "(an unsupported quantized_dtype for this platform?)",
     signal.SIGBUS: "worker crashed with signal 7 (SIGBUS): the model file is probably truncated or corrupt",
@@ -123,7 +124,16 @@ class WorkerPool:
         if not idle:
             return None
         slot = idle[0]
-        slot.conn.send(order)
+        try:
+            slot.conn.send(order)
+        except OSError as exc:  # BrokenPipeError: the worker died after its last message; a fresh one replaces it
+            logger.warning("worker {} (pid {}) could not take job {} ({}); starting a fresh worker", slot.index,
+                           slot.process.pid, order.job_id, exc.strerror or exc)
+            slot.stopping = True
+            slot.process.kill()
+            slot.process.join(5)
+            self._replace(slot)
+            return None
         slot.job_id = order.job_id
         slot.started_at = self.clock()
         return slot.process.pid

@@ -9,6 +9,8 @@ from rknn_dropbox.config import Config
 
 if TYPE_CHECKING:
     from rknn_dropbox.intake.scanner import InboxScanner
+    from rknn_dropbox.service.admission import MemoryAdmission
+    from rknn_dropbox.service.callbacks import CallbackSender
     from rknn_dropbox.service.pool import WorkerPool
 
 # Read at every use by the loop, the scanner or the pool: safe to swap while running.
@@ -33,8 +35,15 @@ def apply_live(old: Config, new: Config, live: list[str]) -> Config:
     return replace(old, **{k: getattr(new, k) for k in live})
 
 
-def push_live_settings(cfg: Config, scanner: "InboxScanner", pool: "WorkerPool") -> None:
-    """Hand the reloaded live keys to the scanner and the pool, which keep their own copies."""
+def push_live_settings(cfg: Config, scanner: "InboxScanner", pool: "WorkerPool",
+                       admission: "MemoryAdmission | None" = None, callbacks: "CallbackSender | None" = None) -> None:
+    """Hand the reloaded live keys to the scanner, the pool, the memory admission and the callback sender, which
+    keep their own copies."""
+    if callbacks is not None:  # [convert] callback_hosts: the allow-list applies from the next callback on
+        from rknn_dropbox.service.callbacks import CallbackPolicy
+        callbacks.policy = CallbackPolicy.for_convert(cfg.convert)
+    if admission is not None:
+        admission.reserve_mb = cfg.memory_reserve_mb
     scanner.stable_seconds = cfg.stable_seconds
     scanner.bundle_timeout_seconds = cfg.bundle_timeout_seconds
     scanner.max_file_size = cfg.max_file_size

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from loguru import logger
 
 from rknn_dropbox import __version__
-from rknn_dropbox.intake.delivery import DeliveryError, deliver, deliver_report
-from rknn_dropbox.intake.workarea import JobDir, write_json_atomic
+from rknn_dropbox.intake.delivery import DeliveryError, deliver, deliver_report, find_delivered
+from rknn_dropbox.intake.workarea import JobDir, folder_gone, same_filesystem, write_json_atomic
 from rknn_dropbox.service.callbacks import PENDING, CallbackSender
+from rknn_dropbox.service.copier import DeliveryCopier
 from rknn_dropbox.status.metrics import new_job_costs, observe_job_costs
 from rknn_dropbox.store import CANCELLED, COMPLETED, FAILED, FINAL_STATUSES, JobRecord, JobStore
 
@@ -93,6 +95,11 @@ def read_delivered(folder: Path, fname: str) -> DeliveredOutcome:
 
 
 # ---- delivering and recording -----------------------------------------------------------------------------------
+def _other_filesystem(job_root: Path, dest: Path) -> bool:
+    try:
+        return not same_filesystem(job_root, dest)
+    except OSError:
+        return False  # delivered inline: deliver() says what is wrong
 @dataclass
 class PendingDelivery:
     job_id: str
@@ -110,6 +117,8 @@ class Finisher:
         self.callbacks = callbacks
         self.callbacks_running = False  # before start-up ends, callbacks are marked pending and sent at its end
         self.pending: dict[str, PendingDelivery] = {}
+        self.copier = DeliveryCopier()
+        self.share_available: Callable[[], bool] = lambda: True  # the daemon's ShareWatch
         self.job_costs = new_job_costs()  # verification/repair seconds and peak RSS of completed jobs (/metrics)
 
     def complete(self, job_id: str, result: dict[str, Any]) -> None:
@@ -132,19 +141,52 @@ class Finisher:
     def deliver(self, job_id: str, success: bool, payload: dict[str, Any]) -> None:
         """Move the job whole into outbox/ or failed/ and record it; when that fails, retry later."""
         record = self._record(job_id)
-        if not Path(record.work_path).is_dir():
-            self.drop_taken(job_id)
+        if folder_gone(Path(record.work_path)):
+            if not self.share_available():  # momentarily missing with the share: tried again when it is back
+                raise FileNotFoundError(errno.ENOENT, "the share is unavailable", record.work_path)
+            found = find_delivered([self.outbox, self.failed], job_id)
+            if found:  # delivered already; recording it was what failed (a full state disk, say)
+                self.pending.pop(job_id, None)
+                self.record_found_delivery(job_id, *found)
+            else:
+                self.drop_taken(job_id)
+            return
+        if self.copier.busy(job_id):
+            return  # its copy to another filesystem is under way
+        job, dest = JobDir(Path(record.work_path)), self.outbox if success else self.failed
+        files = {RESULT_FILE if success else ERROR_FILE: payload}
+        if _other_filesystem(job.root, dest):  # a copy, maybe long: off the loop's thread
+            logger.info("job {}: copying it to {} (another filesystem) in the background", job_id, dest)
+            self.copier.start(job_id, success, payload, lambda: deliver(job, dest, record.name, files))
             return
         try:
-            folder = deliver(JobDir(Path(record.work_path)), self.outbox if success else self.failed, record.name,
-                             {RESULT_FILE if success else ERROR_FILE: payload})
+            folder = deliver(job, dest, record.name, files)
         except DeliveryError as exc:
-            logger.error("job {}: {}; will retry in {:.0f} s", job_id, exc.strerror, DELIVERY_RETRY_SECONDS)
-            self.store.mark_delivery_pending(job_id, exc.strerror)
-            self._persist_pending(record, success, payload)
-            self.pending[job_id] = PendingDelivery(job_id, success, payload,
-                                                   time.monotonic() + DELIVERY_RETRY_SECONDS)
+            self._wait_to_retry(record, success, payload, exc)
             return
+        self._record_delivery(record, success, payload, folder)
+
+    def collect_copies(self) -> None:
+        """Record the background copies that finished (or wait to retry those that failed)."""
+        for copy in self.copier.finished():
+            record = self._record(copy.job_id)
+            try:
+                folder = copy.future.result()
+            except OSError as exc:
+                self._wait_to_retry(record, copy.success, copy.payload,
+                                    exc if isinstance(exc, DeliveryError) else DeliveryError(exc.errno, str(exc)))
+                continue
+            self._record_delivery(record, copy.success, copy.payload, folder)
+
+    def _wait_to_retry(self, record: JobRecord, success: bool, payload: dict[str, Any], exc: DeliveryError) -> None:
+        logger.error("job {}: {}; will retry in {:.0f} s", record.id, exc.strerror, DELIVERY_RETRY_SECONDS)
+        self.pending[record.id] = PendingDelivery(record.id, success, payload,
+                                                  time.monotonic() + DELIVERY_RETRY_SECONDS)
+        self._persist_pending(record, success, payload)
+        self.store.mark_delivery_pending(record.id, exc.strerror)
+
+    def _record_delivery(self, record: JobRecord, success: bool, payload: dict[str, Any], folder: Path) -> None:
+        job_id = record.id
         self.pending.pop(job_id, None)
         if success:
             self.store.mark_completed(job_id, str(folder))
@@ -182,6 +224,9 @@ class Finisher:
             success, payload = bool(kept["success"]), dict(kept["payload"])
         except (OSError, ValueError, KeyError, TypeError):
             return False
+        if payload.get("task_id") != job_id:  # written by hand into the work area: not this job's outcome
+            logger.warning("job {}: ignoring a delivery.json that is not this job's", job_id)
+            return False
         logger.info("job {}: delivering the outcome kept from the previous run", job_id)
         self.deliver(job_id, success, payload)
         return True
@@ -216,6 +261,7 @@ class Finisher:
         self.notify_callback(job_id)
 
     def retry_due(self, now: float) -> None:
+        self.collect_copies()
         for pending in list(self.pending.values()):
             if pending.next_try <= now:
                 self.deliver(pending.job_id, pending.success, pending.payload)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
+from rknn_dropbox.intake.workarea import JobDir, note_in_manifest
 from rknn_dropbox.service.messages import JobDone
 from rknn_dropbox.store import JobStore
 from rknn_dropbox.toolkits import fallback_exhausted, installed_names, installed_toolkits, next_fallback
@@ -65,8 +67,19 @@ class ToolkitRouter:
                 retry = Retry(toolkit.version, f"rknn-toolkit2 {done.crash['toolkit']} crashed ({done.error}); "
                                                f"trying rknn-toolkit2 {toolkit.version}")
         if retry is not None and self.store is not None:
-            self.store.update(job_id, toolkit_plan=json.dumps(asdict(plan)))
+            saved = json.dumps(asdict(plan))
+            self.store.update(job_id, toolkit_plan=saved)
+            record = self.store.get(job_id)
+            if record is not None and record.work_path:  # a host taking the claim over resumes the plan
+                note_in_manifest(JobDir(Path(record.work_path)), toolkit_plan=saved)
         return retry
+
+    def learn(self, job_id: str, saved: str) -> None:
+        """The plan a taken-over job carried in its job.json."""
+        try:
+            self.plans[job_id] = ToolkitPlan(**json.loads(saved))
+        except (ValueError, TypeError):
+            pass  # unreadable: the default, as for a new job
 
     def final_error(self, job_id: str, done: JobDone) -> str:
         """The failed job's error, naming every version that crashed on it; forgets the job."""

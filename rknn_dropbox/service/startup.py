@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from rknn_dropbox.config import Config
+from rknn_dropbox.intake.watcher import NETWORK_FS_TYPES, mount_fstype
 from rknn_dropbox.intake.workarea import mount_point
 
 
@@ -17,8 +18,28 @@ class StartupError(RuntimeError):
     """The daemon cannot start (folders, filesystems, port, inotify); the message says what to change."""
 
 
+def _inside(child: Path, parent: Path) -> bool:
+    c, p = os.path.realpath(child), os.path.realpath(parent)
+    return c == p or c.startswith(p.rstrip("/") + "/")
+
+
+def check_layout(cfg: Config) -> None:
+    """Refuse an outbox, failed or state_dir inside the inbox, and a state_dir on a network filesystem."""
+    for key, path in (("outbox", cfg.outbox), ("failed", cfg.failed), ("state_dir", cfg.state_dir)):
+        if _inside(path, cfg.inbox):
+            raise StartupError(f"{key} {path} is inside the inbox {cfg.inbox}: what the daemon writes there would be "
+                               "taken for drops, and anyone who can write the inbox could change it; put "
+                               f"{key} beside the inbox, not in it")
+    fstype = mount_fstype(cfg.state_dir)
+    if fstype in NETWORK_FS_TYPES or fstype.split(".", 1)[-1] in NETWORK_FS_TYPES:
+        raise StartupError(f"state_dir {cfg.state_dir} is on a {fstype} mount: the job store is SQLite, whose locks "
+                           "do not hold on network filesystems (a corrupt or locked database); put state_dir on a "
+                           "local disk (e.g. /var/lib/rknn-dropbox); only inbox, outbox and failed may be on the share")
+
+
 def prepare_folders(cfg: Config) -> None:
     """Create the folders and refuse a work area that is not on inbox's filesystem (claims are renames)."""
+    check_layout(cfg)
     names = {cfg.inbox: "inbox", cfg.outbox: "outbox", cfg.failed: "failed", cfg.state_dir: "state_dir",
              cfg.claim_dir: "work_dir"}
     for p, key in names.items():

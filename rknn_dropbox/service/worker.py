@@ -70,7 +70,7 @@ def worker_main(conn: Connection, parent_pid: int, preload: bool = True, toolkit
 def run_order(order: WorkOrder, conn: Connection) -> JobDone:
     """Convert one job; every outcome, even a bug, becomes a JobDone (the worker must answer for every job)."""
     from rknn_dropbox.convert.job import ConversionError, JobSettings, convert_job, describe_exception
-    from rknn_dropbox.convert.options import ConvertOptions
+    from rknn_dropbox.options import ConvertOptions
     from rknn_dropbox.toolkits import ToolkitMismatch
 
     def progress(stage: str, pct: float) -> None:

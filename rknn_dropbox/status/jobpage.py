@@ -16,8 +16,8 @@ from rknn_dropbox.store import COMPLETED, FINAL_STATUSES
 LOG_LINES = 200
 MAX_DROPPED_ROWS = 200  # a calibration set can be thousands of images
 DETAIL_KEYS = ("rknn", "toolkit_fallback", "timings", "peak_rss_mb", "cached", "cache_of", "rknn_dropbox_version")
-ACCURACY_FACTS = ("delivered_label", "delivered_because", "npu_cost", "passed", "not_tried", "report",
-                  "analysis_error")
+ACCURACY_FACTS = ("delivered_label", "delivered_because", "repair_crashed", "npu_cost", "passed", "not_tried",
+                  "report", "analysis_error")
 TENSOR_KEYS = ("name", "shape", "dtype", "layout", "quant")
 CHECK_WORDS = {"passed": "passed", "below_threshold": "below the threshold", "skipped": "skipped",
                "error": "could not run", "warning": "fell short on synthetic samples (a warning: never repaired)"}

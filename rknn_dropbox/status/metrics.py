@@ -63,6 +63,11 @@ def _histogram_lines(name: str, help_text: str, hist: Histogram) -> list[str]:
                     f"{name}_count {hist.count}"]
 
 
+def _labelled_counter(name: str, help_text: str, label: str, values: dict[str, int]) -> list[str]:
+    lines = [f"# HELP {name} {help_text}", f"# TYPE {name} counter"]
+    return lines + [f'{name}{{{label}="{key}"}} {int(n)}' for key, n in sorted(values.items())]
+
+
 def _number(value: float) -> str:
     return repr(float(value)) if value != int(value) else f"{int(value)}"
 
@@ -91,6 +96,16 @@ def render_metrics(store: JobStore, snapshot: dict[str, Any]) -> str:
     lines += [f'rknn_dropbox_conversion_seconds_bucket{{le="+Inf"}} {count}',
               f"rknn_dropbox_conversion_seconds_sum {total!r}",
               f"rknn_dropbox_conversion_seconds_count {count}"]
+    lines += _labelled_counter("rknn_dropbox_loop_errors_total", "Failures of a daemon loop step (each retried "
+                               "with back-off), by step.", "step", snapshot.get("loop_errors") or {})
+    lines += _labelled_counter("rknn_dropbox_thread_restarts_total", "Daemon threads found dead and restarted, by "
+                               "thread.", "thread", snapshot.get("thread_restarts") or {})
+    missing = snapshot.get("share_missing")
+    lines += ["# HELP rknn_dropbox_share_available 1 when inbox, outbox and failed are reachable, 0 during an outage.",
+              "# TYPE rknn_dropbox_share_available gauge", f"rknn_dropbox_share_available {0 if missing else 1}",
+              "# HELP rknn_dropbox_share_outages_total Times the share (inbox, outbox or failed) went away.",
+              "# TYPE rknn_dropbox_share_outages_total counter",
+              f"rknn_dropbox_share_outages_total {int(snapshot.get('share_outages') or 0)}"]
     costs = snapshot.get("job_costs") or {}
     for _, name, help_text, bounds in JOB_COSTS:
         lines += _histogram_lines(name, help_text, costs.get(name) or Histogram(bounds))

@@ -46,7 +46,23 @@ def health_checks(snapshot: dict[str, Any]) -> dict[str, bool]:
         "folders_writable": not snapshot.get("unwritable_folders"),
         "workers_alive": int(snapshot.get("workers_alive") or 0) >= 1,
         "accepting_jobs": not snapshot.get("stopping"),
+        "threads_running": all((snapshot.get("threads_alive") or {}).values()),
+        "loop_steps_ok": not snapshot.get("failing_steps"),
+        "share_available": not snapshot.get("share_missing"),
     }
+
+
+def health_body(snapshot: dict[str, Any]) -> dict[str, Any]:
+    """/health: "healthy", or "degraded" naming what is wrong (a failing loop step, a dead thread, a share away)."""
+    problems = [f"{step} step failing: {error}" for step, error in (snapshot.get("failing_steps") or {}).items()]
+    problems += [f"{name} thread not running" for name, alive in (snapshot.get("threads_alive") or {}).items()
+                 if not alive]
+    problems += [f"share unavailable: {what}" for what in snapshot.get("share_missing") or []]
+    body: dict[str, Any] = {"status": "degraded" if problems else "healthy", "timestamp": time.time(),
+                            "version": __version__}
+    if problems:
+        body["problems"] = problems
+    return body
 
 
 def content_disposition(filename: str) -> str:
@@ -216,7 +232,7 @@ class StatusHandler(BaseHTTPRequestHandler):
                 self._job_page(job)
             return None
         if parts == ["health"]:
-            return self._json(200, {"status": "healthy", "timestamp": time.time(), "version": __version__})
+            return self._json(200, health_body(self.server.snapshot()))
         if parts in (["livez"], ["readyz"]):
             return self._probe(parts[0])
         if parts == ["metrics"]:

@@ -14,7 +14,7 @@ import pytest
 import modelgen
 from rknn_dropbox.convert import cache as cache_module
 from rknn_dropbox.convert.cache import ResultCache
-from rknn_dropbox.convert.options import ConvertOptions
+from rknn_dropbox.options import ConvertOptions
 from rknn_dropbox.intake.claims import claim_bundle
 
 pytestmark = pytest.mark.slow

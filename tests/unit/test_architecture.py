@@ -58,3 +58,59 @@ def test_only_the_worker_function_imports_the_converter() -> None:
     names = {n.module for n in top_level if isinstance(n, ast.ImportFrom)} | \
         {a.name for n in top_level if isinstance(n, ast.Import) for a in n.names}
     assert not [m for m in names if m and (m.startswith(FORBIDDEN + ("rknn.", "torch")) or m in ("rknn", "torch"))]
+
+
+DAEMON_ENTRIES = ("rknn_dropbox.cli", "rknn_dropbox.service.daemon", "rknn_dropbox.status.server")
+# only the top-level imports of these reach the daemon: their functions run in workers (service.worker, formats'
+# methods) or in other commands than `run` (cli: `convert` imports the converter inside its function)
+TOP_LEVEL_ONLY = ("rknn_dropbox.service.worker", "rknn_dropbox.formats", "rknn_dropbox.cli")
+
+
+def module_path(name: str) -> Path | None:
+    base = PACKAGE.parent.joinpath(*name.split("."))
+    for path in (base.with_suffix(".py"), base / "__init__.py"):
+        if path.is_file():
+            return path
+    return None  # an attribute imported by name (`from pkg import NAME`), not a module
+
+
+def top_level_imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    body = ast.Module(body=[n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))], type_ignores=[])
+    here = module_name(path).split(".")
+    package = here if path.name == "__init__.py" else here[:-1]
+    found: set[str] = set()
+    for node in ast.walk(body):
+        if isinstance(node, ast.ImportFrom):
+            base = ".".join(package[:len(package) - node.level + 1]) if node.level else ""
+            module = ".".join(p for p in (base, node.module or "") if p)
+            found |= {module} | {f"{module}.{a.name}" for a in node.names}
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+    return found
+
+
+def daemon_modules() -> dict[str, str]:
+    """Every rknn_dropbox module the daemon process can import (lazy imports included), and who imports it."""
+    seen: dict[str, str] = {}
+    todo = [(name, "entry") for name in DAEMON_ENTRIES]
+    while todo:
+        name, by = todo.pop()
+        path = module_path(name)
+        if name in seen or path is None:
+            continue
+        seen[name] = by
+        found = top_level_imports(path) if name.startswith(TOP_LEVEL_ONLY) else imports_of(path)
+        parts = name.split(".")
+        found |= {".".join(parts[:i]) for i in range(2, len(parts))}  # importing a.b.c runs a/b/__init__ too
+        todo += [(m, name) for m in found if m.startswith("rknn_dropbox")]
+    return seen
+
+
+def test_no_daemon_side_module_imports_convert() -> None:
+    """Every package the daemon reaches (intake, service, status, store, config, options, toolkits ...), followed
+    through every import: none reaches convert/ (only the worker function does, lazily)."""
+    modules = daemon_modules()
+    assert {"rknn_dropbox.intake.claims", "rknn_dropbox.config", "rknn_dropbox.store"} <= set(modules)
+    bad = sorted(f"{by} imports {name}" for name, by in modules.items() if name.startswith("rknn_dropbox.convert"))
+    assert not bad, "the daemon reaches convert/:\n" + "\n".join(bad)

@@ -10,7 +10,7 @@ import pytest
 
 import modelgen
 from rknn_dropbox.convert.bundle import inspect_bundle
-from rknn_dropbox.convert.options import (
+from rknn_dropbox.options import (
     ConvertOptions, OptionsError, check_fp16_platforms, effective_quantization, parse_convert_options,
 )
 

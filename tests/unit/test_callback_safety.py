@@ -14,7 +14,7 @@ import pytest
 from loguru import logger
 
 from rknn_dropbox.config import config_from_mapping
-from rknn_dropbox.convert.options import OptionsError, parse_convert_options
+from rknn_dropbox.options import OptionsError, parse_convert_options
 from rknn_dropbox.service.callbacks import CallbackPolicy, CallbackSender
 from rknn_dropbox.store import JobRecord, JobStore
 from conftest import wait_for

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from rknn_dropbox.config import ConfigError, load_config
-from rknn_dropbox.convert.options import (
+from rknn_dropbox.options import (
     ConvertOptions, OptionsError, effective_quantization, parse_convert_options, read_yaml_mapping,
 )
 

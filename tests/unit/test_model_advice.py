@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from rknn_dropbox.convert.options import OptionsError, parse_convert_options
+from rknn_dropbox.options import OptionsError, parse_convert_options
 from rknn_dropbox.convert.rulefix import LogWindow, RuleCrash, advised_rules, build_with_advice, rule_exception
-from rknn_dropbox.convert.toolkit_keys import toolkit_config_kwargs
+from rknn_dropbox.toolkit_keys import toolkit_config_kwargs
 from rknn_dropbox.convert.toolkit_log import explain_toolkit_error
 from rknn_dropbox.formats.graphtraits import GraphInput, data_dependent_nodes, graph_inputs
 from rknn_dropbox.formats.onnx_shapes import ShapeError, plan_input_shapes

@@ -8,7 +8,7 @@ import pytest
 
 from rknn_dropbox.config import ConfigError, config_from_mapping
 from rknn_dropbox.convert.model_config import model_config_to_options
-from rknn_dropbox.convert.options import OptionsError, parse_convert_options
+from rknn_dropbox.options import OptionsError, parse_convert_options
 from rknn_dropbox.toolkits import (
     Toolkit, ToolkitError, choose_toolkit, fallback_exhausted, loads_on, next_fallback, runtime_candidates,
 )

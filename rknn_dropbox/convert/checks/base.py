@@ -7,7 +7,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from rknn_dropbox.convert.checks.thresholds import LOWER_IS_BETTER, MIN_LEVELS, threshold_for  # noqa: F401
+from rknn_dropbox.thresholds import LOWER_IS_BETTER
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rknn_dropbox.convert.checks.base import CheckResult, OutputInfo, threshold_for
+from rknn_dropbox.convert.checks.base import CheckResult, OutputInfo
+from rknn_dropbox.thresholds import threshold_for
 from rknn_dropbox.convert.checks.tensor import stack
 
 TIE = 0.01   # two classes within 1 % of the reference's score range (or top score) are a tie: either agrees

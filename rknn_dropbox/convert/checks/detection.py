@@ -8,7 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from rknn_dropbox.convert.checks.base import CheckResult, OutputInfo, threshold_for
+from rknn_dropbox.convert.checks.base import CheckResult, OutputInfo
+from rknn_dropbox.thresholds import threshold_for
 from rknn_dropbox.convert.checks.tensor import measure_part, stack
 
 CONF = 0.25

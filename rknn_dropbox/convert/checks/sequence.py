@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rknn_dropbox.convert.checks.base import CheckResult, OutputInfo, threshold_for
+from rknn_dropbox.convert.checks.base import CheckResult, OutputInfo
+from rknn_dropbox.thresholds import threshold_for
 from rknn_dropbox.convert.checks.tensor import stack
 
 

@@ -8,7 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from rknn_dropbox.convert.checks.base import MIN_LEVELS, CheckResult, ConcatPart, OutputInfo, threshold_for
+from rknn_dropbox.convert.checks.base import CheckResult, ConcatPart, OutputInfo
+from rknn_dropbox.thresholds import MIN_LEVELS, threshold_for
 
 
 def robust_range(values: np.ndarray) -> tuple[float, float]:

@@ -1,4 +1,5 @@
-"""Each task-check metric's default threshold (int8, fp16); light: the options parser reads it."""
+"""Each task-check metric's default threshold (int8, fp16): read by the options parser (daemon side) and by
+convert/checks/ in the workers."""
 
 from __future__ import annotations
 

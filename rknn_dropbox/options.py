@@ -10,8 +10,8 @@ from typing import Any, Union
 import yaml
 
 from rknn_dropbox.callback_urls import public_url, valid_callback_url, valid_host_entry
-from rknn_dropbox.convert.toolkit_keys import TOOLKIT_KEY_DEFAULTS, ToolkitKeyError, parse_toolkit_key
-from rknn_dropbox.convert.platforms import (
+from rknn_dropbox.toolkit_keys import TOOLKIT_KEY_DEFAULTS, ToolkitKeyError, parse_toolkit_key
+from rknn_dropbox.platforms import (
     NO_FP16_PLATFORMS, OPTIMIZATION_LEVELS, PLATFORMS, QUANTIZED_ALGORITHMS, QUANTIZED_DTYPES,
     QUANTIZED_METHODS, RENAMED_DTYPES, dtype_platform_error,
 )
@@ -214,7 +214,7 @@ def _parse_verify_value(where: str, key: str, value: Any) -> Any:
             raise option_error(where, key, f"expected a path to a dataset.txt of held-out samples, got {value!r}")
         return value
     if key == "verify_thresholds":
-        from rknn_dropbox.convert.checks.thresholds import DEFAULT_THRESHOLDS
+        from rknn_dropbox.thresholds import DEFAULT_THRESHOLDS
         if value is None:
             return None
         if not isinstance(value, dict) or not all(k in DEFAULT_THRESHOLDS and isinstance(v, (int, float))
@@ -336,6 +336,8 @@ def read_yaml_mapping(path: Path) -> dict[str, Any]:
         data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         raise OptionsError(f"{name}: not valid YAML: {' '.join(str(exc).split())}") from None
+    except RecursionError:  # `a: [[[[...` thousands deep
+        raise OptionsError(f"{name}: not valid YAML: nested too deeply") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
