@@ -17,7 +17,7 @@ from rknn_dropbox.platforms import (
 )
 
 MAX_SIDECAR_BYTES = 1024 * 1024
-YOLO_LAYOUTS = ("split", "keep", "rknn_model_zoo")  # convert/yolo/layouts.py LAYOUTS
+YOLO_LAYOUTS = ("split", "keep", "rknn_model_zoo")  # an Ultralytics head's layouts (convert/yolo/layouts.py)
 Quantize = Union[bool, str]  # True / False / "auto"
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rknn_dropbox.convert.options import OptionsError, parse_convert_options
+from rknn_dropbox.options import OptionsError, parse_convert_options
 from rknn_dropbox.convert.yolo import decode
 
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rknn_dropbox.convert.options import YOLO_LAYOUTS as LAYOUTS  # noqa: F401 (the layouts' names, said once)
+from rknn_dropbox.options import YOLO_LAYOUTS as LAYOUTS  # noqa: F401 (the layouts' names, said once)
 from rknn_dropbox.convert.yolo.head import UltralyticsHead, class_count
 
 
