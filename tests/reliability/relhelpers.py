@@ -134,3 +134,18 @@ def drop(src: Path, dest: Path) -> Path:
         shutil.copyfile(src, tmp)
     os.rename(tmp, dest)
     return dest
+
+
+def fill_filesystem(filler: Path) -> Path:
+    """Write zeros into `filler` until its filesystem refuses one more byte (a full disk, for real)."""
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        for chunk in (65536, 4096, 512, 1):
+            while True:
+                try:
+                    os.write(fd, b"\0" * chunk)
+                except OSError:
+                    break
+    finally:
+        os.close(fd)
+    return filler

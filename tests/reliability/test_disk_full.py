@@ -13,7 +13,7 @@ import pytest
 
 import modelgen
 from conftest import wait_for
-from relhelpers import assert_conserved, box_factory, drop  # noqa: F401 (fixture)
+from relhelpers import assert_conserved, box_factory, drop, fill_filesystem  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.slow
 
@@ -34,18 +34,7 @@ def small_outbox(tmp_path: Path) -> Iterator[Path]:
 
 def _fill(folder: Path) -> Path:
     """Fill the filesystem to the last byte."""
-    filler = folder / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o644)
-    try:
-        for chunk in (65536, 512, 1):
-            while True:
-                try:
-                    os.write(fd, b"\0" * chunk)
-                except OSError:
-                    break
-    finally:
-        os.close(fd)
-    return filler
+    return fill_filesystem(folder / "filler")
 
 
 def test_full_outbox_keeps_the_job_and_delivers_when_there_is_room(box_factory, small_outbox: Path,

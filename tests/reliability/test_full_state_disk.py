@@ -12,7 +12,7 @@ from typing import Iterator
 import pytest
 
 from conftest import wait_for
-from relhelpers import box_factory  # noqa: F401 (fixture)
+from relhelpers import box_factory, fill_filesystem  # noqa: F401 (fixture)
 
 
 @pytest.fixture
@@ -29,18 +29,7 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 
 def _fill(folder: Path) -> Path:
     """Write zeros until the filesystem refuses one more byte."""
-    filler = folder / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
-    try:
-        for chunk in (1 << 16, 1):
-            try:
-                while True:
-                    os.write(fd, b"\0" * chunk)
-            except OSError:
-                pass
-    finally:
-        os.close(fd)
-    return filler
+    return fill_filesystem(folder / "filler")
 
 
 def test_a_full_state_disk_loses_no_claim(box_factory, small_disk: Path) -> None:

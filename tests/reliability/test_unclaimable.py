@@ -14,7 +14,7 @@ import pytest
 import modelgen
 from asuser import OtherUser, UserBox, other_user, shared_tmp  # noqa: F401 (fixtures)
 from conftest import wait_for
-from relhelpers import assert_conserved, box_factory, drop  # noqa: F401 (fixture)
+from relhelpers import assert_conserved, box_factory, drop, fill_filesystem  # noqa: F401 (fixture)
 from rknn_dropbox.intake.workarea import MANIFEST
 
 pytestmark = pytest.mark.slow
@@ -94,17 +94,7 @@ def test_full_inbox_filesystem_fails_the_claim_not_the_daemon(box_factory, tiny_
     model = modelgen.write_onnx_conv(tmp_path / "m.onnx")
     hidden = tiny_inbox / ".m.onnx.copying"
     hidden.write_bytes(model.read_bytes())
-    filler = tiny_inbox / ".filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)  # every byte of the inbox's filesystem
-    try:
-        for chunk in (65536, 4096, 512, 1):
-            try:
-                while True:
-                    os.write(fd, b"\0" * chunk)
-            except OSError:
-                pass
-    finally:
-        os.close(fd)
+    filler = fill_filesystem(tiny_inbox / ".filler")  # every byte of the inbox's filesystem
     os.rename(hidden, tiny_inbox / "m.onnx")
     wait_for(lambda: _reports(box.failed, "m"), 60, what="the claim's error report")
     report = _reports(box.failed, "m")[0]
