@@ -91,17 +91,22 @@ def test_stock_yolo_exports_are_built_with_the_toolkits_advice_and_verified(
     for name in _by_expectation(zoo_corpus, "rule-retry"):
         for mode in zoo.MODES:
             o = outcomes[f"{name}-{mode}"]
+            if mode == "int8" and not o.delivered:
+                # random weights: class scores ~1e-4 that int8 cannot resolve, so the build the toolkit's rule
+                # workaround made fails its check and is not delivered; both stories are told
+                assert "disable_rules" in o.data["error"] and "fails its task check" in o.data["error"], o
+                continue
             assert o.delivered, o
             # int8: the head's parts as outputs (yolo_outputs' default); fp16 keeps the stock output
             layout = o.data["outputs_layout"]
             assert layout["layout"] == ("split" if mode == "int8" else "keep"), o
-            assert [p["role"] for p in layout["outputs"]][:2] == (["boxes", "scores"] if mode == "int8"
-                                                                  else ["boxes+scores"]), o
+            roles = [p["role"] for p in layout["outputs"]]
+            assert (roles[:2] == ["boxes", "scores"]) if mode == "int8" else (roles[0] == "boxes+scores"), o
             assert any("final Concat's parts as separate outputs" in w for w in o.data["warnings"]) == \
                 (mode == "int8"), o
             assert any("kept as exported" in w for w in o.data["warnings"]) == (mode == "fp16"), o
-            for workaround in o.data.get("workarounds") or ([] if mode == "int8" else [None]):
-                # the stock graph crashes a rule of 2.5.0 (the split graph may not reach it)
+            for workaround in o.data.get("workarounds") or []:
+                # a graph that crashes a rule of 2.5.0 is built with the rule the toolkit names disabled
                 assert "seperate_conv_rs_split" in workaround["disable_rules"], o
                 assert "crashed" in workaround["reason"] and "advised" in workaround["reason"], o
                 assert any("seperate_conv_rs_split" in w for w in o.data["warnings"]), o
