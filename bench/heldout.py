@@ -110,9 +110,16 @@ def detection_metric(refs: list[np.ndarray], gots: list[np.ndarray], kind: str) 
 
 
 def ctc_text(steps: np.ndarray) -> tuple[int, ...]:
-    """Greedy CTC decode of [T, C]: argmax per step, repeats collapsed, the blank (0) dropped."""
+    """Greedy CTC decode of [T, C]: argmax per step, repeats collapsed, the blank (0) dropped, and the spaces at the
+    line's ends trimmed as a reader of the text does (PP-OCR's last class is the space)."""
     best = steps.argmax(-1)
-    return tuple(int(c) for i, c in enumerate(best) if c != 0 and (i == 0 or c != best[i - 1]))
+    tokens = [int(c) for i, c in enumerate(best) if c != 0 and (i == 0 or c != best[i - 1])]
+    space = steps.shape[-1] - 1
+    while tokens and tokens[0] == space:
+        tokens.pop(0)
+    while tokens and tokens[-1] == space:
+        tokens.pop()
+    return tuple(tokens)
 
 
 def task_metric(kind: str, refs: list[np.ndarray], gots: list[np.ndarray]) -> tuple[str, float, str]:
@@ -126,7 +133,7 @@ def task_metric(kind: str, refs: list[np.ndarray], gots: list[np.ndarray]) -> tu
         return "top1", agree / n, f"top-1 agrees {agree}/{n}"
     if kind == "text-recognise":
         same = sum(int(ctc_text(r[0]) == ctc_text(g[0])) for r, g in zip(refs, gots))
-        return "ctc", same / n, f"CTC decodes equal {same}/{n}"
+        return "ctc", same / n, f"text equal {same}/{n} (spaces at the ends trimmed)"
     if kind == "text-detect":
         ious = []
         for r, g in zip(refs, gots):
