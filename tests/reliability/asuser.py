@@ -85,7 +85,33 @@ def shared_tmp() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="rknn-dropbox-asuser-"))
     path.chmod(0o755)
     yield path
+    stop_processes_naming(path)  # a daemon the test left running (it would outlive its deleted folders)
     shutil.rmtree(path, ignore_errors=True)
+
+
+def stop_processes_naming(path: Path, grace: float = 10.0) -> None:
+    """SIGTERM every process whose command line names `path`, SIGKILL what is left after `grace` seconds."""
+    import signal
+    import time
+    needle = str(path).encode()
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != os.getpid():
+            try:
+                if needle in Path(f"/proc/{entry}/cmdline").read_bytes():
+                    pids.append(int(entry))
+            except OSError:
+                continue
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 0.0)):
+        alive = [p for p in pids if Path(f"/proc/{p}").exists()]
+        for pid in alive:
+            try:
+                os.kill(pid, sig)
+            except OSError:
+                pass
+        deadline = time.monotonic() + wait
+        while wait and time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in alive):
+            time.sleep(0.2)
 
 
 @dataclass

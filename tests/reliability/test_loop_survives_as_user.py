@@ -32,3 +32,4 @@ def test_an_inbox_that_cannot_be_listed_does_not_end_the_daemon(other_user: Othe
     assert error["error"] == "notes.txt is not a model file"
     wait_for(lambda: box.get("/health")["status"] == "healthy", 30, what="healthy again")
     assert box.log().count("the loop's inbox scan step failed") == 1, box.log()[-2000:]
+    assert box.stop() == 0
