@@ -167,10 +167,10 @@ def test_stalled_connections_cost_no_threads_and_are_dropped(store: RecordingSto
         stalled = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(300)]
         for s in stalled[:50]:
             s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")  # half a request head, then nothing
-        started = time.monotonic()
         code, _, body = request(server.port, "/health")
         assert code == 200 and json.loads(body)["status"] == "healthy"
-        assert time.monotonic() - started < 1.0
+        # answered while the stalled clients still hold their sockets: it waited for none of their timeouts
+        assert not _closed(stalled[-1])
         assert threading.active_count() <= threads_before  # no thread per connection
         wait_for(lambda: _closed(stalled[0]), 1, what="oldest dropped")  # beyond max_pending: dropped at once
         assert not _closed(stalled[-1])
