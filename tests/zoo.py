@@ -43,7 +43,7 @@ class ModelInfo:
     input_shape: tuple[int, ...]
     mean: list[float]
     std: list[float]
-    kind: str       # classification | segmentation | yolo-detect | yolo-seg | yolo-pose | detection-nms
+    kind: str       # classification | segmentation | yolo-detect | yolo-seg | yolo-pose | yolo-obb | detection-nms
     expect: str     # converts | rule-retry (the toolkit's own disable_rules advice) | data-dependent (fails)
 
     def to_json(self) -> dict[str, Any]:
@@ -82,6 +82,7 @@ RECIPES: dict[str, Recipe] = {
 EXTRA_RECIPES: dict[str, Recipe] = {
     "yolo11n": Recipe("ultralytics", "yolo11n.yaml", 320, "yolo-detect", "rule-retry"),
     "yolov8n-640": Recipe("ultralytics", "yolov8n.yaml", 640, "yolo-detect", "rule-retry"),
+    "yolov8n-obb": Recipe("ultralytics", "yolov8n-obb.yaml", 320, "yolo-obb", "rule-retry"),
     # small; rknn-toolkit2 2.5.0 dies of SIGILL building it as w16a16i_dfp (a real repair-candidate crash)
     "yolov8n-160": Recipe("ultralytics", "yolov8n.yaml", 160, "yolo-detect", "rule-retry"),
     "deeplabv3_mobilenet_v3": Recipe("torchvision", "deeplabv3_mobilenet_v3_large", 256, "segmentation",
