@@ -213,7 +213,7 @@ def test_without_ultralytics_a_checkpoint_fails_with_the_export_command(tmp_path
     assert "not a TorchScript model" not in said
 
 
-YOLO_CORPUS = ("yolov8n-640", "yolov8n-seg", "yolov8n-pose", "yolo11n")
+YOLO_CORPUS = ("yolov8n-640", "yolov8n-seg", "yolov8n-pose", "yolov8n-obb", "yolo11n")
 
 
 @pytest.fixture(scope="module")
@@ -236,6 +236,7 @@ def yolov8n_640(yolo_corpus: dict[str, Path]) -> Path:
 @pytest.mark.parametrize("name, task, family, roles", [
     ("yolov8n-seg", "segment", "YOLOv8", ["boxes", "scores", "mask_coefficients", "protos"]),
     ("yolov8n-pose", "pose", "YOLOv8", ["boxes", "scores", "keypoints"]),
+    ("yolov8n-obb", "obb", "YOLOv8", ["boxes", "scores", "angle"]),
     ("yolo11n", "detect", "YOLO11", ["boxes", "scores"]),
 ])
 def test_every_stock_head_splits_into_parts_that_reassemble_its_output(
@@ -244,7 +245,7 @@ def test_every_stock_head_splits_into_parts_that_reassemble_its_output(
     import onnxruntime as ort
     from rknn_dropbox.convert.yolo import decode
     from rknn_dropbox.convert.yolo.head import recognise_head
-    from rknn_dropbox.convert.yolo.layouts import LayoutError, head_layout
+    from rknn_dropbox.convert.yolo.layouts import head_layout
     stock_path = yolo_corpus[name]
     stock = onnx.load(str(stock_path))
     head = recognise_head(stock)
@@ -257,16 +258,41 @@ def test_every_stock_head_splits_into_parts_that_reassemble_its_output(
     n = len(head.parts)
     assert np.array_equal(np.concatenate(parts[:n], axis=1), want[0])  # as outputs_layout's reassemble says
     assert all(np.array_equal(p, w) for p, w in zip(parts[n:], want[1:]))  # a segment head's protos, as they were
-    if task == "pose":
-        with pytest.raises(LayoutError, match="rknn_model_zoo cannot be cut from a pose head"):
-            head_layout("rknn_model_zoo", stock, head, None, tmp_path, name)
-        return
     zoo = head_layout("rknn_model_zoo", stock, head, None, tmp_path, name)
-    assert len(zoo.outputs) == (13 if task == "segment" else 9) and zoo.roles[-1] == ("protos" if task == "segment"
-                                                                                       else "score_sum")
+    expected = {"detect": 9, "segment": 13, "pose": 4, "obb": 4}[task]
+    assert len(zoo.outputs) == expected and zoo.roles[-1] == {
+        "detect": "score_sum", "segment": "protos", "pose": "keypoints", "obb": "angle_sigmoid"}[task]
     outs = ort.InferenceSession(str(zoo.model), providers=["CPUExecutionProvider"]).run(None, {"images": x})
-    boxes, scores = decode.zoo_to_boxes_scores(outs, 80, (320, 320))
-    assert np.abs(boxes - want[0][0, :4]).max() < 1e-2 and np.abs(scores - want[0][0, 4:84]).max() < 1e-6
+    # the zoo layout decoded (DFL, anchors; an OBB head's rotation) gives the stock head's own output back
+    boxes, scores, extra = decode.head_outputs(outs, zoo.to_json())
+    keep = head_layout("keep", stock, head, None, tmp_path, name)
+    want_boxes, want_scores, want_extra = decode.head_outputs(want, keep.to_json())
+    assert np.abs(boxes - want_boxes).max() < 1e-2 and np.abs(scores - want_scores).max() < 1e-6
+    assert sorted(extra) == sorted(want_extra) and all(np.abs(extra[k] - want_extra[k]).max() < 1e-4 for k in extra)
+
+
+def test_the_model_zoo_layouts_of_pose_and_obb_heads(yolo_corpus: dict[str, Path], tmp_path: Path) -> None:
+    """As the zoo's yolov8_pose / yolov8_obb demos take them: per scale [1, 64+C, H, W]; then the keypoints
+    [1, 17, 3, N] (the pose demo builds them in float16: the branch's ranges are recorded) or the angles' sigmoid."""
+    import onnx
+    import onnxruntime as ort
+    from rknn_dropbox.convert.yolo.head import recognise_head
+    from rknn_dropbox.convert.yolo.layouts import head_layout
+    for name, last, classes in (("yolov8n-pose", ("keypoints", [1, 17, 3, 2100]), 1),
+                                ("yolov8n-obb", ("angle", [1, 1, 2100]), 80)):
+        stock = onnx.load(str(yolo_corpus[name]))
+        layout = head_layout("rknn_model_zoo", stock, recognise_head(stock), None, tmp_path, name)
+        want = [(f"box_cls{i}", [1, 64 + classes, side, side]) for i, side in enumerate((40, 20, 10))] + [last]
+        assert list(zip(layout.outputs, layout.shapes)) == want
+        edited = ort.InferenceSession(str(layout.model), providers=["CPUExecutionProvider"])
+        assert [(o.name, o.shape) for o in edited.get_outputs()] == want
+        if name == "yolov8n-obb":
+            angle = edited.run(None, {"images": np.zeros((1, 3, 320, 320), np.float32)})[-1]
+            assert angle.min() >= 0 and angle.max() <= 1  # a sigmoid, as the zoo's demo reads it
+            assert not layout.float_ranges
+        else:
+            assert layout.float_ranges == [(f"/model.22/cv4.{i}/cv4.{i}.0/act/Mul_output_0", "keypoints")
+                                           for i in range(3)]
 
 
 def test_the_model_zoo_layout_of_yolov8n_at_640(yolov8n_640: Path, trained_cache: Path, tmp_path: Path) -> None:

@@ -59,6 +59,7 @@ class TargetContext:
     build_log: str = ""               # the toolkit's output during the first build
     # every attempt and its verdict on disk before the next starts (convert/attempts.py)
     journal: TargetJournal | NoJournal = field(default_factory=NoJournal)
+    configured: rp.Candidate | None = None   # the first build's candidate (a YOLO pose head: its float16 ranges)
 
     def judging(self, rknn_path: Path) -> Judging:
         return Judging(self.quantize, self.spec.options.verify_thresholds, rknn_path)
@@ -172,7 +173,7 @@ def settle(rknn: Any, ctx: TargetContext, build: CandidateBuilder) -> TargetAccu
                                "inputs (or verify_dataset) to check and repair it")
     if verification.get("status") != "below_threshold":
         return result
-    first = _attempt_of(rp.Candidate("as configured", quantize=ctx.quantize), verification, ctx.first_seconds,
+    first = _attempt_of(ctx.configured or rp.Candidate("as configured", quantize=ctx.quantize), verification, ctx.first_seconds,
                         ctx.final)
     ctx.journal.record_finished(first, verification, ctx.final)  # on disk before the analysis or any candidate
     accuracy: dict[str, Any] = {}

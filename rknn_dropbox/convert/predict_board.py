@@ -9,9 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from rknn_dropbox.convert.yolo.decode import (  # inlined
-    detections, keep_to_boxes_scores, split_to_boxes_scores, zoo_to_boxes_scores,  # inlined
-)  # inlined
+from rknn_dropbox.convert.yolo.decode import corners, detections, envelope, head_outputs  # inlined
 
 CONFIG: dict[str, Any] = {}  # inlined
 
@@ -51,21 +49,30 @@ def run_model(model: str, inputs: list[np.ndarray]) -> list[np.ndarray]:
 
 
 def yolo_result(outputs: list[np.ndarray], size: tuple[int, int], conf: float, iou: float) -> list[dict[str, Any]]:
-    """Boxes in the photo's pixels, score and class of each detection after NMS."""
+    """Each detection after NMS: its box in the photo's pixels, score, class; a pose head's keypoints, an OBB
+    head's rotated box (corners, angle; NMS on the upright boxes around them)."""
     layout = CONFIG["yolo"]
-    if layout["layout"] == "split":
-        boxes, scores = split_to_boxes_scores(outputs)
-    elif layout["layout"] == "rknn_model_zoo":
-        boxes, scores = zoo_to_boxes_scores(outputs, layout["num_classes"], tuple(layout["input_hw"]))
-    else:
-        boxes, scores = keep_to_boxes_scores(outputs[0], layout["num_classes"])
-    found = detections(boxes, scores, conf, iou)
+    boxes, scores, extra = head_outputs(outputs, layout)
+    rotated = boxes
+    if "angle" in extra:
+        boxes = envelope(boxes, extra["angle"])
     sy, sx = size[0] / layout["input_hw"][0], size[1] / layout["input_hw"][1]
     names = layout.get("class_names") or []
-    return [{"box": [round(float(x1 * sx), 1), round(float(y1 * sy), 1), round(float(x2 * sx), 1),
-                     round(float(y2 * sy), 1)], "score": round(float(s), 4), "class": int(c),
-             "name": names[int(c)] if int(c) < len(names) else str(int(c))}
-            for x1, y1, x2, y2, s, c in found]
+    found = []
+    for x1, y1, x2, y2, s, c, anchor in detections(boxes, scores, conf, iou):
+        d: dict[str, Any] = {"box": [round(float(x1 * sx), 1), round(float(y1 * sy), 1), round(float(x2 * sx), 1),
+                                     round(float(y2 * sy), 1)], "score": round(float(s), 4), "class": int(c),
+                             "name": names[int(c)] if int(c) < len(names) else str(int(c))}
+        a = int(anchor)
+        if "keypoints" in extra:
+            d["keypoints"] = [[round(float(k[0] * sx), 1), round(float(k[1] * sy), 1),
+                               *([round(float(k[2]), 3)] if len(k) > 2 else [])] for k in extra["keypoints"][:, :, a]]
+        if "angle" in extra:
+            d["angle"] = round(float(extra["angle"][a]), 4)
+            d["corners"] = [[round(float(x * sx), 1), round(float(y * sy), 1)]
+                            for x, y in corners(rotated[:, a], float(extra["angle"][a]))]
+        found.append(d)
+    return found
 
 
 def top5(output: np.ndarray) -> list[dict[str, Any]]:

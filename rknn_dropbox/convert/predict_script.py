@@ -50,7 +50,8 @@ def _body(module: Any) -> str:
 def write_predict_script(folder: Path, config: dict[str, Any]) -> Path:
     """folder/predict.py for this build."""
     what = {"yolo": f"It decodes the YOLO head ({(config['yolo'] or {}).get('layout')} layout: DFL, boxes, NMS)\n"
-                    "and prints the detections in the photo's pixels.",
+                    "and prints the detections in the photo's pixels (with a pose head's keypoints,\n"
+                    "an OBB head's rotated box).",
             "class_scores": "It prints the top-5 class scores.",
             "raw": "It prints each output's shape and first values."}[config["kind"]]
     shape = config["input"]["shape"]

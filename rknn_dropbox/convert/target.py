@@ -53,6 +53,13 @@ class TargetBuild:
     bundle_name: str = ""             # the job's name (test-only fault injection picks bundles by it)
 
 
+def configured_candidate(b: TargetBuild) -> Candidate:
+    """The build as configured: int8 keeps in float16 what its YOLO layout needs there (a pose head's keypoints)."""
+    layout = getattr(b.prepared, "yolo_layout", None)
+    ranges = tuple((str(a), str(z)) for a, z in (layout.float_ranges if layout is not None and b.quantize else ()))
+    return Candidate("as configured", quantize=b.quantize, custom_hybrid=ranges)
+
+
 def target_name(name: str, platforms: tuple[str, ...], platform: str) -> str:
     return f"{name}.rknn" if len(platforms) == 1 else f"{name}.{platform}.rknn"
 
@@ -258,7 +265,7 @@ def _settle(RKNN: Any, b: TargetBuild, platform: str, rknn: Any, final: Path, se
             return TargetAccuracy(per_shape, seconds={"verify": verify_seconds})
     journal = _journal(b, platform)
     ctx = TargetContext(spec, reference, platform, b.quantize, min_cos, final, report_dir, Path.cwd(), seconds,
-                        build_log, journal)
+                        build_log, journal, configured_candidate(b))
 
     def build(cand: Candidate, path: Path) -> tuple[Any, float, str]:
         inject_repair_fault(b.bundle_name)
@@ -295,7 +302,7 @@ def _first_build(RKNN: Any, b: TargetBuild, platform: str, final: Path, progress
     journal = _journal(b, platform)
     journal.reset()
     log_start = _log_size(b.raw_log)
-    first = Candidate("as configured", quantize=b.quantize)
+    first = configured_candidate(b)
     rknn, seconds, first_workaround = _build_session(RKNN, b, platform, first, final, progress)
     journal.record_workaround(final, first_workaround)
     progress("verify", 0.9)

@@ -1,5 +1,6 @@
 """YOLO-style detection heads (Ultralytics' [1, 4+C, N] as exported, its split parts, the Rockchip model zoo's
-per-scale layout): decode both runtimes' outputs, match the reference's top detections by class and IoU."""
+per-scale layout; detect, segment, pose, OBB): decode both runtimes' outputs, match the reference's top detections
+by class and IoU, and a pose head's keypoints on the matched ones."""
 
 from __future__ import annotations
 
@@ -9,91 +10,37 @@ from typing import Any
 import numpy as np
 
 from rknn_dropbox.convert.checks.base import CheckResult, OutputInfo
-from rknn_dropbox.thresholds import threshold_for
 from rknn_dropbox.convert.checks.tensor import TensorCheck, measure_part, stack
+from rknn_dropbox.convert.yolo.decode import detections, envelope, head_outputs, matched_pairs
+from rknn_dropbox.thresholds import threshold_for
 
 CONF = 0.25       # a detection the reference makes on a sample (below it on every sample: judged by the error)
 NMS_IOU = 0.45
 MATCH_IOU = 0.5
 TOP_K = 10
+KEYPOINT_TOLERANCE = 0.1   # a keypoint this far off (times the box's size) is misplaced
 
 
-def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of every box in a [K, 4] with every box in b [M, 4] (x1, y1, x2, y2)."""
-    if len(a) == 0 or len(b) == 0:
-        return np.zeros((len(a), len(b)))
-    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
-    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area = lambda r: np.clip(r[:, 2] - r[:, 0], 0, None) * np.clip(r[:, 3] - r[:, 1], 0, None)  # noqa: E731
-    return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-9)
+def head_detections(outputs: list[np.ndarray], layout: dict[str, Any], conf: float
+                    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """One sample's head outputs decoded: [K, 7] detections (an OBB head's by the upright box around each rotated
+    one) and the keypoints / angles they index."""
+    boxes, scores, extra = head_outputs([np.nan_to_num(np.asarray(o, dtype=np.float32)) for o in outputs], layout)
+    if "angle" in extra:
+        boxes = envelope(boxes, extra["angle"])
+    return detections(boxes, scores, conf, NMS_IOU), extra
 
 
-def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> list[int]:
-    order = list(np.argsort(-scores))
-    keep: list[int] = []
-    while order:
-        i = order.pop(0)
-        keep.append(i)
-        if order:
-            ious = iou_matrix(boxes[i:i + 1], boxes[order])[0]
-            order = [j for j, v in zip(order, ious) if v <= iou]
-    return keep
-
-
-def decode_xywh(boxes: np.ndarray, scores: np.ndarray, conf: float = CONF, iou: float = NMS_IOU,
-                max_det: int = 100) -> np.ndarray:
-    """Ultralytics' post-processing: boxes [4, N] (cx, cy, w, h in pixels), class scores [C, N] -> [K, 6] rows of
-    (x1, y1, x2, y2, score, class) after class-aware NMS, best first."""
-    boxes = np.nan_to_num(np.asarray(boxes, dtype=np.float32).reshape(4, -1))
-    scores = np.nan_to_num(np.asarray(scores, dtype=np.float32).reshape(-1, boxes.shape[1]))
-    cls = np.argmax(scores, 0)
-    best = scores[cls, np.arange(scores.shape[1])]
-    keep = np.nonzero(best >= conf)[0]
-    if keep.size > 30 * max_det:
-        keep = keep[np.argsort(-best[keep])[: 30 * max_det]]
-    cx, cy, w, h = boxes[:, keep]
-    xyxy = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], 1)
-    offset = xyxy + cls[keep, None] * 4096.0          # class-aware NMS in one pass
-    chosen = nms(offset, best[keep], iou)[:max_det]
-    return np.concatenate([xyxy[chosen], best[keep][chosen, None], cls[keep][chosen, None]], 1) \
-        if chosen else np.zeros((0, 6), np.float32)
-
-
-def match_detections(ref: np.ndarray, got: np.ndarray, top_k: int = TOP_K, iou: float = MATCH_IOU
-                     ) -> tuple[int, int, float]:
-    """How many of the reference's top_k detections the other side found (same class, IoU >= iou), of how many,
-    and the largest score difference among the matched."""
-    ref = ref[:top_k]
-    if len(ref) == 0:
-        return 0, 0, 0.0
-    same = ref[:, None, 5] == got[None, :, 5] if len(got) else np.zeros((len(ref), 0), bool)
-    ious = np.where(same, iou_matrix(ref[:, :4], got[:, :4]), 0.0)
-    matched, diffs, used = 0, [0.0], set()
-    for r in range(len(ref)):
-        for c in np.argsort(-ious[r]):
-            if ious[r, c] < iou:
-                break
-            if c not in used:
-                used.add(c)
-                matched += 1
-                diffs.append(abs(float(ref[r, 4] - got[c, 4])))
-                break
-    return matched, len(ref), max(diffs)
-
-
-def boxes_and_scores(outputs: list[np.ndarray], layout: str, num_classes: int, input_hw: tuple[int, int]
-                     ) -> tuple[np.ndarray, np.ndarray]:
-    """One sample's head outputs as (boxes [4, N] cx cy w h, scores [C, N]) whatever the layout."""
-    if layout == "rknn_model_zoo":
-        from rknn_dropbox.convert.yolo.decode import zoo_to_boxes_scores
-        return zoo_to_boxes_scores(outputs, num_classes, input_hw)
-    if layout == "split":
-        return outputs[0].reshape(4, -1), outputs[1].reshape(num_classes, -1)
-    flat = outputs[0].reshape(outputs[0].shape[-2], -1)
-    return flat[:4], flat[4:4 + num_classes]
+def keypoints_agree(ref: np.ndarray, got: np.ndarray, box: np.ndarray) -> bool:
+    """One matched pose: the keypoints [K, D] the reference sees (visibility above 0.5, or all without one) within
+    KEYPOINT_TOLERANCE of the box's size (median), and the visibility flags agreeing on 80 % of them."""
+    size = max(float(np.sqrt(max(box[2] - box[0], 1e-3) * max(box[3] - box[1], 1e-3))), 1e-3)
+    seen = ref[:, 2] > 0.5 if ref.shape[1] > 2 else np.ones(len(ref), bool)
+    if seen.any():
+        dist = np.hypot(*(ref[seen, :2] - got[seen, :2]).T) / size
+        if float(np.median(dist)) > KEYPOINT_TOLERANCE:
+            return False
+    return ref.shape[1] < 3 or float(np.mean((ref[:, 2] > 0.5) == (got[:, 2] > 0.5))) >= 0.8
 
 
 @dataclass
@@ -102,26 +49,42 @@ class DetectionCheck:
     layout: str                     # keep | split | rknn_model_zoo
     num_classes: int
     input_hw: tuple[int, int]
+    task: str = "detect"            # detect | segment | pose | obb
+    keypoints_shape: tuple[int, int] = (17, 3)
     kind: str = "detection"
+
+    def _layout(self) -> dict[str, Any]:
+        return {"layout": self.layout, "task": self.task, "num_classes": self.num_classes,
+                "input_hw": list(self.input_hw), "keypoints_shape": list(self.keypoints_shape)}
 
     def measure(self, refs: list[list[np.ndarray]], sims: list[list[np.ndarray]], quantized: bool,
                 thresholds: dict[str, float] | None, infos: list[OutputInfo]) -> CheckResult:
-        matched = total = 0
+        matched = total = poses = poses_agreed = 0
         diff = 0.0
         for ref, sim in zip(refs, sims):
-            want = boxes_and_scores([np.asarray(ref[i]) for i in self.outputs], self.layout, self.num_classes,
-                                    self.input_hw)
-            got = boxes_and_scores([np.asarray(sim[i]) for i in self.outputs], self.layout, self.num_classes,
-                                   self.input_hw)
-            m, t, d = match_detections(decode_xywh(*want, conf=CONF), decode_xywh(*got, conf=CONF * 0.5))
-            matched, total, diff = matched + m, total + t, max(diff, d)
+            want, want_extra = head_detections([ref[i] for i in self.outputs], self._layout(), CONF)
+            got, got_extra = head_detections([sim[i] for i in self.outputs], self._layout(), CONF * 0.5)
+            want = want[:TOP_K]
+            pairs = matched_pairs(want, got, MATCH_IOU)
+            matched, total = matched + len(pairs), total + len(want)
+            diff = max([diff, *(abs(float(want[r, 4] - got[c, 4])) for r, c in pairs)])
+            if "keypoints" in want_extra:
+                poses += len(pairs)
+                poses_agreed += sum(keypoints_agree(want_extra["keypoints"][..., int(want[r, 6])],
+                                                    got_extra["keypoints"][..., int(got[c, 6])], want[r, :4])
+                                    for r, c in pairs)
         if total == 0:  # no sample shows an object: matching proves nothing (an untrained net, empty photos)
             return self._by_error(refs, sims, quantized, thresholds, infos)
         limit = threshold_for("detection_agreement", quantized, thresholds)
-        value = matched / total if total else 1.0
+        value = matched / total
         summary = f"detections agree {matched}/{total}"
         details: dict[str, Any] = {"matched": matched, "total": total, "max_score_diff": round(diff, 4),
-                                   "layout": self.layout, "top_k": TOP_K, "match_iou": MATCH_IOU}
+                                   "layout": self.layout, "task": self.task, "top_k": TOP_K, "match_iou": MATCH_IOU}
+        if self.task == "pose":
+            details.update(keypoints_agreed=poses_agreed, keypoints_compared=poses,
+                           keypoint_tolerance=KEYPOINT_TOLERANCE)
+            summary += f"; keypoints agree {poses_agreed}/{poses}"
+            value = min(value, poses_agreed / poses if poses else 0.0)
         lost = self._lost_parts(refs, sims, infos, details)
         if lost:
             summary += f"; scores lost: {lost}"

@@ -35,23 +35,34 @@ def output_infos(names: Sequence[str], shapes: Sequence[Sequence[int]], graph: S
     return infos
 
 
+def _head_traits(layout: Any) -> dict[str, Any]:
+    """The task and keypoint shape a YoloLayout says (a stock head without one: a detect head)."""
+    if layout is None:
+        return {}
+    kpt = getattr(layout, "keypoints_shape", None)
+    return {"task": getattr(layout, "task", "detect"), **({"keypoints_shape": tuple(kpt)} if kpt else {})}
+
+
 def _yolo_check(infos: list[OutputInfo], layout: Any, concat_names: Sequence[str], input_hw: tuple[int, int]
                 ) -> DetectionCheck | None:
     """The detection head: a yolo_layout the format made (split / rknn_model_zoo), or a stock Concat output."""
     names = [i.name for i in infos]
+    traits = _head_traits(layout)
     if layout is not None and getattr(layout, "layout", "keep") != "keep":
         wanted = list(layout.outputs)
-        if layout.layout == "split":
-            wanted = wanted[:2]                     # boxes, scores (mask coefficients / keypoints: tensors)
+        if layout.layout == "split":  # boxes, scores (+ keypoints / angle); mask coefficients, protos: tensors
+            wanted = wanted[:3] if layout.task in ("pose", "obb") else wanted[:2]
         if not all(n in names for n in wanted):
             return None
-        return DetectionCheck([names.index(n) for n in wanted], layout.layout, int(layout.num_classes), input_hw)
+        return DetectionCheck([names.index(n) for n in wanted], layout.layout, int(layout.num_classes), input_hw,
+                              **traits)
     for name in concat_names:
         if name in names:
             info = infos[names.index(name)]
-            classes = info.parts[1].stop - info.parts[1].start if len(info.parts) > 1 else info.shape[-2] - 4
+            classes = info.parts[1].stop - info.parts[1].start if len(info.parts) > 1 else \
+                int(getattr(layout, "num_classes", 0) or info.shape[-2] - 4)
             if len(info.shape) == 3 and info.parts and info.parts[0].stop == 4 and classes >= 1:
-                return DetectionCheck([names.index(name)], "keep", classes, input_hw)
+                return DetectionCheck([names.index(name)], "keep", classes, input_hw, **traits)
     return None
 
 

@@ -34,6 +34,7 @@ class UltralyticsHead:
     other_outputs: list[str] = field(default_factory=list)  # graph outputs beside it (a segment head's protos)
     scales: list[ScaleConvs] = field(default_factory=list)   # empty: the zoo layout cannot be cut from this graph
     end_to_end: bool = False        # an end-to-end export (YOLOv10's one2one head): rows after its own top-k
+    keypoints_shape: tuple[int, int] | None = None  # a pose head's (keypoints, values per keypoint): (17, 3)
 
 
 def _producers(model: Any) -> dict[str, Any]:
@@ -100,7 +101,14 @@ def recognise_head(model: Any) -> UltralyticsHead | None:
         "YOLOv10" if one2one else FAMILY_BY_LAYER.get(layer or -1, "Ultralytics")
     others = [o.name for o in model.graph.output if o.name != concat]
     return UltralyticsHead(task, family, meta.get("version", ""), concat, axis, parts,
-                           _roles(task, len(parts), one2one), others, scales, one2one)
+                           _roles(task, len(parts), one2one), others, scales, one2one,
+                           _keypoints_shape(meta.get("kpt_shape", "")) if task == "pose" else None)
+
+
+def _keypoints_shape(raw: str) -> tuple[int, int]:
+    """Ultralytics' metadata kpt_shape ("[17, 3]"); COCO's 17 x 3 when it says nothing readable."""
+    numbers = re.findall(r"\d+", raw)
+    return (int(numbers[0]), int(numbers[1])) if len(numbers) == 2 and int(numbers[1]) in (2, 3) else (17, 3)
 
 
 def class_count(model: Any, head: UltralyticsHead) -> int | None:

@@ -35,6 +35,10 @@ class YoloLayout:
     model: Path | None = None         # the edited ONNX the build and the reference both use (None: keep)
     class_names: list[str] = field(default_factory=list)  # the export's metadata `names`, in class order
     sources: list[str] = field(default_factory=list)  # split: each output's tensor in the stock graph ("" if new)
+    keypoints_shape: list[int] = field(default_factory=list)  # a pose head's [keypoints, values each]: [17, 3]
+    # [start tensor, end tensor] ranges an int8 build keeps in float16 (the toolkit's custom_hybrid): a pose head's
+    # keypoint branch, whose pixel coordinates and 0-1 visibility would share one int8 scale (the model zoo's way)
+    float_ranges: list[tuple[str, str]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {"layout": self.layout, "task": self.task, "family": self.family, "num_classes": self.num_classes,
@@ -42,7 +46,9 @@ class YoloLayout:
                 "outputs": [{"name": n, "shape": s, "role": r, **({"source": src} if src else {})}
                             for n, s, r, src in zip(self.outputs, self.shapes, self.roles,
                                                     self.sources or [""] * len(self.outputs))],
-                "class_names": self.class_names}
+                "class_names": self.class_names,
+                **({"keypoints_shape": self.keypoints_shape} if self.keypoints_shape else {}),
+                **({"float_ranges": [list(r) for r in self.float_ranges]} if self.float_ranges else {})}
 
 
 def _fixed_inputs(model: Any, input_shapes: list[list[int]] | None) -> Any:
@@ -157,6 +163,8 @@ def split_layout(model: Any, head: UltralyticsHead, input_shapes: list[list[int]
                         f"concatenate {', '.join(names)} along axis {head.axis} to get {head.output} "
                         f"{original}", _input_hw(m), head.family)
     layout.sources = list(head.parts) + list(head.other_outputs)  # load_onnx(outputs=sources) builds the same
+    if head.task == "pose":
+        layout.float_ranges = _keypoint_branches(m, head, "keypoints")
     layout.model = _save(m, scratch, stem, "split")
     return layout
 
@@ -190,14 +198,17 @@ def zoo_layout(model: Any, head: UltralyticsHead, input_shapes: list[list[int]] 
                stem: str) -> YoloLayout:
     """The Rockchip model zoo's layout: per scale the box DFL logits [1,64,H,W], sigmoid(class logits) [1,C,H,W],
     their clamped sum [1,1,H,W] (and a segment head's mask coefficients [1,32,H,W]); a segment head's protos last."""
-    if not head.scales or head.task in ("pose", "obb"):
-        what = f"a {head.task} head" if head.task in ("pose", "obb") else "this graph (no /model.N/cv2.i/cv2.i.2/Conv)"
+    if not head.scales or (head.task in ("pose", "obb") and (len(head.parts) < 3 or not head.scales[0].mask)):
+        what = f"this {head.task} head (no cv4 branch)" if head.scales else \
+            "this graph (no /model.N/cv2.i/cv2.i.2/Conv)"
         raise LayoutError(f"yolo_outputs: rknn_model_zoo cannot be cut from {what}",
                           "use yolo_outputs: split (the head's parts as outputs), or export with the Rockchip "
                           "model zoo's fork (airockchip/ultralytics_yolov8)")
     if _opset(model) < 11:
         raise LayoutError(f"yolo_outputs: rknn_model_zoo needs opset 11 or later (the model has {_opset(model)})",
                           "export again with opset=12")
+    if head.task in ("pose", "obb"):
+        return _zoo_pose_obb_layout(model, head, input_shapes, scratch, stem)
     m = _fixed_inputs(model, input_shapes)
     shapes = _shapes(m)
     names, roles, out_shapes = [], [], []
@@ -235,6 +246,108 @@ def zoo_layout(model: Any, head: UltralyticsHead, input_shapes: list[list[int]] 
     return layout
 
 
+def _producers(model: Any) -> dict[str, Any]:
+    return {o: n for n in model.graph.node for o in n.output}
+
+
+def _keypoints_tensor(model: Any, part: str, kpt: tuple[int, int], shapes: dict[str, list[int]]) -> str:
+    """The decoded keypoints as [1, K, D, N]: the tensor the stock head reshapes into its keypoints part, or (when
+    the graph has none) a Reshape added after the part."""
+    import numpy as np
+    import onnx
+    node = _producers(model).get(part)
+    if node is not None and node.op_type == "Reshape" and len(shapes.get(node.input[0], [])) == 4 \
+            and shapes[node.input[0]][1:3] == list(kpt):
+        return node.input[0]
+    model.graph.initializer.append(onnx.numpy_helper.from_array(np.array([1, *kpt, -1], np.int64),
+                                                                "/rknn_dropbox/keypoints_shape"))
+    model.graph.node.append(onnx.helper.make_node("Reshape", [part, "/rknn_dropbox/keypoints_shape"],
+                                                  ["/rknn_dropbox/keypoints"], name="/rknn_dropbox/Reshape_kpt"))
+    return "/rknn_dropbox/keypoints"
+
+
+def _angle_sigmoid(model: Any, part: str) -> str:
+    """An OBB head's angles as the sigmoid of their logits [1, 1, N] (the stock part is (sigmoid - 0.25) * pi):
+    the Sigmoid the part is computed from, or the part mapped back when the graph has none."""
+    import numpy as np
+    import onnx
+    producers, name = _producers(model), part
+    for _ in range(4):
+        node = producers.get(name)
+        if node is None:
+            break
+        if node.op_type == "Sigmoid":
+            return node.output[0]
+        if node.op_type not in ("Mul", "Sub", "Add", "Div"):
+            break
+        name = node.input[0]
+    g, h = model.graph, onnx.helper
+    g.initializer.extend([onnx.numpy_helper.from_array(np.array(np.pi, np.float32), "/rknn_dropbox/pi"),
+                          onnx.numpy_helper.from_array(np.array(0.25, np.float32), "/rknn_dropbox/quarter")])
+    g.node.extend([h.make_node("Div", [part, "/rknn_dropbox/pi"], ["/rknn_dropbox/angle_turns"]),
+                   h.make_node("Add", ["/rknn_dropbox/angle_turns", "/rknn_dropbox/quarter"], ["/rknn_dropbox/angle"])])
+    return "/rknn_dropbox/angle"
+
+
+def _keypoint_branches(model: Any, head: UltralyticsHead, end: str) -> list[tuple[str, str]]:
+    """Per scale [the keypoint branch's first activation, `end`]: the custom_hybrid ranges the model zoo keeps in
+    float16 for a pose head (/model.22/cv4.i/cv4.i.0/act/Mul_output_0 to the keypoints)."""
+    produced = set(_producers(model))
+    ranges = []
+    for scale in head.scales:
+        if not scale.mask:
+            continue
+        first = scale.mask.replace(".2/Conv_output_0", ".0/act/Mul_output_0")
+        conv = _producers(model).get(scale.mask)
+        ranges.append((first if first in produced else conv.input[0] if conv is not None else scale.mask, end))
+    return ranges
+
+
+def _zoo_pose_obb_layout(model: Any, head: UltralyticsHead, input_shapes: list[list[int]] | None, scratch: Path,
+                         stem: str) -> YoloLayout:
+    """The model zoo's pose / OBB layout: per scale the box DFL logits and class logits in one tensor
+    [1, 64+C, H, W]; last the decoded keypoints [1, K, D, N] (pose) or the angles' sigmoid [1, 1, N] (OBB)."""
+    import onnx
+    m = _fixed_inputs(model, input_shapes)
+    shapes = _shapes(m)
+    num_classes = class_count(m, head) or 0
+    names, roles = [], []
+    for i, scale in enumerate(head.scales):
+        m.graph.node.append(onnx.helper.make_node("Concat", [scale.box, scale.cls], [f"box_cls{i}"], axis=1,
+                                                  name=f"/rknn_dropbox/Concat_box_cls{i}"))
+        names.append(f"box_cls{i}")
+        roles.append("box_dfl+class_logits")
+    kpt = head.keypoints_shape or (17, 3)
+    if head.task == "pose":
+        last = _keypoints_tensor(m, head.parts[2], kpt, shapes)
+        _rename(m, last, "keypoints")
+        names.append("keypoints")
+        roles.append("keypoints")
+    else:
+        _rename(m, _angle_sigmoid(m, head.parts[2]), "angle")
+        names.append("angle")
+        roles.append("angle_sigmoid")
+    _set_outputs(m, names, [[] for _ in names])
+    _prune(m)
+    out_shapes = _output_shapes(m)
+    _set_outputs(m, names, out_shapes)
+    extra = kpt[0] * kpt[1] if head.task == "pose" else 1
+    original = [1, 4 + num_classes + extra, sum(s[2] * s[3] for s in out_shapes[:-1])]
+    how = "the keypoints (x, y in input pixels, visibility) as they are" if head.task == "pose" else \
+        "(angle - 0.25) x pi the rotation in radians"
+    layout = YoloLayout("rknn_model_zoo", head.task, names, num_classes, out_shapes, roles,
+                        {"name": head.output, "shape": original},
+                        f"per scale: the first 64 channels of box_cls{{i}} are the DFL box logits (4 x 16 bins, "
+                        f"softmax, expectation, with the anchor grid), the rest the class logits (sigmoid); {how}; "
+                        f"flatten each scale (H x W) and concatenate them in order to get {head.output} {original}",
+                        _input_hw(m), head.family)
+    if head.task == "pose":
+        layout.keypoints_shape = list(kpt)
+        layout.float_ranges = _keypoint_branches(m, head, "keypoints")
+    layout.model = _save(m, scratch, stem, "rknn_model_zoo")
+    return layout
+
+
 def keep_layout(model: Any, head: UltralyticsHead, input_shapes: list[list[int]] | None) -> YoloLayout:
     """The stock export as it is (one concatenated output); nothing is written."""
     m = _fixed_inputs(model, input_shapes)
@@ -258,6 +371,8 @@ def head_layout(layout: str, model: Any, head: UltralyticsHead, input_shapes: li
     else:
         chosen = keep_layout(model, head, input_shapes)
     chosen.class_names = class_names(model)
+    if head.task == "pose" and not chosen.keypoints_shape:
+        chosen.keypoints_shape = list(head.keypoints_shape or (17, 3))
     return chosen
 
 
