@@ -29,9 +29,15 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 def _nudenet_drop(folder: Path, cache: Path, extra: str = "") -> Path:
     """nudenet as a user drops it for int8: the model, config.yaml (its mean/std, input size), 8 photos."""
-    model, photos = trained_models(cache)["nudenet"], real_photos(cache)
+    model = trained_models(cache)["nudenet"]
+    return _photo_drop(folder, model.path, cache, model.sidecar() + extra, "nudenet.onnx")
+
+
+def _photo_drop(folder: Path, model: Path, cache: Path, sidecar: str, name: str = "") -> Path:
+    """A YOLO export dropped for int8: the model, its sidecar, 8 calibration photos, 2 held-out ones to verify on."""
+    photos = real_photos(cache)
     folder.mkdir(parents=True)
-    shutil.copy(model.path, folder / "nudenet.onnx")
+    shutil.copy(model, folder / (name or model.name))
     for name in CALIBRATION:
         shutil.copy(photos[name], folder / photos[name].name)
     (folder / "dataset.txt").write_text("\n".join(photos[n].name for n in CALIBRATION) + "\n")
@@ -39,7 +45,7 @@ def _nudenet_drop(folder: Path, cache: Path, extra: str = "") -> Path:
     for name in HELD_OUT:
         shutil.copy(photos[name], folder / "heldout" / photos[name].name)
     (folder / "heldout" / "verify.txt").write_text("\n".join(photos[n].name for n in HELD_OUT) + "\n")
-    (folder / "config.yaml").write_text(model.sidecar() + "verify_dataset: heldout/verify.txt\n" + extra)
+    (folder / "config.yaml").write_text(sidecar + "verify_dataset: heldout/verify.txt\n")
     return folder
 
 
@@ -56,12 +62,19 @@ def _best_pt(folder: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def delivered(trained_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
-    """One daemon: nudenet int8 (the default layout, and the model zoo's) and an Ultralytics best.pt (fp16)."""
+def delivered(trained_cache: Path, yolo_corpus: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+              ) -> Iterator[dict[str, Path]]:
+    """One daemon: nudenet int8 (the default layout, and the model zoo's), an Ultralytics best.pt (fp16), and the
+    corpus's pose and OBB heads at int8 in the zoo's layout (pose also in the default one)."""
     daemon = DaemonProcess(tmp_path_factory.mktemp("yolo-daemon"), extra_config="timeout_seconds = 600\n")
     staging = daemon.root / "staging"
     _nudenet_drop(staging / "nudenet-int8", trained_cache)
     _nudenet_drop(staging / "nudenet-zoo", trained_cache, "yolo_outputs: rknn_model_zoo\n")
+    unit_range = "mean_values: [0, 0, 0]\nstd_values: [255, 255, 255]\n"
+    for job, model, extra in (("pose-zoo", "yolov8n-pose", "yolo_outputs: rknn_model_zoo\n"),
+                              ("pose-split", "yolov8n-pose", ""),
+                              ("obb-zoo", "yolov8n-obb", "yolo_outputs: rknn_model_zoo\n")):
+        _photo_drop(staging / job, yolo_corpus[model], trained_cache, unit_range + extra)
     _best_pt(staging / "pt")
     shutil.move(str(staging / "pt" / "best.pt"), staging / "best.pt")
     # random weights: the scores all sit near 1e-4, so fp16's rounding reorders near-ties among the top-10
@@ -69,10 +82,10 @@ def delivered(trained_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> 
                                        "verify_thresholds: {detection_agreement: 0.5}\n")
     daemon.start()
     try:
-        for entry in ("best.yaml", "best.pt", "nudenet-int8", "nudenet-zoo"):
+        jobs = ("nudenet-int8", "nudenet-zoo", "pose-zoo", "pose-split", "obb-zoo")
+        for entry in ("best.yaml", "best.pt", *jobs):
             os.rename(staging / entry, daemon.inbox / entry)
-        yield {name: daemon.outbox / name for name in ("nudenet-int8", "best", "nudenet-zoo")
-               if daemon.wait_completed(name, 600)}
+        yield {name: daemon.outbox / name for name in ("best", *jobs) if daemon.wait_completed(name, 600)}
     finally:
         daemon.stop()
 
@@ -139,6 +152,29 @@ def test_nudenet_int8_in_the_model_zoo_layout_is_delivered_and_passes_its_detect
     assert verification["status"] == "passed" and detection["passed"], verification
 
 
+@pytest.mark.parametrize("job, outputs, task", [
+    ("pose-zoo", ["box_cls0", "box_cls1", "box_cls2", "keypoints"], "pose"),
+    ("pose-split", ["boxes", "scores", "keypoints"], "pose"),
+    ("obb-zoo", ["box_cls0", "box_cls1", "box_cls2", "angle"], "obb"),
+])
+def test_pose_and_obb_heads_are_delivered_at_int8_as_the_model_zoo_builds_them(
+        delivered: dict[str, Path], job: str, outputs: list[str], task: str) -> None:
+    result = _result(delivered[job])
+    layout = result["outputs_layout"]
+    assert layout["task"] == task and [o["name"] for o in layout["outputs"]] == outputs, layout
+    rknn_outputs = {t["name"]: t for t in result["targets"][0]["rknn"]["outputs"]}
+    assert list(rknn_outputs) == outputs
+    assert rknn_outputs[outputs[0]]["dtype"] == "int8", rknn_outputs  # an int8 build (a repair may lift a part)
+    # the pose demo's build: the keypoint branch in float16 (custom_hybrid); an OBB's angle output stays int8
+    assert rknn_outputs[outputs[-1]]["dtype"] == ("float16" if task == "pose" else "int8"), rknn_outputs
+    assert bool(layout.get("float_ranges")) == (task == "pose")
+    assert any("keypoint branch" in w and "float16" in w for w in result["warnings"]) == (task == "pose")
+    verification = result["verification"]["rk3588"]
+    [detection] = [c for c in verification["checks"] if c["kind"] == "detection"]
+    assert detection["outputs"] == outputs and verification["status"] == "passed", verification
+    assert (delivered[job] / "predict.py").exists()
+
+
 @pytest.mark.parametrize("job, layout", [("nudenet-int8", "split"), ("nudenet-zoo", "rknn_model_zoo")])
 def test_predict_script_finds_what_the_reference_decoder_finds(delivered: dict[str, Path], trained_cache: Path,
                                                                tmp_path: Path, job: str, layout: str) -> None:
@@ -156,11 +192,52 @@ def test_predict_script_finds_what_the_reference_decoder_finds(delivered: dict[s
     for name in ("bus", "zidane", "grace_hopper"):
         found = _run_predict(script, folder / f"{job}.rknn", photos[name], edited, tmp_path)
         want = _in_photo_pixels(yolosim.reference_detections(model, 320, {name: photos[name]}, CONF)[name],
-                                photos[name])
+                                photos[name])[:, :6]  # the 7th column: the anchor each one came from
         got = np.array([[*d["box"], d["score"], d["class"]] for d in found["detections"]])
         assert got.shape == want.shape and len(got) > 0, (name, found)
         assert (got[:, 5] == want[:, 5]).all() and np.abs(got[:, :5] - want[:, :5]).max() < 0.2, (name, got, want)
         assert found["detections"][0]["name"] in trained_class_names(stock)
+
+
+@pytest.mark.parametrize("job, model", [("pose-zoo", "yolov8n-pose"), ("pose-split", "yolov8n-pose"),
+                                        ("obb-zoo", "yolov8n-obb")])
+def test_predict_script_prints_the_keypoints_and_rotated_boxes_the_stock_head_decodes_to(
+        delivered: dict[str, Path], yolo_corpus: dict[str, Path], trained_cache: Path, tmp_path: Path, job: str,
+        model: str) -> None:
+    import onnx
+    import onnxruntime as ort
+    from rknn_dropbox.convert.yolo import decode
+    from rknn_dropbox.convert.yolo.head import recognise_head
+    from rknn_dropbox.convert.yolo.layouts import head_layout
+    folder = delivered[job]
+    layout = _result(folder)["outputs_layout"]
+    stock = onnx.load(str(yolo_corpus[model]))
+    head = recognise_head(stock)
+    edited = head_layout(layout["layout"], stock, head, [[1, 3, 320, 320]], tmp_path, model).model
+    keep = head_layout("keep", stock, head, [[1, 3, 320, 320]], tmp_path, model).to_json()
+    reference = ort.InferenceSession(str(yolo_corpus[model]), providers=["CPUExecutionProvider"])
+    photo = real_photos(trained_cache)["bus"]
+    x = yolosim.photo(photo, 320).transpose(2, 0, 1)[None].astype(np.float32) / 255
+    boxes, scores, extra = decode.head_outputs(reference.run(None, {"images": x}), keep)
+    conf = float(np.sort(scores.max(0))[-5])  # random weights: the five best anchors
+    found = _run_predict(folder / "predict.py", folder / f"{job}.rknn", photo, edited, tmp_path, conf * 0.999)
+    want = decode.detections(decode.envelope(boxes, extra["angle"]) if "angle" in extra else boxes, scores,
+                             conf * 0.999)
+    assert len(found["detections"]) == len(want) > 0, found
+    import cv2
+    h, w = cv2.imread(str(photo)).shape[:2]
+    scale = np.array([w / 320, h / 320])
+    for d, row in zip(found["detections"], want):
+        assert d["class"] == int(row[5]) and np.abs(np.array(d["box"]) - row[:4] * np.tile(scale, 2)).max() < 0.5
+        anchor = int(row[6])
+        if "keypoints" in extra:
+            kpt = extra["keypoints"][:, :, anchor]
+            assert len(d["keypoints"]) == 17 and np.abs(np.array(d["keypoints"])[:, :2] - kpt[:, :2] * scale).max() < 0.5
+            assert np.abs(np.array(d["keypoints"])[:, 2] - kpt[:, 2]).max() < 0.01
+        else:
+            assert abs(d["angle"] - float(extra["angle"][anchor])) < 1e-3
+            corners = decode.corners(boxes[:, anchor], float(extra["angle"][anchor])) * scale
+            assert np.abs(np.array(d["corners"]) - corners).max() < 0.5
 
 
 def trained_class_names(model: Any) -> list[str]:
@@ -168,10 +245,11 @@ def trained_class_names(model: Any) -> list[str]:
     return class_names(model)
 
 
-def _run_predict(script: Path, rknn: Path, image: Path, onnx_path: Path, tmp: Path) -> dict[str, Any]:
+def _run_predict(script: Path, rknn: Path, image: Path, onnx_path: Path, tmp: Path, conf: float = CONF
+                 ) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": str(REPO / "tests" / "standins"), "RKNNLITE_STANDIN_ONNX": str(onnx_path),
            "RKNNLITE_STANDIN_MEAN": "0,0,0", "RKNNLITE_STANDIN_STD": "255,255,255"}
-    proc = subprocess.run([sys.executable, str(script), str(image), "--model", str(rknn), "--conf", str(CONF)],
+    proc = subprocess.run([sys.executable, str(script), str(image), "--model", str(rknn), "--conf", str(conf)],
                           cwd=tmp, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout)

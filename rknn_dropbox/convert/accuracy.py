@@ -139,7 +139,9 @@ def _candidates(ctx: TargetContext, rows: list[LayerError]) -> list[rp.Candidate
     o = ctx.spec.options
     if ctx.quantize:
         ranges = hybrid_ranges(rows, worst_layers(rows)) if rows else []
-        return rp.int8_candidates(ctx.platform, o.quantized_algorithm, o.quantized_method, ranges)
+        kept = ctx.configured.custom_hybrid if ctx.configured is not None else ()
+        return rp.keeping_float(rp.int8_candidates(ctx.platform, o.quantized_algorithm, o.quantized_method, ranges),
+                                kept)
     if ctx.spec.dataset is not None:  # the toolkit's remedy for float16 overflow: those layers in int16
         return rp.fp16_candidates()
     return []

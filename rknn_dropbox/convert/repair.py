@@ -4,7 +4,7 @@ for the NPU first (hybrid int8, other quantization algorithms and methods, 16-bi
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 from rknn_dropbox.platforms import DTYPE_PLATFORMS, NO_FP16_PLATFORMS
@@ -122,6 +122,15 @@ def int8_candidates(platform: str, algorithm: str, method: str, hybrid_ranges: l
     if dtype:
         out.append(Candidate(dtype, {"quantized_dtype": dtype}))
     return out
+
+
+def keeping_float(candidates: list[Candidate], kept: tuple[tuple[str, str], ...]) -> list[Candidate]:
+    """The int8 candidates with `kept` (the ranges the first build kept in float16: a YOLO pose head's keypoint
+    branch) added to their custom hybrid; auto_hybrid and 16-bit candidates decide their own precision."""
+    if not kept:
+        return candidates
+    return [replace(c, custom_hybrid=tuple(dict.fromkeys(kept + c.custom_hybrid)))
+            if c.quantize and not c.auto_hybrid and "quantized_dtype" not in c.config else c for c in candidates]
 
 
 def _layers(ranges: list[list[str]]) -> str:

@@ -91,3 +91,35 @@ def test_a_text_probability_map_is_judged_by_mask_iou() -> None:
     assert _judge([info], [[want]], [[want * 0.95]]).passed
     v = _judge([info], [[want]], [[shrunk]])
     assert not v.passed and v.deciding.metric == "mask_iou"
+
+
+def _pose_split(rng: np.random.Generator, n: int = 2100) -> list[np.ndarray]:
+    """A pose head's split outputs: boxes [1, 4, N], one class [1, 1, N], keypoints [1, 51, N] (x, y, visibility)."""
+    boxes = np.concatenate([rng.uniform(40, 280, (2, n)), rng.uniform(30, 80, (2, n))])
+    scores = np.zeros((1, n))
+    scores[0, rng.choice(n, 5, replace=False)] = rng.uniform(0.5, 0.9, 5)
+    kpt = np.empty((17, 3, n))
+    kpt[:, :2] = boxes[None, :2] + rng.uniform(-20, 20, (17, 2, n))
+    kpt[:, 2] = rng.uniform(0, 1, (17, n))
+    return [boxes[None].astype(np.float32), scores[None].astype(np.float32), kpt.reshape(1, 51, n).astype(np.float32)]
+
+
+class _PoseLayout:
+    layout, task, num_classes, outputs, keypoints_shape = "split", "pose", 1, ["boxes", "scores", "keypoints"], [17, 3]
+
+
+def test_a_pose_head_whose_keypoints_lose_their_visibility_fails_although_its_boxes_agree() -> None:
+    rng = np.random.default_rng(3)
+    infos = [OutputInfo("boxes", [1, 4, 2100]), OutputInfo("scores", [1, 1, 2100]),
+             OutputInfo("keypoints", [1, 51, 2100])]
+    refs = [_pose_split(rng) for _ in range(3)]
+    plan = plan_checks(infos, (320, 320), _PoseLayout(), [])
+    assert [c.kind for c in plan] == ["detection"] and plan[0].outputs == [0, 1, 2]
+    step = 1.25                                          # the keypoints' one int8 scale: 0-320 pixels and 0-1 flags
+    collapsed = [[r[0], r[1], np.round(r[2] / step) * step] for r in refs]
+    bad = judge(plan, refs, collapsed, True, None, infos, synthetic=False)
+    assert not bad.passed and "keypoints agree 0/" in bad.deciding.summary, bad.to_json()
+    assert bad.deciding.details["matched"] == bad.deciding.details["total"] > 0  # the boxes themselves agree
+    fine = [[r[0], r[1], r[2] + rng.normal(0, 0.01, r[2].shape).astype(np.float32)] for r in refs]
+    good = judge(plan, refs, fine, True, None, infos, synthetic=False)
+    assert good.passed and "keypoints agree" in good.deciding.summary, good.to_json()

@@ -19,6 +19,7 @@ NMS_IOU = 0.45
 MATCH_IOU = 0.5
 TOP_K = 10
 KEYPOINT_TOLERANCE = 0.1   # a keypoint this far off (times the box's size) is misplaced
+VISIBILITY_TOLERANCE = 0.1  # a pose whose keypoint visibility scores differ by more (mean) is not the same pose
 
 
 def head_detections(outputs: list[np.ndarray], layout: dict[str, Any], conf: float
@@ -33,14 +34,14 @@ def head_detections(outputs: list[np.ndarray], layout: dict[str, Any], conf: flo
 
 def keypoints_agree(ref: np.ndarray, got: np.ndarray, box: np.ndarray) -> bool:
     """One matched pose: the keypoints [K, D] the reference sees (visibility above 0.5, or all without one) within
-    KEYPOINT_TOLERANCE of the box's size (median), and the visibility flags agreeing on 80 % of them."""
+    KEYPOINT_TOLERANCE of the box's size (median), and their visibility scores within VISIBILITY_TOLERANCE (mean)."""
     size = max(float(np.sqrt(max(box[2] - box[0], 1e-3) * max(box[3] - box[1], 1e-3))), 1e-3)
     seen = ref[:, 2] > 0.5 if ref.shape[1] > 2 else np.ones(len(ref), bool)
     if seen.any():
         dist = np.hypot(*(ref[seen, :2] - got[seen, :2]).T) / size
         if float(np.median(dist)) > KEYPOINT_TOLERANCE:
             return False
-    return ref.shape[1] < 3 or float(np.mean((ref[:, 2] > 0.5) == (got[:, 2] > 0.5))) >= 0.8
+    return ref.shape[1] < 3 or float(np.mean(np.abs(ref[:, 2] - got[:, 2]))) <= VISIBILITY_TOLERANCE
 
 
 @dataclass
@@ -82,7 +83,7 @@ class DetectionCheck:
                                    "layout": self.layout, "task": self.task, "top_k": TOP_K, "match_iou": MATCH_IOU}
         if self.task == "pose":
             details.update(keypoints_agreed=poses_agreed, keypoints_compared=poses,
-                           keypoint_tolerance=KEYPOINT_TOLERANCE)
+                           keypoint_tolerance=KEYPOINT_TOLERANCE, visibility_tolerance=VISIBILITY_TOLERANCE)
             summary += f"; keypoints agree {poses_agreed}/{poses}"
             value = min(value, poses_agreed / poses if poses else 0.0)
         lost = self._lost_parts(refs, sims, infos, details)
