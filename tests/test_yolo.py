@@ -142,6 +142,8 @@ def test_nudenet_int8_in_the_model_zoo_layout_is_delivered_and_passes_its_detect
     result = _result(delivered["nudenet-zoo"])
     layout = result["outputs_layout"]
     assert layout["layout"] == "rknn_model_zoo" and len(layout["outputs"]) == 9
+    # proved at conversion time: the edited head decoded gives the stock one's boxes and scores back
+    assert layout["equivalence"]["boxes_px"] < 0.05 and layout["equivalence"]["scores"] < 1e-4, layout
     assert [(o["name"], o["shape"]) for o in layout["outputs"][:3]] == [
         ("box0", [1, 64, 40, 40]), ("score0", [1, 18, 40, 40]), ("score_sum0", [1, 1, 40, 40])]
     assert [t["name"] for t in result["targets"][0]["rknn"]["outputs"]] == [o["name"] for o in layout["outputs"]]

@@ -125,3 +125,52 @@ def test_predict_py_is_a_standalone_script_for_each_kind(kind: str, tmp_path: Pa
     py_compile.compile(str(script), doraise=True)
     text = script.read_text()
     assert "from rknnlite.api import RKNNLite" in text and "rknn_dropbox" not in text.split('"""', 2)[2]
+
+
+def _tiny_head():
+    """A one-scale Ultralytics-like detect head as an ONNX graph: boxes [1, 4, 64] and sigmoid scores [1, 2, 64]
+    concatenated into output0 (the names recognise_head looks for)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    from rknn_dropbox.convert.yolo.head import recognise_head
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(0, 1, (4, 3, 1, 1)).astype(np.float32), "box_w"),
+             numpy_helper.from_array(np.zeros(4, np.float32), "box_b"),
+             numpy_helper.from_array(rng.normal(0, 1, (2, 3, 1, 1)).astype(np.float32), "cls_w"),
+             numpy_helper.from_array(np.zeros(2, np.float32), "cls_b"),
+             numpy_helper.from_array(np.array([1, 4, 64], np.int64), "box_shape"),
+             numpy_helper.from_array(np.array([1, 2, 64], np.int64), "cls_shape"),
+             numpy_helper.from_array(np.array(8.0, np.float32), "stride")]
+    nodes = [helper.make_node("Conv", ["images", "box_w", "box_b"], ["box"], name="/model.22/cv2.0/cv2.0.2/Conv"),
+             helper.make_node("Conv", ["images", "cls_w", "cls_b"], ["cls"], name="/model.22/cv3.0/cv3.0.2/Conv"),
+             helper.make_node("Reshape", ["box", "box_shape"], ["box_flat"]),
+             helper.make_node("Mul", ["box_flat", "stride"], ["boxes_px"]),
+             helper.make_node("Reshape", ["cls", "cls_shape"], ["cls_flat"]),
+             helper.make_node("Sigmoid", ["cls_flat"], ["scores"]),
+             helper.make_node("Concat", ["boxes_px", "scores"], ["output0"], axis=1)]
+    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("images", TensorProto.FLOAT,
+                                                                            [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [1, 6, 64])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.helper.set_model_props(model, {"author": "Ultralytics", "task": "detect", "names": "{0: 'a', 1: 'b'}"})
+    return model, recognise_head(model)
+
+
+def test_an_edit_that_does_not_give_the_stock_output_back_is_refused_in_words(tmp_path) -> None:
+    """prove_equivalent decodes the stock graph and the edited one; an edit that changed a value fails the job."""
+    import onnx
+    import pytest
+    from rknn_dropbox.convert.yolo.layouts import LayoutError, prove_equivalent
+    from rknn_dropbox.convert.yolo.layouts import head_layout
+    stock, head = _tiny_head()
+    layout = head_layout("split", stock, head, None, tmp_path, "tiny")
+    assert set(layout.equivalence) == {"inputs", "boxes_px", "scores"} and layout.equivalence["scores"] == 0.0
+    edited = onnx.load(str(layout.model))
+    for init in edited.graph.initializer:      # a wrong edit: the class conv's bias moved
+        if init.name == "cls_b":
+            init.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(init) + 1.0, init.name))
+    onnx.save(edited, str(layout.model))
+    with pytest.raises(LayoutError, match="does not give the stock output back .*scores differs by") as err:
+        prove_equivalent(layout, head, stock, None)
+    assert "yolo_outputs: keep" in err.value.hint

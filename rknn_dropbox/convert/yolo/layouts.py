@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from rknn_dropbox.options import YOLO_LAYOUTS as LAYOUTS  # noqa: F401 (the layouts' names, said once)
+from rknn_dropbox.convert.yolo import decode
 from rknn_dropbox.convert.yolo.head import UltralyticsHead, class_count
 
 
@@ -39,6 +40,7 @@ class YoloLayout:
     # [start tensor, end tensor] ranges an int8 build keeps in float16 (the toolkit's custom_hybrid): a pose head's
     # keypoint branch, whose pixel coordinates and 0-1 visibility would share one int8 scale (the model zoo's way)
     float_ranges: list[tuple[str, str]] = field(default_factory=list)
+    equivalence: dict[str, Any] = field(default_factory=dict)  # the edit decoded against the stock head (largest diffs)
 
     def to_json(self) -> dict[str, Any]:
         return {"layout": self.layout, "task": self.task, "family": self.family, "num_classes": self.num_classes,
@@ -48,7 +50,8 @@ class YoloLayout:
                                                     self.sources or [""] * len(self.outputs))],
                 "class_names": self.class_names,
                 **({"keypoints_shape": self.keypoints_shape} if self.keypoints_shape else {}),
-                **({"float_ranges": [list(r) for r in self.float_ranges]} if self.float_ranges else {})}
+                **({"float_ranges": [list(r) for r in self.float_ranges]} if self.float_ranges else {}),
+                **({"equivalence": self.equivalence} if self.equivalence else {})}
 
 
 def _fixed_inputs(model: Any, input_shapes: list[list[int]] | None) -> Any:
@@ -119,15 +122,52 @@ def _input_hw(model: Any) -> tuple[int, int]:
     return int(first[-2]), int(first[-1])
 
 
-def _output_shapes(model: Any) -> list[list[int]]:
-    """The outputs' real shapes: the graph run once on zeros (shape inference leaves Reshape results open)."""
+def _run(model: Any, inputs: list[Any] | None = None) -> list[Any]:
+    """The graph (a ModelProto) run once in onnxruntime: on `inputs`, or on zeros of its input shapes."""
     import numpy as np
     import onnxruntime as ort
     options = ort.SessionOptions()
     options.log_severity_level = 3
     sess = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    feeds = {i.name: np.zeros(dims, np.float32) for i, dims in zip(sess.get_inputs(), _input_dims(model))}
-    return [list(o.shape) for o in sess.run(None, feeds)]
+    arrays = inputs or [np.zeros(dims, np.float32) for dims in _input_dims(model)]
+    return list(sess.run(None, {i.name: a for i, a in zip(sess.get_inputs(), arrays)}))
+
+
+def _output_shapes(model: Any) -> list[list[int]]:
+    """The outputs' real shapes: the graph run once on zeros (shape inference leaves Reshape results open)."""
+    return [list(o.shape) for o in _run(model)]
+
+
+# the edited head decoded must give the stock head's output back to within these (float rounding of a reordered sum)
+EQUIVALENCE_TOLERANCE = {"boxes_px": 0.05, "scores": 1e-4, "keypoints_px": 0.05, "angle": 1e-4}
+
+
+def prove_equivalent(layout: YoloLayout, head: UltralyticsHead, stock: Any, input_shapes: list[list[int]] | None
+                     ) -> None:
+    """Run the stock graph and the edited one (layout.model) on two inputs (seeded noise, mid-grey), decode both and set
+    layout.equivalence to the largest differences; a LayoutError when one is beyond EQUIVALENCE_TOLERANCE."""
+    import numpy as np
+    import onnx
+    fixed, edited = _fixed_inputs(stock, input_shapes), onnx.load(str(layout.model))
+    dims = _input_dims(fixed)
+    rng = np.random.default_rng(0)
+    inputs = [[rng.random(d, dtype=np.float32) for d in dims], [np.full(d, 0.5, np.float32) for d in dims]]
+    keep = {**keep_layout(stock, head, input_shapes).to_json(), "keypoints_shape": layout.keypoints_shape}
+    worst: dict[str, float] = {}
+    for x in inputs:
+        want = decode.head_outputs(_run(fixed, x), keep)
+        got = decode.head_outputs(_run(edited, x), layout.to_json())
+        for key, a, b in (("boxes_px", want[0], got[0]), ("scores", want[1], got[1]),
+                          ("keypoints_px", want[2].get("keypoints"), got[2].get("keypoints")),
+                          ("angle", want[2].get("angle"), got[2].get("angle"))):
+            if a is not None and b is not None:
+                worst[key] = max(worst.get(key, 0.0), float(np.abs(np.asarray(a) - np.asarray(b)).max()))
+    layout.equivalence = {"inputs": len(inputs), **{k: round(v, 6) for k, v in worst.items()}}
+    off = [k for k, v in worst.items() if not v <= EQUIVALENCE_TOLERANCE[k]]
+    if off:
+        raise LayoutError(f"the {layout.layout} layout cut from this head does not give the stock output back "
+                          f"({', '.join(f'{k} differs by {worst[k]:.4g}' for k in off)})",
+                          "set yolo_outputs: keep in the sidecar to build the export as it is, and report the model")
 
 
 def _save(model: Any, scratch: Path, stem: str, layout: str) -> Path:
@@ -373,6 +413,8 @@ def head_layout(layout: str, model: Any, head: UltralyticsHead, input_shapes: li
     chosen.class_names = class_names(model)
     if head.task == "pose" and not chosen.keypoints_shape:
         chosen.keypoints_shape = list(head.keypoints_shape or (17, 3))
+    if chosen.model is not None:
+        prove_equivalent(chosen, head, model, input_shapes)
     return chosen
 
 
