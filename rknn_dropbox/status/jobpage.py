@@ -232,7 +232,21 @@ def _outputs_layout(view: JobView) -> str:
              f"{e(layout.get('num_classes'))} classes &middot; original {e(original.get('name'))} "
              f"{plain(original.get('shape'))}")
     return (f"<h2>Output layout</h2><p>{facts}</p>" + table(("output", "shape", "role"), rows)
-            + f'<p class="small">{e(layout.get("reassemble"))}</p>')
+            + f'<p class="small">{e(layout.get("reassemble"))}</p>' + _layout_proof(layout))
+
+
+def _layout_proof(layout: dict[str, Any]) -> str:
+    """The float16 ranges an int8 build keeps (a pose head's keypoints) and the edit's proof against the stock head."""
+    out = []
+    ranges = [r for r in layout.get("float_ranges") or [] if isinstance(r, list) and len(r) == 2]
+    if ranges:
+        out.append("kept in float16: " + ", ".join(f"{e(a)} &rarr; {e(z)}" for a, z in ranges))
+    proof = layout.get("equivalence") if isinstance(layout.get("equivalence"), dict) else {}
+    diffs = [f"{e(k)} {e(v)}" for k, v in proof.items() if k != "inputs"]
+    if diffs:
+        out.append(f"decoded against the stock head on {e(proof.get('inputs'))} inputs: largest differences "
+                   + ", ".join(diffs))
+    return "".join(f'<p class="small">{line}</p>' for line in out)
 
 
 def _dropped(files: list[dict[str, Any]]) -> str:

@@ -109,8 +109,16 @@ def test_the_job_page_shows_the_delivered_layout() -> None:
     assert "<h2>Output layout</h2>" in page and "split" in page and "18 classes" in page
     assert "<td>scores</td>" in page and "1, 18, 2100" in page and "concatenate boxes, scores" in page
     odd = render_job(JobView(JobRecord(id="j2", name="odd", status="completed"),
-                             {"outputs_layout": {"outputs": [None, {"name": 3}]}}), [], "", "0")
-    assert "Output layout" in odd
+                             {"outputs_layout": {"outputs": [None, {"name": 3}], "float_ranges": [1, ["a"]],
+                                                 "equivalence": "x"}}), [], "", "0")
+    assert "Output layout" in odd and "float16" not in odd
+    pose = {"layout": "rknn_model_zoo", "task": "pose", "outputs": [{"name": "keypoints", "shape": [1, 17, 3, 2100]}],
+            "float_ranges": [["/model.22/cv4.0/cv4.0.0/act/Mul_output_0", "keypoints"]],
+            "equivalence": {"inputs": 2, "boxes_px": 3.1e-05, "keypoints_px": 0.0}}
+    page = render_job(JobView(JobRecord(id="j3", name="pose", status="completed"), {"outputs_layout": pose}), [],
+                      "", "0")
+    assert "kept in float16: /model.22/cv4.0/cv4.0.0/act/Mul_output_0 &rarr; keypoints" in page
+    assert "decoded against the stock head on 2 inputs: largest differences boxes_px 3.1e-05" in page
 
 
 @pytest.mark.parametrize("kind", ["yolo", "class_scores", "raw"])
