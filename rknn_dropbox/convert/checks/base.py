@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
-from rknn_dropbox.thresholds import LOWER_IS_BETTER
+from rknn_dropbox.thresholds import LOWER_IS_BETTER, threshold_for
 
 
 @dataclass(frozen=True)
@@ -91,6 +91,30 @@ class Check(Protocol):
 
     def measure(self, refs: list[list[np.ndarray]], sims: list[list[np.ndarray]], quantized: bool,
                 thresholds: dict[str, float] | None, infos: list[OutputInfo]) -> CheckResult: ...
+
+
+def stack(samples: list[list[np.ndarray]], index: int) -> np.ndarray:
+    """One output over the samples, stacked in front: [S, *shape]."""
+    return np.stack([np.asarray(s[index], dtype=np.float32) for s in samples])
+
+
+@dataclass
+class SingleOutputCheck:
+    """A check of one output by one metric (higher is better): measure() stacks both runtimes' samples of it, and
+    the kind's judge() says the value, the summary and the details."""
+    outputs: list[int]
+    kind: str = "single_output"
+    metric: ClassVar[str] = ""
+
+    def judge(self, want: np.ndarray, got: np.ndarray, info: OutputInfo) -> tuple[float, str, dict[str, Any]]:
+        raise NotImplementedError
+
+    def measure(self, refs: list[list[np.ndarray]], sims: list[list[np.ndarray]], quantized: bool,
+                thresholds: dict[str, float] | None, infos: list[OutputInfo]) -> CheckResult:
+        i = self.outputs[0]
+        value, summary, details = self.judge(stack(refs, i), stack(sims, i), infos[i])
+        limit = threshold_for(self.metric, quantized, thresholds)
+        return CheckResult(self.kind, [infos[i].name], self.metric, value, limit, value >= limit, summary, details)
 
 
 def align(got: Any, want: Any) -> np.ndarray:

@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from rknn_dropbox.convert.checks.base import CheckResult, OutputInfo
-from rknn_dropbox.convert.checks.tensor import TensorCheck, measure_part, stack
+from rknn_dropbox.convert.checks.base import CheckResult, OutputInfo, stack
+from rknn_dropbox.convert.checks.tensor import TensorCheck, measure_part
 from rknn_dropbox.convert.yolo.decode import detections, envelope, head_outputs, matched_pairs
 from rknn_dropbox.thresholds import threshold_for
 

@@ -4,12 +4,11 @@ equality."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from rknn_dropbox.convert.checks.base import CheckResult, OutputInfo
-from rknn_dropbox.thresholds import threshold_for
-from rknn_dropbox.convert.checks.tensor import stack
+from rknn_dropbox.convert.checks.base import OutputInfo, SingleOutputCheck
 
 
 def _without_edges(seq: list[int]) -> list[list[int]]:
@@ -39,20 +38,15 @@ def ctc_greedy(steps: np.ndarray, blank: int = 0) -> list[int]:
 
 
 @dataclass
-class SequenceCheck:
-    outputs: list[int]
+class SequenceCheck(SingleOutputCheck):
     kind: str = "sequence"
+    metric = "ctc_agreement"
 
-    def measure(self, refs: list[list[np.ndarray]], sims: list[list[np.ndarray]], quantized: bool,
-                thresholds: dict[str, float] | None, infos: list[OutputInfo]) -> CheckResult:
-        i = self.outputs[0]
-        c = infos[i].shape[-1]
-        want = stack(refs, i).reshape(len(refs), -1, c)
-        got = stack(sims, i).reshape(len(sims), -1, c)
+    def judge(self, want: np.ndarray, got: np.ndarray, info: OutputInfo) -> tuple[float, str, dict[str, Any]]:
+        c = info.shape[-1]
+        want, got = want.reshape(len(want), -1, c), got.reshape(len(got), -1, c)
         same = sum(decodes_alike(w, g) for w, g in zip(want, got))
         steps = float(np.mean(np.argmax(want, -1) == np.argmax(got, -1)))
         n = len(want)
-        limit = threshold_for("ctc_agreement", quantized, thresholds)
         summary = f"decoded text agrees on {same}/{n} lines, per-step argmax {steps:.0%}"
-        return CheckResult(self.kind, [infos[i].name], "ctc_agreement", same / n, limit, same / n >= limit, summary,
-                           {"sequences_equal": same, "samples": n, "step_agreement": round(steps, 4)})
+        return same / n, summary, {"sequences_equal": same, "samples": n, "step_agreement": round(steps, 4)}

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from rknn_dropbox.convert.checks.base import CheckResult, ConcatPart, OutputInfo
+from rknn_dropbox.convert.checks.base import CheckResult, ConcatPart, OutputInfo, stack
 from rknn_dropbox.thresholds import MIN_LEVELS, threshold_for
 
 
@@ -104,10 +104,6 @@ def measure_part(want: np.ndarray, got: np.ndarray, part: ConcatPart, step: floa
     else:
         out["summary"] = f"{part_rows(part)}: mean error {stats.mean_rel:.2%} of their range"
     return out
-
-
-def stack(samples: list[list[np.ndarray]], index: int) -> np.ndarray:
-    return np.stack([np.asarray(s[index], dtype=np.float32) for s in samples])
 
 
 @dataclass
