@@ -71,6 +71,24 @@ def test_a_repair_candidate_that_kills_the_worker_delivers_the_first_build(box: 
     assert not (box.failed / "crashrepair").exists()
 
 
+def test_a_repair_candidate_that_runs_past_the_timeout_delivers_the_first_build(tmp_path: Path) -> None:
+    faults = {"RKNN_DROPBOX_FAULT_INJECTION": "1", "RKNN_DROPBOX_FAULTS": "hangrepair=repair_hang"}
+    d = DaemonProcess(tmp_path / "box", "timeout_seconds = 40.0\n", faults)
+    d.start()
+    try:
+        source = _needs_repair(tmp_path / "hangrepair")
+        shutil.copytree(source, d.inbox / source.name)
+        result = d.wait_completed("hangrepair", timeout=300)
+    finally:
+        d.stop(timeout=60)
+    acc = result["accuracy"]["rk3588"]
+    assert "ran past timeout_seconds (40 s)" in acc["repair_crashed"]["cause"], acc
+    assert acc["delivered"] == 0 and acc["delivered_label"] == "as configured", acc
+    assert any("ran past timeout_seconds" in w for w in result["warnings"]), result["warnings"]
+    assert (d.outbox / "hangrepair" / "hangrepair.rknn").stat().st_size > 0
+    assert not (d.failed / "hangrepair").exists()
+
+
 def test_a_death_in_the_first_build_still_fails_the_job(box: DaemonProcess, tmp_path: Path) -> None:
     source = _needs_repair(tmp_path / "crashfirst")
     shutil.copytree(source, box.inbox / source.name)

@@ -3,14 +3,16 @@
 Not an option a user can set: it needs RKNN_DROPBOX_FAULT_INJECTION=1 in the daemon's environment, and
 RKNN_DROPBOX_FAULTS names the bundles and their faults ("victim=slow,segv=segfault").  Faults: segfault, abort,
 exit, hang, oom, raise, slow (sleeps RKNN_DROPBOX_FAULT_SLOW_SECONDS, default 5, then converts normally);
-repair_candidate (a segfault when the first accuracy-repair candidate starts building, as the toolkit's does)."""
+repair_candidate (a segfault when the first accuracy-repair candidate starts building, as the toolkit's does),
+repair_hang (that candidate never finishes)."""
 
 from __future__ import annotations
 
 import os
 import time
 
-FAULTS = ("segfault", "exit", "hang", "oom", "abort", "raise", "slow", "toolkit-crash", "repair_candidate")
+FAULTS = ("segfault", "exit", "hang", "oom", "abort", "raise", "slow", "toolkit-crash", "repair_candidate",
+          "repair_hang")
 
 
 def injected_toolkit_crash(bundle_name: str, toolkit_version: str) -> bool:
@@ -54,7 +56,11 @@ def inject_fault(bundle_name: str) -> None:
 
 
 def inject_repair_fault(bundle_name: str) -> None:
-    """"repair_candidate": the worker dies of SIGSEGV as an accuracy-repair candidate starts; nothing outside tests."""
-    if fault_for(bundle_name) == "repair_candidate":
+    """"repair_candidate": the worker dies of SIGSEGV as an accuracy-repair candidate starts; "repair_hang": the
+    candidate never finishes; nothing outside tests."""
+    fault = fault_for(bundle_name)
+    if fault == "repair_candidate":
         import ctypes
         ctypes.string_at(0)
+    elif fault == "repair_hang":
+        time.sleep(10**6)

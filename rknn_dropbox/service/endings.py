@@ -63,13 +63,18 @@ class JobEndings:
         elif event.kind is EventKind.DIED and isinstance(detail, WorkerDeath):
             self.record_peak(event.job_id, None)
             self._finish_log(event.job_id)
-            if not self.retry_alone(event.job_id, detail) and not self.retry_repair_crash(event.job_id, detail):
+            if not self.retry_alone(event.job_id, detail) and \
+                    not self.retry_repair_crash(event.job_id, detail.cause):
                 self.repair_crashes.pop(event.job_id, None)
                 self.finisher.fail(event.job_id, self.death_error(event.job_id, detail), detail.hint or
                                    "the toolkit ended the worker process; see conversion.log for its last words")
         elif event.kind is EventKind.TIMEOUT and isinstance(detail, JobTimeout):
             self.repair_crashes.pop(event.job_id, None)
             self._finish_log(event.job_id)
+            # a repair candidate (or the analysis) that ran past the job's time: the build before it is delivered
+            if self.retry_repair_crash(event.job_id, f"the job ran past timeout_seconds ({detail.seconds:.0f} s), "
+                                                     "so the daemon stopped the worker"):
+                return
             self.finisher.fail(event.job_id, f"timed out after {detail.seconds:.0f} s (timeout_seconds)",
                                "raise timeout_seconds for very large models")
 
@@ -105,19 +110,20 @@ class JobEndings:
         self.memory.run_alone(job_id)
         return True
 
-    def retry_repair_crash(self, job_id: str, death: WorkerDeath) -> bool:
-        """A worker that died building an accuracy-repair candidate (the job's attempt journal shows it started and
-        unfinished): the job goes back to the queue's front, counted as an attempt, and its next worker delivers the
-        best build made before it, naming the crash (`repair_crash` in the order). True if requeued."""
+    def retry_repair_crash(self, job_id: str, cause: str) -> bool:
+        """A worker that died (or was stopped for its time) building an accuracy-repair candidate (the job's attempt
+        journal shows it started and unfinished): the job goes back to the queue's front, counted as an attempt, and
+        its next worker delivers the best build made before it, naming the cause (`repair_crash` in the order).
+        True if requeued."""
         job, record = self.job_dir(job_id), self.store.get(job_id)
         crashed = unfinished_repair(job) if job is not None else None
         if record is None or crashed is None or record.attempts + 1 >= self.config().max_attempts:
             return False
         platform, candidate = crashed
-        self.store.record_interrupted_attempt(record, f"{death.cause} (accuracy-repair candidate {candidate})")
-        self.repair_crashes[job_id] = {"platform": platform, "candidate": candidate, "cause": death.cause}
+        self.store.record_interrupted_attempt(record, f"{cause} (accuracy-repair candidate {candidate})")
+        self.repair_crashes[job_id] = {"platform": platform, "candidate": candidate, "cause": cause}
         logger.warning("job {}: {} building the accuracy-repair candidate {} for {}: delivering the best build "
-                       "made before it", job_id, death.cause, candidate, platform)
+                       "made before it", job_id, cause, candidate, platform)
         self.store.mark_queued(job_id)
         self.queue.appendleft(job_id)
         return True
