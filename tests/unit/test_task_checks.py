@@ -123,3 +123,45 @@ def test_a_pose_head_whose_keypoints_lose_their_visibility_fails_although_its_bo
     fine = [[r[0], r[1], r[2] + rng.normal(0, 0.01, r[2].shape).astype(np.float32)] for r in refs]
     good = judge(plan, refs, fine, True, None, infos, synthetic=False)
     assert good.passed and "keypoints agree" in good.deciding.summary, good.to_json()
+
+
+def _untrained_head(rng: np.random.Generator, n: int = 2100, classes: int = 80) -> tuple[np.ndarray, np.ndarray]:
+    """A random-weight YOLO head's split outputs: boxes in pixels, every class score near 1e-4 (Ultralytics'
+    bias_init), so no sample shows an object."""
+    boxes = rng.uniform(0, 320, (1, 4, n)).astype(np.float32)
+    return boxes, rng.uniform(1e-5, 1.6e-4, (1, classes, n)).astype(np.float32)
+
+
+def _split_judge(refs, sims):
+    from types import SimpleNamespace
+    layout = SimpleNamespace(layout="split", task="detect", outputs=["boxes", "scores"], num_classes=80)
+    infos = [OutputInfo("boxes", [1, 4, 2100]), OutputInfo("scores", [1, 80, 2100])]
+    return judge(plan_checks(infos, (320, 320), layout, []), refs, sims, True, None, infos, synthetic=False)
+
+
+def test_an_untrained_split_head_whose_tiny_scores_int8_reads_as_zero_still_passes() -> None:
+    rng = np.random.default_rng(2)
+    refs = [list(_untrained_head(rng)) for _ in range(3)]
+    # int8 gives the sigmoid output a step of ~0.002 (the toolkit's scale for it): 1e-4 reads 0, as for any model
+    zeros = [[np.round(b / 1.88) * 1.88, np.zeros_like(s)] for b, s in refs]
+    verdict = _split_judge(refs, zeros)
+    d = verdict.deciding
+    assert verdict.passed and d.kind == "detection", verdict.to_json()
+    assert "no detection above 0.25 on any sample" in d.summary, d.summary
+    scores = d.details["per_output"][1]["error"]
+    assert scores["range"] == [1e-05, 0.00016] and scores["mean_rel"] < 1e-3, d.details  # of 0..1, not of 1.5e-4
+    # a build that makes objects up where the source sees none fails, however small its mean error
+    spurious = [[b, s.copy()] for b, s in zeros]
+    spurious[1][1][0, 3, 17] = 0.6
+    bad = _split_judge(refs, spurious)
+    assert not bad.passed and "but the build finds 1" in bad.deciding.summary, bad.to_json()
+
+
+def test_an_untrained_kept_head_whose_scores_share_the_boxes_int8_step_still_fails() -> None:
+    rng = np.random.default_rng(3)
+    refs = [[np.concatenate(_untrained_head(rng), axis=1)] for _ in range(3)]
+    step = 2.638                                            # output0 of yolov8n's int8 build: one scale for both
+    infos = output_infos(["output0"], [[1, 84, 2100]], [GraphOutput("output0", [0, 84, 0], "Concat", None, 1,
+                                                                    [4, 80])], [step])
+    verdict = _judge(infos, refs, [[np.round(r[0] / step) * step] for r in refs])
+    assert not verdict.passed and "int8 step is 2.64" in verdict.deciding.summary, verdict.to_json()

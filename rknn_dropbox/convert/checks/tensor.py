@@ -23,13 +23,14 @@ def robust_range(values: np.ndarray) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
-def error_scale(values: np.ndarray) -> float:
+def error_scale(values: np.ndarray, floor: float = 0.0) -> float:
     """What an error is measured against: the robust range, or the largest magnitude when the values barely vary
-    (a 1-element logit that reads 3.1, 2.9, 3.3 over the samples)."""
+    (a 1-element logit that reads 3.1, 2.9, 3.3 over the samples), or the floor when it is larger (the 0..1 of a
+    probability whose samples all read near 0)."""
     lo, hi = robust_range(values)
     finite = values[np.isfinite(values)]
     peak = float(np.abs(finite).max()) if finite.size else 0.0
-    return max(hi - lo, peak, 1e-6)
+    return max(hi - lo, peak, floor, 1e-6)
 
 
 @dataclass(frozen=True)
@@ -49,11 +50,12 @@ def _r(v: float, digits: int = 6) -> float | None:
     return round(float(v), digits) if np.isfinite(v) else None
 
 
-def error_stats(want: np.ndarray, got: np.ndarray) -> ErrorStats:
-    """Errors of got against want (all samples stacked), relative to want's own scale; NaN/inf count as total."""
+def error_stats(want: np.ndarray, got: np.ndarray, floor: float = 0.0) -> ErrorStats:
+    """Errors of got against want (all samples stacked), relative to want's own scale (at least floor); NaN/inf
+    count as total."""
     want = want.astype(np.float64)
     got = got.astype(np.float64)
-    scale = error_scale(want)
+    scale = error_scale(want, floor)
     diff = np.abs(got - want)
     diff[~np.isfinite(diff)] = scale * 1e3
     noise = float(np.sum(diff ** 2))
@@ -111,6 +113,7 @@ class TensorCheck:
     """Any output without a task of its own: the range-relative mean error, per Concat part where there are parts."""
     outputs: list[int]
     kind: str = "tensor"
+    floor: float = 0.0   # the smallest range an error is measured against (1.0: a probability's 0..1)
 
     def measure(self, refs: list[list[np.ndarray]], sims: list[list[np.ndarray]], quantized: bool,
                 thresholds: dict[str, float] | None, infos: list[OutputInfo]) -> CheckResult:
@@ -118,10 +121,11 @@ class TensorCheck:
         info = infos[i]
         want, got = stack(refs, i), stack(sims, i)
         limit = threshold_for("relative_error", quantized, thresholds)
-        stats = error_stats(want, got)
+        stats = error_stats(want, got, self.floor)
         details: dict[str, Any] = {"error": stats.to_json()}
         worst = stats.mean_rel
-        summary = f"mean error {stats.mean_rel:.2%} of the output's range (max {stats.max_rel:.1%})"
+        what = "its 0–1 range" if self.floor >= 1.0 and error_scale(want) < self.floor else "the output's range"
+        summary = f"mean error {stats.mean_rel:.2%} of {what} (max {stats.max_rel:.1%})"
         passed = stats.mean_rel <= limit
         if info.parts:
             parts = [measure_part(want, got, p, info.step, limit) for p in info.parts]
