@@ -60,7 +60,9 @@ def simulated_build(model: Path, layout_name: str, quantize: bool, size: int, ca
     dataset.write_text("\n".join(str(p) for p in calibration) + "\n")
     started = time.monotonic()
     rknn = None
-    for disable_rules in ([], ["seperate_conv_rs_split"]):  # the rule 2.5.0 crashes in on newer exports
+    # the rules 2.5.0 crashes in on newer exports (yolo11's attention block: the second one too)
+    for disable_rules in ([], ["seperate_conv_rs_split"],
+                          ["seperate_conv_rs_split", "fuse_exmatmul_add_mul_exsoftmax13_exmatmul_to_sdpa"]):
         rknn = RKNN(verbose=False)
         rknn.config(target_platform="rk3588", mean_values=[[0, 0, 0]], std_values=[[255, 255, 255]],
                     disable_rules=disable_rules)

@@ -5,6 +5,10 @@
     corpus["yolov8n"].path                                # a stock Ultralytics ONNX export
     make_calibration_set(folder, corpus["resnet18"].input_shape, n=8)   # jpgs + dataset.txt
 
+Random weights hide what trained ones show; the `-spread` YOLO recipes (built on request, from real photos:
+`build_corpus(dir, ["yolov8n-spread"], photos=[...])`) give the head trained-like class scores, so that int8's
+loss of them in the stock layout shows (see _spread_class_scores).
+
 The models are exported in a child process (`python zoo.py build DIR NAME...`): torchvision, Ultralytics and the
 op registration below stay out of the caller (a pytest process or a bench script). Build-only packages:
 torchvision and ultralytics (requirements/test-models.txt), never the daemon's runtime.
@@ -29,6 +33,7 @@ from typing import Any
 from calibimages import make_calibration_set, natural_image  # noqa: F401 (part of this module's API)
 
 CORPUS_VERSION = 2  # bump when an export below changes
+SPREAD_PHOTOS_ENV = "ZOO_SPREAD_PHOTOS"  # the export child's photos for the spread recipes (os.pathsep-joined)
 IMAGENET_MEAN = [123.675, 116.28, 103.53]
 IMAGENET_STD = [58.395, 57.12, 57.375]
 YOLO_MEAN = [0.0, 0.0, 0.0]
@@ -65,6 +70,7 @@ class Recipe:
     size: int       # square input side
     kind: str
     expect: str
+    spread: bool = False  # YOLO: BatchNorm and class scores set from real photos (see _spread_class_scores)
 
 
 RECIPES: dict[str, Recipe] = {
@@ -86,6 +92,13 @@ EXTRA_RECIPES: dict[str, Recipe] = {
     "yolov10n": Recipe("ultralytics", "yolov10n.yaml", 320, "yolo-detect", "rule-retry"),  # end2end: its own top-k
     # small; rknn-toolkit2 2.5.0 dies of SIGILL building it as w16a16i_dfp (a real repair-candidate crash)
     "yolov8n-160": Recipe("ultralytics", "yolov8n.yaml", 160, "yolo-detect", "rule-retry"),
+    # trained-like class scores (most anchors near 0, some well above 0.5 on a real photo), so that int8's loss of
+    # them in the stock layout shows as it does on trained weights; built from real photos (build_corpus(photos=))
+    "yolov8n-spread": Recipe("ultralytics", "yolov8n.yaml", 320, "yolo-detect", "rule-retry", spread=True),
+    "yolo11n-spread": Recipe("ultralytics", "yolo11n.yaml", 320, "yolo-detect", "rule-retry", spread=True),
+    "yolov8n-seg-spread": Recipe("ultralytics", "yolov8n-seg.yaml", 320, "yolo-seg", "rule-retry", spread=True),
+    "yolov8n-pose-spread": Recipe("ultralytics", "yolov8n-pose.yaml", 320, "yolo-pose", "rule-retry",
+                                  spread=True),
     "deeplabv3_mobilenet_v3": Recipe("torchvision", "deeplabv3_mobilenet_v3_large", 256, "segmentation",
                                      "converts"),
     "deeplabv3_mobilenet_v3-512": Recipe("torchvision", "deeplabv3_mobilenet_v3_large", 512, "segmentation",
@@ -133,14 +146,20 @@ def corpus_available() -> str | None:
 
 
 def build_corpus(cache_dir: Path, names: tuple[str, ...] | list[str] = DEFAULT_NAMES,
-                 timeout: float = 900) -> dict[str, ModelInfo]:
-    """The named models as ONNX files under cache_dir/<versions key>/, exported once and reused afterwards."""
+                 timeout: float = 900, photos: tuple[Path, ...] | list[Path] = ()) -> dict[str, ModelInfo]:
+    """The named models as ONNX files under cache_dir/<versions key>/, exported once and reused afterwards.
+    photos: the real photos a spread recipe is set from (tests/trained.py real_photos; always the same ones, as
+    the cached export does not record them)."""
     folder = Path(cache_dir) / versions_key()
     folder.mkdir(parents=True, exist_ok=True)
     missing = [n for n in names if not model_info(n, folder).path.exists()]
+    if any(recipe(n).spread for n in missing) and not photos:
+        raise ValueError(f"{', '.join(n for n in missing if recipe(n).spread)}: a spread recipe is set from real "
+                         "photos (hint: build_corpus(..., photos=[...]) with tests/trained.py real_photos)")
     if missing:
         env = {**os.environ, "YOLO_OFFLINE": "1", "YOLO_CONFIG_DIR": str(folder / "ultralytics-config"),
-               "YOLO_VERBOSE": "False", "PYTHONUNBUFFERED": "1"}
+               "YOLO_VERBOSE": "False", "PYTHONUNBUFFERED": "1",
+               SPREAD_PHOTOS_ENV: os.pathsep.join(str(Path(p).resolve()) for p in photos)}
         proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "build", str(folder), *missing],
                               env=env, cwd=folder, capture_output=True, text=True, timeout=timeout)
         if proc.returncode != 0:
@@ -290,9 +309,70 @@ def _export_torchvision(r: Recipe, out: Path) -> None:
                           else 11, input_names=["input"], do_constant_folding=True)
 
 
+def _photo_batch(photos: list[Path], size: int) -> Any:
+    """Photos as Ultralytics takes them: RGB, resized, 0..1 NCHW float."""
+    import cv2
+    import numpy as np
+    import torch
+    images = [cv2.resize(cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB), (size, size)) for p in photos]
+    return torch.from_numpy(np.stack(images).transpose(0, 3, 1, 2).copy()).float() / 255
+
+
+def _calibrate_yolo_batchnorm(net: Any, batch: Any) -> None:
+    """BatchNorm statistics from real photos: with the default ones (mean 0, var 1) a random YOLO's features fade
+    to nothing by the head, so every anchor's class logit is its bias whatever the image."""
+    import torch
+    for m in net.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None  # a plain average over the batches below
+    net.train()
+    with torch.no_grad():
+        for chunk in batch.split(4):
+            net(chunk)
+    net.eval()
+
+
+def _spread_class_scores(net: Any, batch: Any, top_logit: float = 0.0, median_logit: float = -5.0) -> None:
+    """Rescale each scale's last class conv (head.cv3[i][-1]: weights x k, bias) so that sigmoid scores span 0..1
+    on real photos as a trained head's do: per class the logits standardized over the photos' anchors, a typical
+    photo's 99.9th percentile (the median over the photos: one photo's outliers do not set it) set to top_logit
+    (score 0.5) and the median to median_logit (0.007). Random features are heavy-tailed, so some photos still
+    score hundreds of anchors near 1.0 (horse, and bus for yolo11n): pick verification photos that do not.
+
+    Why: Ultralytics' Detect.bias_init sets the class bias to log(5 / nc / (640 / stride)^2), so a random-weight
+    head scores every anchor ~1e-4; int8 reads that as 0 in any layout, which hides the collapse of the stock
+    layout's scores (one int8 step of ~2.6 shared with the box coordinates) that trained weights show."""
+    import torch
+    convs = [seq[-1] for seq in net.model[-1].cv3]
+    logits: list[Any] = []
+    hooks = [c.register_forward_hook(lambda _m, _i, out: logits.append(out.detach())) for c in convs]
+    with torch.no_grad():
+        net(batch)
+    for h in hooks:
+        h.remove()
+    per_photo = torch.cat([z.reshape(z.shape[0], z.shape[1], -1) for z in logits], 2)  # [photos, classes, anchors]
+    flat = per_photo.permute(1, 0, 2).reshape(per_photo.shape[1], -1)
+    mean, std = flat.mean(1), flat.std(1).clamp(min=1e-6)
+    u = (per_photo - mean[None, :, None]) / std[None, :, None]
+    hi = float(torch.quantile(u.flatten(1), 0.999, dim=1).median())
+    med = float(u.flatten().median())
+    slope = (top_logit - median_logit) / (hi - med)
+    with torch.no_grad():
+        for c in convs:
+            k = slope / std
+            c.weight.mul_(k.view(-1, 1, 1, 1))
+            c.bias.copy_((c.bias - mean) * k + top_logit - slope * hi)
+
+
 def _export_ultralytics(r: Recipe, out: Path) -> None:
     from ultralytics import YOLO
     model = YOLO(r.builder)
+    if r.spread:
+        photos = [Path(p) for p in os.environ.get(SPREAD_PHOTOS_ENV, "").split(os.pathsep) if p]
+        batch = _photo_batch(photos, r.size)
+        _calibrate_yolo_batchnorm(model.model, batch)
+        _spread_class_scores(model.model, batch)
     exported = Path(model.export(format="onnx", imgsz=r.size))
     os.replace(exported, out)
 
