@@ -366,7 +366,10 @@ def _spread_class_scores(net: Any, batch: Any, top_logit: float = 0.0, median_lo
 
 
 def _export_ultralytics(r: Recipe, out: Path) -> None:
+    import torch
     from ultralytics import YOLO
+    if r.spread:
+        torch.manual_seed(0)  # the same weights in every fresh cache (the tests' photos are picked for them)
     model = YOLO(r.builder)
     if r.spread:
         photos = [Path(p) for p in os.environ.get(SPREAD_PHOTOS_ENV, "").split(os.pathsep) if p]
