@@ -106,10 +106,12 @@ def _detection(verification: dict[str, Any]) -> dict[str, Any]:
     return check
 
 
-# measured: the pose split build's boxes and scores agree (18/18) but its keypoints only 13/18 (the check's 0.1 of
-# the box size), though its keypoint branch is kept in float16 (layouts.py float_ranges): to be looked into
+# measured: the pose split build's boxes and scores agree (18/18), its keypoints 10-13/18: each failing pair is off
+# by exactly 1-3 strides (32 px) of a ~480 px box: most likely int8 kept a neighbouring anchor's detection of the same huge
+# random box, and a random head's keypoints sit at their own anchor (trained anchors of one object agree on them)
 POSE_KEYPOINTS_DISAGREE = pytest.mark.xfail(
-    strict=True, reason="the pose split build's keypoints agree 13/18 (< 0.8) where its detections agree 18/18")
+    strict=True, reason="random weights: the pose split build's keypoints agree < 0.8 (neighbouring anchors' "
+    "keypoints a stride apart) where its detections agree 18/18")
 SPLIT_CASES = [pytest.param(m, marks=POSE_KEYPOINTS_DISAGREE) if m == "yolov8n-pose-spread" else m
                for m in MODELS]
 
