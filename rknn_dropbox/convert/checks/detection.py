@@ -112,10 +112,11 @@ class DetectionCheck:
                             "build_detections": found})
 
     def _score_positions(self) -> set[int]:
-        """Which of self.outputs hold class scores (0..1): split's second; the zoo's score and score sum per scale."""
+        """Which of self.outputs hold class scores (0..1): split's second; the zoo's score and score sum per scale
+        (a zoo pose / OBB head's per-scale tensors join DFL and class logits: none)."""
         if self.layout == "split":
             return {1}
-        if self.layout == "rknn_model_zoo":
+        if self.layout == "rknn_model_zoo" and self.task in ("detect", "segment"):
             per_scale = len(self.outputs) // 3
             return {per_scale * s + k for s in range(3) for k in (1, 2)}
         return set()
