@@ -91,11 +91,8 @@ def test_stock_yolo_exports_are_built_with_the_toolkits_advice_and_verified(
     for name in _by_expectation(zoo_corpus, "rule-retry"):
         for mode in zoo.MODES:
             o = outcomes[f"{name}-{mode}"]
-            if mode == "int8" and not o.delivered:
-                # random weights: class scores ~1e-4 that int8 cannot resolve, so the build the toolkit's rule
-                # workaround made fails its check and is not delivered; both stories are told
-                assert "disable_rules" in o.data["error"] and "fails its task check" in o.data["error"], o
-                continue
+            # int8 included: random weights' class scores (~1e-4) read 0 in int8, which no threshold tells from
+            # their float values, so the split build the rule workaround made passes its check and is delivered
             assert o.delivered, o
             # int8: the head's parts as outputs (yolo_outputs' default); fp16 keeps the stock output
             layout = o.data["outputs_layout"]

@@ -71,9 +71,11 @@ class DetectionCheck:
             diff = max([diff, *(abs(float(want[r, 4] - got[c, 4])) for r, c in pairs)])
             if "keypoints" in want_extra:
                 poses += len(pairs)
+                # at the reference detection's own anchor on both sides: which of an object's anchors NMS keeps is
+                # the detections' business (matched above); the keypoints the head predicts there are this one's
                 poses_agreed += sum(keypoints_agree(want_extra["keypoints"][..., int(want[r, 6])],
-                                                    got_extra["keypoints"][..., int(got[c, 6])], want[r, :4])
-                                    for r, c in pairs)
+                                                    got_extra["keypoints"][..., int(want[r, 6])], want[r, :4])
+                                    for r, _ in pairs)
         if total == 0:  # no sample shows an object: matching proves nothing (an untrained net, empty photos)
             return self._by_error(refs, sims, quantized, thresholds, infos)
         limit = threshold_for("detection_agreement", quantized, thresholds)
