@@ -21,13 +21,11 @@ def photo(path: Path, size: int) -> np.ndarray:
 
 
 def to_boxes_scores(layout: Any, outputs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Any layout's outputs as boxes [4, N] and scores [C, N]."""
+    """Any layout's outputs as boxes [4, N] and scores [C, N] (an OBB head's: the upright boxes around its rotated
+    ones, as the detection check matches them)."""
     from rknn_dropbox.convert.yolo import decode
-    if layout.layout == "split":
-        return decode.split_to_boxes_scores(outputs)
-    if layout.layout == "rknn_model_zoo":
-        return decode.zoo_to_boxes_scores(outputs, layout.num_classes, layout.input_hw)
-    return decode.keep_to_boxes_scores(outputs[0], layout.num_classes)
+    boxes, scores, extra = decode.head_outputs(outputs, layout.to_json())
+    return (decode.envelope(boxes, extra["angle"]) if "angle" in extra else boxes), scores
 
 
 def reference_detections(model: Path, size: int, photos: dict[str, Path], conf: float = 0.25
@@ -36,12 +34,16 @@ def reference_detections(model: Path, size: int, photos: dict[str, Path], conf: 
     import onnxruntime as ort
     from rknn_dropbox.convert.yolo import decode
     sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
-    extra = 32 if len(sess.get_outputs()) > 1 else 0  # a segment head's mask coefficients
+    import onnx
+    from rknn_dropbox.convert.yolo.head import recognise_head
+    from rknn_dropbox.convert.yolo.layouts import keep_layout
+    stock = onnx.load(str(model))
+    layout = keep_layout(stock, recognise_head(stock), [[1, 3, size, size]])
     out = {}
     for name, path in photos.items():
         x = photo(path, size).transpose(2, 0, 1)[None].astype(np.float32) / 255.0
-        y = sess.run(None, {sess.get_inputs()[0].name: x})[0]
-        out[name] = decode.detections(*decode.keep_to_boxes_scores(y, y.shape[1] - 4 - extra), conf=conf)
+        out[name] = decode.detections(*to_boxes_scores(layout, sess.run(None, {sess.get_inputs()[0].name: x})),
+                                      conf=conf)
     return out
 
 
@@ -68,11 +70,17 @@ def simulated_build(model: Path, layout_name: str, quantize: bool, size: int, ca
                     disable_rules=disable_rules)
         rknn.load_onnx(str(layout.model or model), inputs=[stock.graph.input[0].name], input_size_list=shapes)
         try:
+            if quantize and layout.float_ranges:  # a pose head's keypoint branch in float16, as the daemon builds it
+                rknn = _hybrid_build(rknn, layout.float_ranges, dataset, tmp)
+                break
             if rknn.build(do_quantization=quantize, dataset=str(dataset) if quantize else None) == 0:
                 break
         except Exception:  # noqa: BLE001 - the toolkit raises its build errors: retried without the rule
             pass
-        rknn.release()
+        try:
+            rknn.release()
+        except Exception:  # noqa: BLE001 - a hybrid build released it already
+            pass
         rknn = None
     if rknn is None:
         raise RuntimeError(f"the toolkit could not build {model.name} ({layout_name})")
@@ -81,6 +89,28 @@ def simulated_build(model: Path, layout_name: str, quantize: bool, size: int, ca
     rknn.export_rknn(str(exported))
     rknn.init_runtime()
     return rknn, layout, seconds, exported
+
+
+def _hybrid_build(rknn: Any, ranges: list[tuple[str, str]], dataset: Path, tmp: Path) -> Any:
+    """The toolkit's two-step hybrid quantization with `ranges` in float16 (it writes its files into the cwd)."""
+    import os
+    from rknn.api import RKNN
+    cwd = os.getcwd()
+    os.chdir(tmp)
+    try:
+        if rknn.hybrid_quantization_step1(dataset=str(dataset), proposal=False,
+                                          custom_hybrid=[list(r) for r in ranges]) != 0:
+            raise RuntimeError("hybrid_quantization_step1 failed")
+        stem = next(tmp.glob("*.quantization.cfg")).name[:-len(".quantization.cfg")]
+        rknn.release()
+        second = RKNN(verbose=False)
+        if second.hybrid_quantization_step2(model_input=f"{stem}.model", data_input=f"{stem}.data",
+                                            model_quantization_cfg=f"{stem}.quantization.cfg") != 0:
+            second.release()
+            raise RuntimeError("hybrid_quantization_step2 failed")
+        return second
+    finally:
+        os.chdir(cwd)
 
 
 def simulated_detections(rknn: Any, layout: Any, size: int, photos: dict[str, Path], conf: float = 0.25

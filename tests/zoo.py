@@ -99,6 +99,7 @@ EXTRA_RECIPES: dict[str, Recipe] = {
     "yolov8n-seg-spread": Recipe("ultralytics", "yolov8n-seg.yaml", 320, "yolo-seg", "rule-retry", spread=True),
     "yolov8n-pose-spread": Recipe("ultralytics", "yolov8n-pose.yaml", 320, "yolo-pose", "rule-retry",
                                   spread=True),
+    "yolov8n-obb-spread": Recipe("ultralytics", "yolov8n-obb.yaml", 320, "yolo-obb", "rule-retry", spread=True),
     "deeplabv3_mobilenet_v3": Recipe("torchvision", "deeplabv3_mobilenet_v3_large", 256, "segmentation",
                                      "converts"),
     "deeplabv3_mobilenet_v3-512": Recipe("torchvision", "deeplabv3_mobilenet_v3_large", 512, "segmentation",
