@@ -16,6 +16,7 @@ from rknn_dropbox.intake.workarea import JobDir
 from rknn_dropbox.service.messages import JobDone, JobProgress, WorkerReady, WorkOrder
 
 PR_SET_PDEATHSIG = 1
+WORKER_NICENESS = 10  # conversions are batch work: the daemon's loop and status server come first on a busy CPU
 
 
 def die_with_parent(parent_pid: int) -> None:
@@ -44,7 +45,7 @@ def worker_main(conn: Connection, parent_pid: int, preload: bool = True, toolkit
         sys.path.insert(0, toolkit_folder)
     die_with_parent(parent_pid)
     try:
-        os.nice(10)  # conversions are batch work: the daemon's loop and status server come first on a busy CPU
+        os.nice(WORKER_NICENESS)
     except OSError:
         pass
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the daemon decides

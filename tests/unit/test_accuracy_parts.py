@@ -199,3 +199,55 @@ def test_expensive_samples_are_bounded_by_the_builds_time_and_the_source_model_l
     assert mid.count == 3
     assert [mid.output(i)[0][0, 0] for i in range(3)] == [0.0, 2.0, 4.0] and mid.runner is None
     assert len(loads) == 2  # heavy and mid each loaded the model once; cheap never needed it
+
+
+def _samples(n: int):
+    from rknn_dropbox.convert.samples import Sample, SampleSet
+    return SampleSet([Sample(f"s{i}", [np.full((1, 2), i, np.float32)], [np.full((1, 2), i, np.float32)])
+                      for i in range(n)], "calibration set")
+
+
+def test_the_source_runtime_runs_on_its_own_thread_beside_the_simulator_and_gives_the_same_outputs() -> None:
+    import threading
+    from rknn_dropbox.convert.verify import Reference
+    threads: list[str] = []
+
+    def runner():
+        def run(inputs):
+            threads.append(threading.current_thread().name)
+            return [inputs[0] * 2]
+        return run
+    ref = Reference(_samples(4), ["y"], runner=runner)
+    with ref.ahead():
+        got = [ref.output(i)[0][0, 0] for i in range(4)]
+    assert got == [0.0, 2.0, 4.0, 6.0] and len(threads) == 4
+    assert threading.current_thread().name not in threads  # not the caller's (the simulator's) thread
+    assert ref.runner is None  # every sample has its outputs: the source model is let go
+    with ref.ahead():  # a repair attempt's verification: the outputs are kept, nothing runs again
+        assert ref.output(3)[0][0, 0] == 6.0
+    assert len(threads) == 4
+
+
+def test_a_source_runtime_failure_on_its_thread_is_raised_for_that_sample_and_a_cut_short_run_stops() -> None:
+    from rknn_dropbox.convert.verify import Reference
+    calls: list[int] = []
+
+    def failing():
+        def run(inputs):
+            calls.append(int(inputs[0][0, 0]))
+            if calls[-1] == 2:
+                raise ValueError("onnxruntime: bad input on sample 2")
+            return [inputs[0]]
+        return run
+    ref = Reference(_samples(4), ["y"], runner=failing)
+    with ref.ahead():
+        assert ref.output(1)[0][0, 0] == 1.0
+        with pytest.raises(ValueError, match="sample 2"):
+            ref.output(2)
+    cut = Reference(_samples(4), ["y"], runner=failing)
+    calls.clear()
+    with cut.ahead():
+        cut.output(0)
+        cut.output(1)
+        cut.bound_samples(per_sample_seconds=12.6, build_seconds=75.0, share=0.15)  # only 2 of 4 fit
+    assert cut.count == 2 and calls in ([0, 1], [0, 1, 2])  # at most one sample computed that is not used
