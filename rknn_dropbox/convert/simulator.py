@@ -14,46 +14,22 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-
-@dataclass
-class _LeanPatch:
-    """How many callers, in any thread, are inside lean_sessions(), and the constructor to restore after the last."""
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    users: int = 0
-    original: Any = None
-
-
-_LEAN = _LeanPatch()  # one onnxruntime per process: the patch is the process's, counted across threads
+_patch_lock = threading.RLock()  # re-entrant: verification nests the source runtime inside the simulator's
 
 
 @contextlib.contextmanager
 def lean_sessions() -> Iterator[None]:
-    """onnxruntime.InferenceSession created inside: enable_cpu_mem_arena and enable_mem_pattern off.
-
-    Nestable and shared across threads (the source runtime runs on its own thread beside the simulator): the
-    constructor is patched while anyone is inside and restored when the last one leaves."""
+    """onnxruntime.InferenceSession created inside: enable_cpu_mem_arena and enable_mem_pattern off."""
     try:
         import onnxruntime as ort
     except ImportError:  # pragma: no cover - a toolkit dependency
         yield
         return
-    _enter_lean(ort)
-    try:
-        yield
-    finally:
-        _leave_lean(ort)
-
-
-def _enter_lean(ort: Any) -> None:
-    with _LEAN.lock:
-        _LEAN.users += 1
-        if _LEAN.users > 1:
-            return
-        original = _LEAN.original = ort.InferenceSession.__init__
+    with _patch_lock:
+        original = ort.InferenceSession.__init__
 
         def init(self: Any, path_or_bytes: Any, sess_options: Any = None, *args: Any, **kwargs: Any) -> None:
             options = sess_options if sess_options is not None else ort.SessionOptions()
@@ -62,14 +38,10 @@ def _enter_lean(ort: Any) -> None:
             original(self, path_or_bytes, options, *args, **kwargs)
 
         ort.InferenceSession.__init__ = init  # type: ignore[method-assign]
-
-
-def _leave_lean(ort: Any) -> None:
-    with _LEAN.lock:
-        _LEAN.users -= 1
-        if _LEAN.users == 0:
-            ort.InferenceSession.__init__ = _LEAN.original  # type: ignore[method-assign]
-            _LEAN.original = None
+        try:
+            yield
+        finally:
+            ort.InferenceSession.__init__ = original  # type: ignore[method-assign]
 
 
 M_MMAP_THRESHOLD = -3            # glibc mallopt parameter

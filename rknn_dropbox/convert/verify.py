@@ -3,14 +3,12 @@ judged by its task (convert/checks/), with the cosine per output and sample kept
 
 from __future__ import annotations
 
-import contextlib
 import math
 import re
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 
@@ -60,10 +58,7 @@ VERIFY_MIN_SECONDS = 5.0  # verification this short runs every sample, whatever 
 @dataclass
 class Reference:
     """Per job: the verification samples and the source runtime's outputs on each, computed when first needed (the
-    source model is loaded after the build, not beside its peak) and kept for every target and repair attempt.
-
-    Inside `ahead()` the source runtime runs on its own thread, sample after sample, while the simulator runs on the
-    same samples (both release the GIL in their native code); `seconds` is what the job waited for it."""
+    source model is loaded after the build, not beside its peak) and kept for every target and repair attempt."""
     samples: SampleSet | None = None
     names: list[str] | None = None
     skipped: str | None = None        # why nothing is verified
@@ -75,48 +70,24 @@ class Reference:
     limited: str | None = None        # why
     facts: OutputFacts | None = None  # what the format's graph says of each output (for the task checks)
     _run: Callable[[list[np.ndarray]], list[np.ndarray]] | None = None
-    _feed: "ReferenceFeed | None" = None
 
     def output(self, i: int) -> list[np.ndarray]:
         """The source runtime's outputs on sample i (computed once); the model is dropped after the last one."""
-        if self._feed is not None:
-            started = time.monotonic()
-            self._feed.wait_for(i)
-            self.seconds += time.monotonic() - started
         while len(self.outputs) <= i:
             started = time.monotonic()
             with lean_sessions():  # no onnxruntime arena left in the heap
-                self.outputs.append(self._loaded()(self.samples.samples[len(self.outputs)].norm))
+                if self._run is None and self.runner is not None:
+                    self._run = self.runner()
+                if self._run is None:
+                    raise RuntimeError("no reference runtime")
+                self.outputs.append(self._run(self.samples.samples[len(self.outputs)].norm))
             self.seconds += time.monotonic() - started
             self._let_go_when_done()
         return self.outputs[i]
 
-    def _loaded(self) -> Callable[[list[np.ndarray]], list[np.ndarray]]:
-        """The source model's runner, loaded on first use."""
-        if self._run is None and self.runner is not None:
-            self._run = self.runner()
-        if self._run is None:
-            raise RuntimeError("no reference runtime")
-        return self._run
-
-    @contextlib.contextmanager
-    def ahead(self) -> Iterator[None]:
-        """The outputs still missing computed on a thread of their own while the block runs (stopped and joined
-        when it ends; a failure there is raised by output() of that sample, as without the thread)."""
-        if self._feed is not None or len(self.outputs) >= self.count or (self._run is None and self.runner is None):
-            yield
-            return
-        self._feed = ReferenceFeed(self)
-        try:
-            yield
-        finally:
-            self._feed.stop()
-            self._feed = None
-            self._let_go_when_done()
-
     def _let_go_when_done(self) -> None:
         """Every sample that will be verified has its outputs: the source model is no longer needed."""
-        if len(self.outputs) >= self.count and self._feed is None:
+        if len(self.outputs) >= self.count:
             self._run = self.runner = None
 
     @property
@@ -138,61 +109,6 @@ class Reference:
                         f"simulator); verification is kept within {share:.0%} of the {build_seconds:.0f} s build "
                         "(verify_time_share)")
         self._let_go_when_done()
-
-
-class ReferenceFeed:
-    """The source runtime on a thread of its own: appends each next sample's outputs to its Reference until every
-    sample to verify has them, a failure, or stop(); never more than one sample ahead of the one waited for (a
-    verification cut short by verify_time_share computes at most one sample it does not use)."""
-
-    def __init__(self, ref: Reference) -> None:
-        self.ref = ref
-        self.ready = threading.Condition()
-        self.failure: BaseException | None = None
-        self.done = False
-        self.waited_for = len(ref.outputs)  # the sample the simulator is on
-        self._stopping = False
-        self._thread = threading.Thread(target=self._compute, name="reference-runtime", daemon=True)
-        self._thread.start()
-
-    def _compute(self) -> None:
-        try:
-            with lean_sessions():
-                run = self.ref._loaded()
-                while True:
-                    with self.ready:
-                        n = len(self.ref.outputs)
-                        while n > self.waited_for + 1 and not self._stopping:
-                            self.ready.wait()
-                        if self._stopping or n >= self.ref.count:
-                            return
-                    got = run(self.ref.samples.samples[n].norm)
-                    with self.ready:
-                        self.ref.outputs.append(got)
-                        self.ready.notify_all()
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller that waits for this sample
-            with self.ready:
-                self.failure = exc
-        finally:
-            with self.ready:
-                self.done = True
-                self.ready.notify_all()
-
-    def wait_for(self, i: int) -> None:
-        """Until sample i's outputs are there or the thread ended (raising what it failed with)."""
-        with self.ready:
-            self.waited_for = max(self.waited_for, i)
-            self.ready.notify_all()
-            while len(self.ref.outputs) <= i and not self.done:
-                self.ready.wait()
-            if len(self.ref.outputs) <= i and self.failure is not None:
-                raise self.failure
-
-    def stop(self) -> None:
-        with self.ready:
-            self._stopping = True
-            self.ready.notify_all()
-        self._thread.join()
 
 
 def error_reason(exc: BaseException) -> str:
@@ -257,28 +173,22 @@ def output_steps(rknn_path: Path | None) -> list[float | None]:
 
 def _run_samples(rknn: Any, spec: Any, ref: Reference, build_seconds: float | None
                  ) -> tuple[list[list[np.ndarray]], list[list[np.ndarray]]] | str:
-    """Every sample through the simulator beside the reference (computed ahead on its own thread): (reference
-    outputs, simulator outputs aligned to them) per sample, or why not."""
+    """Every sample through the simulator beside the reference: (reference outputs, simulator outputs aligned to
+    them) per sample, or why not."""
+    fmt = spec.fmt
     if rknn.init_runtime() != 0:
         return "init_runtime() of the simulator failed"
-    with ref.ahead():
-        return _compare_samples(rknn, spec, ref, build_seconds)
-
-
-def _compare_samples(rknn: Any, spec: Any, ref: Reference, build_seconds: float | None
-                     ) -> tuple[list[list[np.ndarray]], list[list[np.ndarray]]] | str:
-    fmt = spec.fmt
     refs, sims = [], []
     i = 0
     while i < ref.count:
         started = time.monotonic()
+        want = ref.output(i)
         sample = ref.samples.samples[i]
         sim_inputs, convert = fmt.simulator_io(spec, sample.raw, sample.norm)
         got = rknn.inference(inputs=sim_inputs, data_format="nhwc" if fmt.channels_last else "nchw")
         if got is None:
             return "the simulator returned no outputs"
         got = convert(got) if convert is not None else got
-        want = ref.output(i)
         if len(got) != len(want):
             return f"the simulator returned {len(got)} outputs, the model has {len(want)}"
         refs.append([np.asarray(w) for w in want])
