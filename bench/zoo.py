@@ -69,7 +69,7 @@ def run_daemon(corpus: dict[str, zoo.ModelInfo], root: Path) -> tuple[float, dic
     try:
         while not (root / "state" / "daemon.json").exists():
             time.sleep(0.05)
-        time.sleep(3)  # warm workers
+        wait_for_warm_workers(proc.pid, 2)
         staging = root / "inbox" / ".staging"
         start, dropped_at = time.monotonic(), time.time()
         for entry in sorted(staging.iterdir()):
@@ -95,6 +95,25 @@ def run_daemon(corpus: dict[str, zoo.ModelInfo], root: Path) -> tuple[float, dic
             outcomes[n] = Outcome(False, 0.0, e.get("error", "")[:90], repaired="repair" in json.dumps(e))
     print_timeline(root / "state" / "jobs.sqlite3", dropped_at, elapsed, outcomes)
     return elapsed, outcomes
+
+
+def wait_for_warm_workers(daemon_pid: int, workers: int, timeout: float = 300.0) -> None:
+    """Until `workers` children of the daemon have the toolkit's native modules mapped (imported before they say
+    ready), then a second for the converter's import: the drop meets warm workers, as the loop's imports are done
+    before its clock starts."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        warm = 0
+        for child in psutil.Process(daemon_pid).children():
+            try:
+                warm += any("/rknn/api/" in m.path for m in child.memory_maps(grouped=True))
+            except (psutil.Error, OSError):
+                pass
+        if warm >= workers:
+            time.sleep(1.0)
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"the daemon's {workers} workers did not import the toolkit within {timeout:.0f} s")
 
 
 def print_timeline(store: Path, dropped_at: float, elapsed: float, outcomes: dict[str, Outcome]) -> None:
@@ -180,6 +199,7 @@ def run_loop(corpus: dict[str, zoo.ModelInfo], root: Path, niceness: int) -> tup
     """The in-process loop, at the workers' niceness (on a box shared with other work, a loop at nice 0 would get
     several times the CPU share of the daemon's workers)."""
     os.nice(niceness)
+    from rknn.api import RKNN  # noqa: F401  (imported before the clock starts, as the daemon's workers do)
     outcomes = {}
     devnull = os.open(os.devnull, os.O_WRONLY)
     start = time.monotonic()
