@@ -55,9 +55,11 @@ def warm_toolkit() -> None:
     import rknn_dropbox.formats.rknnfile  # noqa: F401
 
 
-def worker_main(conn: Connection, parent_pid: int, preload: bool = True, toolkit_folder: str | None = None) -> None:
+def worker_main(conn: Connection, parent_pid: int, preload: bool = True, toolkit_folder: str | None = None,
+                threads: int = 0) -> None:
     """The worker loop: a WorkOrder in, JobProgress... then JobDone out; EOF or None ends it. The worker imports
-    exactly one rknn-toolkit2: the venv's, or the one in `toolkit_folder` (first on sys.path before `import rknn`)."""
+    exactly one rknn-toolkit2: the venv's, or the one in `toolkit_folder` (first on sys.path before `import rknn`);
+    its onnxruntime, BLAS and torch compute on `threads` threads (its share of the cores; 0: their defaults)."""
     if toolkit_folder:
         sys.path.insert(0, toolkit_folder)
     die_with_parent(parent_pid)
@@ -67,6 +69,9 @@ def worker_main(conn: Connection, parent_pid: int, preload: bool = True, toolkit
         pass
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the daemon decides
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if threads > 0:
+        from rknn_dropbox.convert.simulator import share_cores
+        share_cores(threads)
     if preload:
         warm_toolkit()
     import rknn_dropbox.convert.job  # noqa: F401  (the converter too, before saying ready, as always)
