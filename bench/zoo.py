@@ -6,8 +6,16 @@ the toolkit's own disable_rules advice the same way (convert/rulefix.py) and run
 Prints converted/total for fp16 and int8, both wall times and their ratio, and per model the build time and the
 peak RSS of the loop process while it built that model.
 
-Usage: .venv/bin/python bench/zoo.py [--models a,b,...] [--skip-loop]
-  (the corpus is exported once into $RKNN_BENCH_ZOO_CACHE, default /tmp/rknn-dropbox-zoo)
+Also prints the daemon's timeline: per job when it was claimed, started and finished (seconds after the drop), the
+worker's own timings, and how much of the wall time no worker was converting (idle worker-seconds).
+
+The loop runs at the workers' niceness (+10, `--loop-nice`), so on a box shared with other work both sides get the
+same CPU share. Besides the wall-time ratio it prints the per-job one for the jobs the daemon delivered without an
+accuracy repair (the loop never repairs).
+
+Usage: .venv/bin/python bench/zoo.py [--models a,b,...] [--skip-loop] [--skip-daemon] [--keep DIR] [--loop-nice N]
+  (the corpus is exported once into $RKNN_BENCH_ZOO_CACHE, default /tmp/rknn-dropbox-zoo; --keep: work in DIR and
+  leave it, the daemon's outbox, failed and daemon.log included)
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO))
 import zoo  # noqa: E402
+from rknn_dropbox.service.worker import WORKER_NICENESS  # noqa: E402
 
 STABLE_SECONDS = 1.0
 CALIBRATION_IMAGES = 8
@@ -41,6 +50,7 @@ class Outcome:
     seconds: float
     note: str = ""
     peak_rss_mb: float = 0.0
+    repaired: bool = False  # the daemon's accuracy step analysed and rebuilt it (the loop never does)
 
 
 def drop_name(name: str, mode: str) -> str:
@@ -59,9 +69,9 @@ def run_daemon(corpus: dict[str, zoo.ModelInfo], root: Path) -> tuple[float, dic
     try:
         while not (root / "state" / "daemon.json").exists():
             time.sleep(0.05)
-        time.sleep(3)  # warm workers
+        wait_for_warm_workers(proc.pid, 2)
         staging = root / "inbox" / ".staging"
-        start = time.monotonic()
+        start, dropped_at = time.monotonic(), time.time()
         for entry in sorted(staging.iterdir()):
             os.rename(entry, root / "inbox" / entry.name)  # all at once, complete
         while sum((root / d / n).is_dir() for d in ("outbox", "failed") for n in names) < len(names):
@@ -78,11 +88,48 @@ def run_daemon(corpus: dict[str, zoo.ModelInfo], root: Path) -> tuple[float, dic
             ver = [v.get("status") for v in (r.get("verification") or {}).values()]
             rules = [w["disable_rules"] for w in r.get("workarounds", [])]
             outcomes[n] = Outcome(True, r.get("duration", 0.0), f"verify {','.join(ver) or '-'}"
-                                  + (f"; disable_rules {rules[0]}" if rules else ""))
+                                  + (f"; disable_rules {rules[0]}" if rules else ""),
+                                  repaired="analysis" in (r.get("timings") or {}))
         else:
             e = json.loads((root / "failed" / n / "error.json").read_text())
-            outcomes[n] = Outcome(False, 0.0, e.get("error", "")[:90])
+            outcomes[n] = Outcome(False, 0.0, e.get("error", "")[:90], repaired="repair" in json.dumps(e))
+    print_timeline(root / "state" / "jobs.sqlite3", dropped_at, elapsed, outcomes)
     return elapsed, outcomes
+
+
+def wait_for_warm_workers(daemon_pid: int, workers: int, timeout: float = 300.0) -> None:
+    """Until `workers` children of the daemon have the toolkit's native modules mapped (imported before they say
+    ready), then a second for the converter's import: the drop meets warm workers, as the loop's imports are done
+    before its clock starts."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        warm = 0
+        for child in psutil.Process(daemon_pid).children():
+            try:
+                warm += any("/rknn/api/" in m.path for m in child.memory_maps(grouped=True))
+            except (psutil.Error, OSError):
+                pass
+        if warm >= workers:
+            time.sleep(1.0)
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"the daemon's {workers} workers did not import the toolkit within {timeout:.0f} s")
+
+
+def print_timeline(store: Path, dropped_at: float, elapsed: float, outcomes: dict[str, Outcome]) -> None:
+    """Per job: claimed, started, finished (s after the drop); and the worker-seconds no job was running."""
+    import sqlite3
+    rows = sqlite3.connect(store).execute(
+        "SELECT name, created_at, started_at, finished_at FROM jobs ORDER BY started_at").fetchall()
+    print("\ndaemon timeline (s after the drop): job, claimed, started, finished, run")
+    busy = 0.0
+    for name, created, started, finished in rows:
+        if started is None or finished is None:
+            continue
+        busy += finished - started
+        print(f"  {name:26s} {created - dropped_at:6.1f} {started - dropped_at:6.1f} {finished - dropped_at:6.1f} "
+              f"{finished - started:6.1f}  {outcomes.get(name, Outcome(False, 0)).note[:60]}")
+    print(f"  workers busy {busy:.1f} of {2 * elapsed:.1f} worker-seconds ({100 * busy / (2 * elapsed):.0f} %)")
 
 
 class PeakRss:
@@ -148,7 +195,11 @@ def loop_one(info: zoo.ModelInfo, quantize: bool, work: Path) -> Outcome:
     return Outcome(True, time.monotonic() - start, note, rss.peak / 1e6)
 
 
-def run_loop(corpus: dict[str, zoo.ModelInfo], root: Path) -> tuple[float, dict[str, Outcome]]:
+def run_loop(corpus: dict[str, zoo.ModelInfo], root: Path, niceness: int) -> tuple[float, dict[str, Outcome]]:
+    """The in-process loop, at the workers' niceness (on a box shared with other work, a loop at nice 0 would get
+    several times the CPU share of the daemon's workers)."""
+    os.nice(niceness)
+    from rknn.api import RKNN  # noqa: F401  (imported before the clock starts, as the daemon's workers do)
     outcomes = {}
     devnull = os.open(os.devnull, os.O_WRONLY)
     start = time.monotonic()
@@ -196,6 +247,16 @@ def report(corpus: dict[str, zoo.ModelInfo], daemon: tuple[float, dict[str, Outc
         print(line)
     print(f"daemon (2 workers), drop to all done: {t_d:.1f} s")
     if loop:
+        plain = [n for n, o in d.items() if o.ok and not o.repaired and loop[1].get(n) and loop[1][n].ok]
+        if plain:
+            job_s, loop_s = sum(d[n].seconds for n in plain), sum(loop[1][n].seconds for n in plain)
+            print(f"the {len(plain)} jobs the daemon delivered without an accuracy repair: daemon job time {job_s:.1f} s "
+                  f"(2 at once) vs loop {loop_s:.1f} s (one at a time): {job_s / loop_s:.2f}x per job")
+        repaired = [n for n, o in d.items() if o.repaired]
+        if repaired:
+            print(f"the daemon ran its accuracy step (per-layer analysis, repair candidates) on {', '.join(repaired)}; "
+                  "the loop never does")
+    if loop:
         print(f"in-process loop: {loop[0]:.1f} s; daemon / (loop / 2) = {t_d / (loop[0] / 2):.2f} "
               "(goal <= 1.10)")
         refused = [drop_name(n, m) for n, i in corpus.items() if i.expect == "data-dependent" for m in zoo.MODES]
@@ -211,16 +272,22 @@ def main() -> None:
     ap.add_argument("--models", default=",".join([*zoo.DEFAULT_NAMES, "yolo11n"]))
     ap.add_argument("--skip-loop", action="store_true")
     ap.add_argument("--skip-daemon", action="store_true")
+    ap.add_argument("--keep", type=Path, help="work here and keep it (outbox, failed, daemon.log)")
+    ap.add_argument("--loop-nice", type=int, default=WORKER_NICENESS,
+                    help=f"niceness added for the in-process loop (default {WORKER_NICENESS}, the workers')")
     args = ap.parse_args()
     cache = Path(os.environ.get("RKNN_BENCH_ZOO_CACHE", "/tmp/rknn-dropbox-zoo"))
     corpus = zoo.build_corpus(cache, [m for m in args.models.split(",") if m])
     with tempfile.TemporaryDirectory(prefix="rknn-bench-zoo-") as tmp:
+        if args.keep:
+            args.keep.mkdir(parents=True, exist_ok=True)
+            tmp = str(args.keep)
         print(f"corpus: {', '.join(corpus)}; target rk3588; daemon: 2 workers", flush=True)
         daemon = None
         if not args.skip_daemon:
             daemon = run_daemon(corpus, Path(tmp) / "daemon")
             print(f"daemon done in {daemon[0]:.1f} s", flush=True)
-        loop = None if args.skip_loop else run_loop(corpus, Path(tmp) / "loop")
+        loop = None if args.skip_loop else run_loop(corpus, Path(tmp) / "loop", args.loop_nice)
         report(corpus, daemon, loop)
 
 

@@ -95,3 +95,21 @@ def fails_fast(conn: Connection, parent_pid: int, toolkit_folder: str | None = N
     def behave(conn, order):
         conn.send(JobDone(order.job_id, False, error=f"fake conversion failure ({toolkit_folder})", hint=None))
     _serve(conn, behave)
+
+
+def reports_session_threads(conn: Connection, parent_pid: int, threads: int = 0) -> None:
+    """Shares the cores as a real worker does (before onnxruntime is used), then answers every job (its root: an ONNX
+    model) with what a real onnxruntime session of that model was given: its threads, spinning, OMP_NUM_THREADS."""
+    if threads:
+        from rknn_dropbox.convert.simulator import share_cores
+        share_cores(threads)
+
+    def behave(conn, order):
+        import onnxruntime as ort
+        session = ort.InferenceSession(order.root, providers=["CPUExecutionProvider"])
+        options = session.get_session_options()
+        conn.send(JobDone(order.job_id, True, result={
+            "threads": options.intra_op_num_threads, "omp": os.environ.get("OMP_NUM_THREADS"),
+            "spinning": options.get_session_config_entry("session.intra_op.allow_spinning")
+            if threads else "default"}))
+    _serve(conn, behave)

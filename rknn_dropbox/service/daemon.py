@@ -27,7 +27,7 @@ from rknn_dropbox.service.endings import JobEndings
 from rknn_dropbox.service.intake_loop import InboxIntake
 from rknn_dropbox.service.guard import StepGuard
 from rknn_dropbox.service.messages import PoolEvent, WorkOrder
-from rknn_dropbox.service.pool import WorkerPool
+from rknn_dropbox.service.pool import WorkerPool, threads_per_worker
 from rknn_dropbox.service.recovery import Recovery
 from rknn_dropbox.service.reload import apply_live, changed_keys, push_live_settings
 from rknn_dropbox.service.results import Finisher
@@ -55,7 +55,8 @@ class Daemon:
         self.router = ToolkitRouter(cfg.toolkits.default, self.store)
         self.pool = WorkerPool(cfg.workers, cfg.timeout_seconds, cfg.max_jobs_per_worker,
                                memory_limit_mb=cfg.worker_memory_limit_mb, max_rss_mb=cfg.worker_max_rss_mb,
-                               default_toolkit=cfg.toolkits.default, toolkit_folder=toolkit_folder)
+                               default_toolkit=cfg.toolkits.default, toolkit_folder=toolkit_folder,
+                               worker_threads=threads_per_worker(cfg.workers))
         self.memory = MemoryGate(MemoryAdmission(MemoryHistory.load(cfg.state_dir), cfg.memory_reserve_mb)
                                  if cfg.memory_admission else None, self.pool)
         self.reloader = reloader or (lambda: load_config(self.cfg.source))

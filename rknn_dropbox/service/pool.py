@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import multiprocessing as mp
 import os
 import signal
@@ -33,6 +34,15 @@ _SIGNAL_CAUSES = {
     signal.SIGBUS: "worker crashed with signal 7 (SIGBUS): the model file is probably truncated or corrupt",
     signal.SIGTERM: "worker stopped by signal 15 (SIGTERM)",
 }
+
+
+def threads_per_worker(workers: int) -> int:
+    """Each worker's share of the cores this process may run on (at least one thread)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, cores // max(1, workers))
 
 
 def death_cause(exitcode: int | None) -> str:
@@ -73,8 +83,11 @@ class WorkerPool:
     def __init__(self, size: int, timeout_seconds: float, max_jobs_per_worker: int,
                  target: Callable[..., None] = worker_main, clock: Callable[[], float] = time.monotonic,
                  memory_limit_mb: int = 0, default_toolkit: str = "",
-                 toolkit_folder: Callable[[str], str | None] = lambda version: None, max_rss_mb: int = 0) -> None:
+                 toolkit_folder: Callable[[str], str | None] = lambda version: None, max_rss_mb: int = 0,
+                 worker_threads: int = 0) -> None:
         self.size = size
+        self.worker_threads = worker_threads  # each worker's threads (its share of the cores); 0: the libraries'
+
         self.default_toolkit = default_toolkit
         self.toolkit_folder = toolkit_folder  # version -> the folder to put first on the worker's sys.path
         self.broken_toolkits: set[str] = set()  # versions whose worker died before it was ready
@@ -98,8 +111,10 @@ class WorkerPool:
     def _spawn(self, index: int, toolkit: str) -> WorkerSlot:
         parent, child = self._ctx.Pipe(duplex=True)
         folder = self.toolkit_folder(toolkit) if toolkit else None
-        proc = self._ctx.Process(target=self.target, args=(child, os.getpid()),
-                                 kwargs={"toolkit_folder": folder} if folder else {},
+        kwargs: dict[str, Any] = {"toolkit_folder": folder} if folder else {}
+        if self.worker_threads and "threads" in inspect.signature(self.target).parameters:  # stand-ins take none
+            kwargs["threads"] = self.worker_threads
+        proc = self._ctx.Process(target=self.target, args=(child, os.getpid()), kwargs=kwargs,
                                  name=f"rknn-worker-{index}", daemon=False)
         proc.start()
         child.close()

@@ -8,6 +8,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from dataclasses import asdict
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -16,6 +17,7 @@ from rknn_dropbox.intake.workarea import JobDir
 from rknn_dropbox.service.messages import JobDone, JobProgress, WorkerReady, WorkOrder
 
 PR_SET_PDEATHSIG = 1
+WORKER_NICENESS = 10  # conversions are batch work: the daemon's loop and status server come first on a busy CPU
 
 
 def die_with_parent(parent_pid: int) -> None:
@@ -37,20 +39,41 @@ def die_with_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
-def worker_main(conn: Connection, parent_pid: int, preload: bool = True, toolkit_folder: str | None = None) -> None:
+def warm_toolkit() -> None:
+    """What every job would otherwise import on its first use, before the worker says it is ready: the toolkit
+    (seconds), the runtime the simulator and the reference run on, and what the toolkit's RKNN() imports the first
+    time one is made (pkg_resources), so a worker's first job costs what its later ones do."""
+    import rknn.api  # noqa: F401
+    import onnxruntime  # noqa: F401
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # setuptools says pkg_resources is deprecated
+        try:
+            import pkg_resources  # noqa: F401
+        except ImportError:  # a toolkit that no longer needs it
+            pass
+    import rknn_dropbox.convert.predict_script  # noqa: F401
+    import rknn_dropbox.formats.rknnfile  # noqa: F401
+
+
+def worker_main(conn: Connection, parent_pid: int, preload: bool = True, toolkit_folder: str | None = None,
+                threads: int = 0) -> None:
     """The worker loop: a WorkOrder in, JobProgress... then JobDone out; EOF or None ends it. The worker imports
-    exactly one rknn-toolkit2: the venv's, or the one in `toolkit_folder` (first on sys.path before `import rknn`)."""
+    exactly one rknn-toolkit2: the venv's, or the one in `toolkit_folder` (first on sys.path before `import rknn`);
+    its onnxruntime, BLAS and torch compute on `threads` threads (its share of the cores; 0: their defaults)."""
     if toolkit_folder:
         sys.path.insert(0, toolkit_folder)
     die_with_parent(parent_pid)
     try:
-        os.nice(10)  # conversions are batch work: the daemon's loop and status server come first on a busy CPU
+        os.nice(WORKER_NICENESS)
     except OSError:
         pass
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the daemon decides
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if threads > 0:
+        from rknn_dropbox.convert.simulator import share_cores
+        share_cores(threads)
     if preload:
-        import rknn.api  # noqa: F401  (warm: every job after this skips the multi-second import)
+        warm_toolkit()
     import rknn_dropbox.convert.job  # noqa: F401  (the converter too, before saying ready, as always)
     conn.send(WorkerReady(os.getpid()))
     while True:

@@ -3,6 +3,7 @@ needs; the pool never holds more than `workers` processes."""
 
 from __future__ import annotations
 
+import os
 import time
 
 import fakeworkers
@@ -51,5 +52,22 @@ def test_a_version_whose_worker_dies_before_ready_is_not_started_again() -> None
         _wait(pool, lambda _: "2.3.2" in pool.broken_toolkits)
         _wait(pool, lambda _: pool.idle_slots("2.5.0"))  # the default took its place, and still converts
         assert pool.make_room("2.3.2", 1, {"2.3.2"}) == 0 and pool.toolkits() == {"2.5.0": 1}
+    finally:
+        pool.stop(0, lambda e: None)
+
+
+def test_each_worker_computes_on_its_share_of_the_cores_without_spinning(tmp_path) -> None:
+    import modelgen
+    from rknn_dropbox.service.pool import threads_per_worker
+    model = modelgen.write_onnx_conv(tmp_path / "conv.onnx")
+    share = threads_per_worker(2)
+    assert share >= 1 and share * 2 <= max(2, os.cpu_count() or 1)  # two workers never ask for more than the cores
+    pool = WorkerPool(2, 60.0, 100, target=fakeworkers.reports_session_threads, worker_threads=share)
+    pool.start()
+    try:
+        _wait(pool, lambda _: len(pool.idle_slots()) == 2)
+        assert pool.submit(WorkOrder("j1", str(model), "conv"))
+        done = _wait(pool, lambda ev: any(e.kind is EventKind.DONE for e in ev))[-1].detail
+        assert done.result == {"threads": share, "omp": str(share), "spinning": "0"}, done.result
     finally:
         pool.stop(0, lambda e: None)
