@@ -45,6 +45,32 @@ def keypoints_agree(ref: np.ndarray, got: np.ndarray, box: np.ndarray) -> bool:
 
 
 @dataclass
+class Agreement:
+    """The reference's top detections matched over the samples, and a pose head's keypoints on the matched ones."""
+    matched: int = 0
+    total: int = 0
+    score_diff: float = 0.0
+    poses: int = 0
+    poses_agreed: int = 0
+
+    def add(self, reference: tuple[np.ndarray, dict[str, np.ndarray]],
+            build: tuple[np.ndarray, dict[str, np.ndarray]]) -> None:
+        """One sample: (detections, extras) of the reference and of the build."""
+        (want, want_extra), (got, got_extra) = reference, build
+        want = want[:TOP_K]
+        pairs = matched_pairs(want, got, MATCH_IOU)
+        self.matched, self.total = self.matched + len(pairs), self.total + len(want)
+        self.score_diff = max([self.score_diff, *(abs(float(want[r, 4] - got[c, 4])) for r, c in pairs)])
+        if "keypoints" in want_extra:
+            # at the reference detection's own anchor on both sides: which of an object's anchors NMS keeps is the
+            # detections' business (matched above); the keypoints the head predicts there are this one's
+            self.poses += len(pairs)
+            self.poses_agreed += sum(keypoints_agree(want_extra["keypoints"][..., int(want[r, 6])],
+                                                     got_extra["keypoints"][..., int(want[r, 6])], want[r, :4])
+                                     for r, _ in pairs)
+
+
+@dataclass
 class DetectionCheck:
     outputs: list[int]
     layout: str                     # keep | split | rknn_model_zoo
@@ -60,34 +86,22 @@ class DetectionCheck:
 
     def measure(self, refs: list[list[np.ndarray]], sims: list[list[np.ndarray]], quantized: bool,
                 thresholds: dict[str, float] | None, infos: list[OutputInfo]) -> CheckResult:
-        matched = total = poses = poses_agreed = 0
-        diff = 0.0
+        tally = Agreement()
         for ref, sim in zip(refs, sims):
-            want, want_extra = head_detections([ref[i] for i in self.outputs], self._layout(), CONF)
-            got, got_extra = head_detections([sim[i] for i in self.outputs], self._layout(), CONF * 0.5)
-            want = want[:TOP_K]
-            pairs = matched_pairs(want, got, MATCH_IOU)
-            matched, total = matched + len(pairs), total + len(want)
-            diff = max([diff, *(abs(float(want[r, 4] - got[c, 4])) for r, c in pairs)])
-            if "keypoints" in want_extra:
-                poses += len(pairs)
-                # at the reference detection's own anchor on both sides: which of an object's anchors NMS keeps is
-                # the detections' business (matched above); the keypoints the head predicts there are this one's
-                poses_agreed += sum(keypoints_agree(want_extra["keypoints"][..., int(want[r, 6])],
-                                                    got_extra["keypoints"][..., int(want[r, 6])], want[r, :4])
-                                    for r, _ in pairs)
-        if total == 0:  # no sample shows an object: matching proves nothing (an untrained net, empty photos)
+            tally.add(head_detections([ref[i] for i in self.outputs], self._layout(), CONF),
+                      head_detections([sim[i] for i in self.outputs], self._layout(), CONF * 0.5))
+        if tally.total == 0:  # no sample shows an object: matching proves nothing (an untrained net, empty photos)
             return self._by_error(refs, sims, quantized, thresholds, infos)
         limit = threshold_for("detection_agreement", quantized, thresholds)
-        value = matched / total
-        summary = f"detections agree {matched}/{total}"
-        details: dict[str, Any] = {"matched": matched, "total": total, "max_score_diff": round(diff, 4),
-                                   "layout": self.layout, "task": self.task, "top_k": TOP_K, "match_iou": MATCH_IOU}
+        value, summary = tally.matched / tally.total, f"detections agree {tally.matched}/{tally.total}"
+        details: dict[str, Any] = {"matched": tally.matched, "total": tally.total,
+                                   "max_score_diff": round(tally.score_diff, 4), "layout": self.layout,
+                                   "task": self.task, "top_k": TOP_K, "match_iou": MATCH_IOU}
         if self.task == "pose":
-            details.update(keypoints_agreed=poses_agreed, keypoints_compared=poses,
+            details.update(keypoints_agreed=tally.poses_agreed, keypoints_compared=tally.poses,
                            keypoint_tolerance=KEYPOINT_TOLERANCE, visibility_tolerance=VISIBILITY_TOLERANCE)
-            summary += f"; keypoints agree {poses_agreed}/{poses}"
-            value = min(value, poses_agreed / poses if poses else 0.0)
+            summary += f"; keypoints agree {tally.poses_agreed}/{tally.poses}"
+            value = min(value, tally.poses_agreed / tally.poses if tally.poses else 0.0)
         lost = self._lost_parts(refs, sims, infos, details)
         if lost:
             summary += f"; scores lost: {lost}"
