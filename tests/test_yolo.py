@@ -294,7 +294,7 @@ def test_without_ultralytics_a_checkpoint_fails_with_the_export_command(tmp_path
     assert "not a TorchScript model" not in said
 
 
-YOLO_CORPUS = ("yolov8n-640", "yolov8n-seg", "yolov8n-pose", "yolov8n-obb", "yolo11n", "yolov10n")
+YOLO_CORPUS = ("yolov8n-640", "yolov8n-seg", "yolov8n-pose", "yolov8n-obb", "yolo11n", "yolov10n", "yolov5nu")
 
 
 @pytest.fixture(scope="module")
@@ -320,6 +320,7 @@ def yolov8n_640(yolo_corpus: dict[str, Path]) -> Path:
     ("yolov8n-obb", "obb", "YOLOv8", ["boxes", "scores", "angle"]),
     ("yolo11n", "detect", "YOLO11", ["boxes", "scores"]),
     ("yolov10n", "detect", "YOLOv10", ["boxes", "scores"]),   # Ultralytics 8.4 exports it without its top-k
+    ("yolov5nu", "detect", "YOLOv5u", ["boxes", "scores"]),
 ])
 def test_every_stock_head_splits_into_parts_that_reassemble_its_output(
         yolo_corpus: dict[str, Path], name: str, task: str, family: str, roles: list[str], tmp_path: Path) -> None:

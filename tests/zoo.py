@@ -89,7 +89,8 @@ EXTRA_RECIPES: dict[str, Recipe] = {
     "yolo11n": Recipe("ultralytics", "yolo11n.yaml", 320, "yolo-detect", "rule-retry"),
     "yolov8n-640": Recipe("ultralytics", "yolov8n.yaml", 640, "yolo-detect", "rule-retry"),
     "yolov8n-obb": Recipe("ultralytics", "yolov8n-obb.yaml", 320, "yolo-obb", "rule-retry"),
-    "yolov10n": Recipe("ultralytics", "yolov10n.yaml", 320, "yolo-detect", "rule-retry"),  # end2end: its own top-k
+    "yolov10n": Recipe("ultralytics", "yolov10n.yaml", 320, "yolo-detect", "rule-retry"),
+    "yolov5nu": Recipe("ultralytics", "yolov5nu.yaml", 320, "yolo-detect", "rule-retry"),  # end2end: its own top-k
     # small; rknn-toolkit2 2.5.0 dies of SIGILL building it as w16a16i_dfp (a real repair-candidate crash)
     "yolov8n-160": Recipe("ultralytics", "yolov8n.yaml", 160, "yolo-detect", "rule-retry"),
     # trained-like class scores (most anchors near 0, some well above 0.5 on a real photo), so that int8's loss of
