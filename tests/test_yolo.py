@@ -18,7 +18,7 @@ import pytest
 
 import yolosim
 from conftest import DaemonProcess
-from trained import real_photos, trained_models
+from trained import photo_drop, real_photos, trained_models
 
 REPO = Path(__file__).resolve().parent.parent
 CALIBRATION = ("astronaut", "coffee", "chelsea", "rocket", "motorcycle_left", "china", "flower", "grace_hopper")
@@ -35,18 +35,7 @@ def _nudenet_drop(folder: Path, cache: Path, extra: str = "") -> Path:
 
 def _photo_drop(folder: Path, model: Path, cache: Path, sidecar: str, name: str = "") -> Path:
     """A YOLO export dropped for int8: the model, its sidecar, 8 calibration photos, 2 held-out ones to verify on."""
-    photos = real_photos(cache)
-    folder.mkdir(parents=True)
-    shutil.copy(model, folder / (name or model.name))
-    for name in CALIBRATION:
-        shutil.copy(photos[name], folder / photos[name].name)
-    (folder / "dataset.txt").write_text("\n".join(photos[n].name for n in CALIBRATION) + "\n")
-    (folder / "heldout").mkdir()
-    for name in HELD_OUT:
-        shutil.copy(photos[name], folder / "heldout" / photos[name].name)
-    (folder / "heldout" / "verify.txt").write_text("\n".join(photos[n].name for n in HELD_OUT) + "\n")
-    (folder / "config.yaml").write_text(sidecar + "verify_dataset: heldout/verify.txt\n")
-    return folder
+    return photo_drop(folder, model, real_photos(cache), CALIBRATION, HELD_OUT, sidecar, name)
 
 
 def _best_pt(folder: Path) -> Path:

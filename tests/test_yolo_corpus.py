@@ -5,18 +5,15 @@ coordinates' int8 step), as issue 18 asks."""
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from conftest import DaemonProcess
-from trained import real_photos
+from outcomes import Outcome, collect_outcomes
+from trained import photo_drop, real_photos
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 MODELS = ("yolov8n-spread", "yolo11n-spread", "yolov8n-seg-spread", "yolov8n-pose-spread")
@@ -26,16 +23,6 @@ CALIBRATION = ("astronaut", "coffee", "chelsea", "rocket", "motorcycle_left", "c
 # 5-6/10 of it; on these photos every split build matches 8-10/10)
 HELD_OUT = ("retina", "hubble_deep_field", "gravel", "ihc")
 ALL_DONE_SECONDS = 800
-
-
-@dataclass
-class Outcome:
-    folder: Path
-    delivered: bool
-    data: dict[str, Any]   # result.json or error.json
-
-    def __repr__(self) -> str:
-        return f"{self.folder.parent.name}/{self.folder.name}: {json.dumps(self.data)[:2500]}"
 
 
 @pytest.fixture(scope="module")
@@ -55,19 +42,9 @@ def spread_corpus(request: pytest.FixtureRequest, trained_cache: Path,
 
 def _drop(folder: Path, model: Path, photos: dict[str, Path], extra: str = "") -> None:
     """What a user drops for int8: the model, calibration photos + dataset.txt, held-out photos to verify on."""
-    folder.mkdir(parents=True)
-    shutil.copy(model, folder / model.name)
-    for name in CALIBRATION:
-        shutil.copy(photos[name], folder / photos[name].name)
-    (folder / "dataset.txt").write_text("\n".join(photos[n].name for n in CALIBRATION) + "\n")
-    (folder / "heldout").mkdir()
-    for name in HELD_OUT:
-        shutil.copy(photos[name], folder / "heldout" / photos[name].name)
-    (folder / "heldout" / "verify.txt").write_text("\n".join(photos[n].name for n in HELD_OUT) + "\n")
     # the first build's verdict is what is asserted: no repair search (it would also cost minutes per job)
-    (folder / "config.yaml").write_text("mean_values: [0, 0, 0]\nstd_values: [255, 255, 255]\n"
-                                        "verify_dataset: heldout/verify.txt\nverify_samples: 4\n"
-                                        'accuracy_repair: "off"\n' + extra)
+    photo_drop(folder, model, photos, CALIBRATION, HELD_OUT, "mean_values: [0, 0, 0]\nstd_values: [255, 255, 255]\n"
+               'verify_samples: 4\naccuracy_repair: "off"\n' + extra)
 
 
 @pytest.fixture(scope="module")
@@ -86,17 +63,7 @@ def outcomes(spread_corpus: dict[str, Path], trained_cache: Path,
     try:
         for name in names:
             os.rename(staging / name, daemon.inbox / name)
-        deadline = time.monotonic() + ALL_DONE_SECONDS
-        found: dict[str, Outcome] = {}
-        while len(found) < len(names):
-            for name in names:
-                for parent, ok, fname in ((daemon.outbox, True, "result.json"), (daemon.failed, False, "error.json")):
-                    if name not in found and (parent / name / fname).exists():
-                        found[name] = Outcome(parent / name, ok, json.loads((parent / name / fname).read_text()))
-            assert daemon.proc is not None and daemon.proc.poll() is None, daemon.log()[-3000:]
-            assert time.monotonic() < deadline, f"not done: {sorted(set(names) - set(found))}"
-            time.sleep(0.5)
-        return found
+        return collect_outcomes(daemon, names, ALL_DONE_SECONDS)
     finally:
         daemon.stop()
 

@@ -4,10 +4,7 @@ cannot run on the NPU), and ONNX inputs with symbolic dims. Every drop goes in a
 
 from __future__ import annotations
 
-import json
 import os
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,19 +12,10 @@ import pytest
 
 import zoo
 from conftest import DaemonProcess
+from outcomes import Outcome, collect_outcomes
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]  # one daemon converts the whole corpus in setup
 ALL_DONE_SECONDS = 1500
-
-
-@dataclass
-class Outcome:
-    folder: Path
-    delivered: bool
-    data: dict[str, Any]   # result.json or error.json
-
-    def __repr__(self) -> str:
-        return f"{self.folder.parent.name}/{self.folder.name}: {json.dumps(self.data)[:1500]}"
 
 
 def _write_shape_drops(staging: Path) -> list[str]:
@@ -49,17 +37,7 @@ def outcomes(zoo_corpus: dict[str, zoo.ModelInfo], tmp_path_factory: pytest.Temp
         names = zoo.write_drops(zoo_corpus, staging) + _write_shape_drops(staging)
         for entry in sorted(staging.iterdir()):
             os.rename(entry, daemon.inbox / entry.name)  # everything appears at once, complete
-        deadline = time.monotonic() + ALL_DONE_SECONDS
-        found: dict[str, Outcome] = {}
-        while len(found) < len(names):
-            for name in names:
-                for parent, ok, fname in ((daemon.outbox, True, "result.json"), (daemon.failed, False, "error.json")):
-                    if name not in found and (parent / name / fname).exists():
-                        found[name] = Outcome(parent / name, ok, json.loads((parent / name / fname).read_text()))
-            assert daemon.proc is not None and daemon.proc.poll() is None, daemon.log()[-3000:]
-            assert time.monotonic() < deadline, f"not done: {sorted(set(names) - set(found))}"
-            time.sleep(0.5)
-        return found
+        return collect_outcomes(daemon, names, ALL_DONE_SECONDS)
     finally:
         daemon.stop()
 

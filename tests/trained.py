@@ -141,3 +141,21 @@ if __name__ == "__main__":
     target = Path(sys.argv[1])
     print({k: str(v.path) for k, v in trained_models(target).items()})
     print(sorted(real_photos(target)))
+
+
+def photo_drop(folder: Path, model: Path, photos: dict[str, Path], calibration: tuple[str, ...],
+               held_out: tuple[str, ...], sidecar: str, name: str = "") -> Path:
+    """A model dropped for int8 with real photos: the model (as `name`), calibration photos + dataset.txt, held-out
+    photos in heldout/ + verify.txt, and config.yaml: `sidecar` with verify_dataset pointing at them."""
+    import shutil
+    folder.mkdir(parents=True)
+    shutil.copy(model, folder / (name or model.name))
+    for n in calibration:
+        shutil.copy(photos[n], folder / photos[n].name)
+    (folder / "dataset.txt").write_text("\n".join(photos[n].name for n in calibration) + "\n")
+    (folder / "heldout").mkdir()
+    for n in held_out:
+        shutil.copy(photos[n], folder / "heldout" / photos[n].name)
+    (folder / "heldout" / "verify.txt").write_text("\n".join(photos[n].name for n in held_out) + "\n")
+    (folder / "config.yaml").write_text(sidecar + "verify_dataset: heldout/verify.txt\n")
+    return folder
