@@ -6,6 +6,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from rknn_dropbox.convert.yolo.onnxedit import producers
+
 # the last conv of each scale's branch: /model.22/cv2.0/cv2.0.2/Conv (v8), /model.23/... (11), one2one_ (v10)
 _BRANCH_CONV = re.compile(r"^/model\.(\d+)/(one2one_)?cv([234])\.(\d+)/(?:one2one_)?cv\3\.\4\.2/Conv$")
 FAMILY_BY_LAYER = {22: "YOLOv8", 23: "YOLO11", 24: "YOLOv5u"}  # when the metadata does not say
@@ -37,19 +39,15 @@ class UltralyticsHead:
     keypoints_shape: tuple[int, int] | None = None  # a pose head's (keypoints, values per keypoint): (17, 3)
 
 
-def _producers(model: Any) -> dict[str, Any]:
-    return {o: n for n in model.graph.node for o in n.output}
-
-
 def _axis(node: Any) -> int:
     return next((a.i for a in node.attribute if a.name == "axis"), 0)
 
 
-def _flatten(name: str, axis: int, producers: dict[str, Any]) -> list[str]:
-    node = producers.get(name)
+def _flatten(name: str, axis: int, made_by: dict[str, Any]) -> list[str]:
+    node = made_by.get(name)
     if node is None or node.op_type != "Concat" or _axis(node) != axis:
         return [name]
-    return [p for i in node.input for p in _flatten(i, axis, producers)]
+    return [p for i in node.input for p in _flatten(i, axis, made_by)]
 
 
 def _scales(model: Any) -> tuple[list[ScaleConvs], int | None, bool]:
@@ -81,17 +79,17 @@ def _roles(task: str, n_parts: int, end_to_end: bool) -> list[str]:
 def recognise_head(model: Any) -> UltralyticsHead | None:
     """The head of an Ultralytics export (onnx.ModelProto), or None: a graph output produced by a Concat of 2+ parts,
     and either Ultralytics metadata or the head's conv names."""
-    producers = _producers(model)
+    made_by = producers(model)
     meta = {p.key: p.value for p in model.metadata_props}
     scales, layer, one2one = _scales(model)
     if meta.get("author") != "Ultralytics" and layer is None:
         return None
     concat = next((o.name for o in model.graph.output
-                   if producers.get(o.name) is not None and producers[o.name].op_type == "Concat"), None)
+                   if made_by.get(o.name) is not None and made_by[o.name].op_type == "Concat"), None)
     if concat is None:
         return None
-    axis = _axis(producers[concat])
-    parts = _flatten(concat, axis, producers)
+    axis = _axis(made_by[concat])
+    parts = _flatten(concat, axis, made_by)
     if len(parts) < 2:
         return None
     task = meta.get("task") or ("segment" if scales and scales[0].mask else "detect")
@@ -116,6 +114,6 @@ def class_count(model: Any, head: UltralyticsHead) -> int | None:
     if not head.scales:
         return None
     weights = {i.name: list(i.dims) for i in model.graph.initializer}
-    conv = _producers(model).get(head.scales[0].cls)
+    conv = producers(model).get(head.scales[0].cls)
     dims = weights.get(conv.input[1]) if conv is not None and len(conv.input) > 1 else None
     return int(dims[0]) if dims else None

@@ -7,8 +7,11 @@ from pathlib import Path
 from typing import Any
 
 from rknn_dropbox.options import YOLO_LAYOUTS as LAYOUTS  # noqa: F401 (the layouts' names, said once)
-from rknn_dropbox.convert.yolo import decode
+from rknn_dropbox.convert.yolo.equivalence import beyond_tolerance, decoded_differences
 from rknn_dropbox.convert.yolo.head import UltralyticsHead, class_count
+from rknn_dropbox.convert.yolo.onnxedit import (
+    angle_sigmoid, fixed_inputs, input_hw, keypoint_branches, keypoints_tensor, opset, output_shapes, prune, rename,
+    save_graph, set_outputs, value_shapes)
 
 
 class LayoutError(ValueError):
@@ -54,146 +57,22 @@ class YoloLayout:
                 **({"equivalence": self.equivalence} if self.equivalence else {})}
 
 
-def _fixed_inputs(model: Any, input_shapes: list[list[int]] | None) -> Any:
-    """A copy with the planned input shapes, its value shapes inferred (the layout's shapes are concrete)."""
-    import onnx
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    initializers = {i.name for i in m.graph.initializer}
-    real = [i for i in m.graph.input if i.name not in initializers]
-    for inp, shape in zip(real, input_shapes or []):
-        for d, size in zip(inp.type.tensor_type.shape.dim, shape):
-            d.Clear()
-            d.dim_value = int(size)
-    return onnx.shape_inference.infer_shapes(m)
-
-
-def _shapes(model: Any) -> dict[str, list[int]]:
-    known = [*model.graph.value_info, *model.graph.output, *model.graph.input]
-    return {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in known}
-
-
-def _rename(model: Any, old: str, new: str) -> None:
-    for node in model.graph.node:
-        for seq in (node.input, node.output):
-            for i, name in enumerate(seq):
-                if name == old:
-                    seq[i] = new
-
-
-def _prune(model: Any) -> None:
-    """Drop the nodes no graph output needs (the final Concat and the decoding after the cut)."""
-    producers = {o: n for n in model.graph.node for o in n.output}
-    needed, stack, keep = set(), [o.name for o in model.graph.output], set()
-    while stack:
-        name = stack.pop()
-        if name in needed:
-            continue
-        needed.add(name)
-        node = producers.get(name)
-        if node is not None and id(node) not in keep:
-            keep.add(id(node))
-            stack.extend(i for i in node.input if i)
-    kept = [n for n in model.graph.node if id(n) in keep]
-    del model.graph.node[:]
-    model.graph.node.extend(kept)
-    used = {i for n in kept for i in n.input}
-    inits = [i for i in model.graph.initializer if i.name in used]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(inits)
-    del model.graph.value_info[:]
-
-
-def _set_outputs(model: Any, names: list[str], shapes: list[list[int]]) -> None:
-    import onnx
-    del model.graph.output[:]
-    model.graph.output.extend(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, s)
-                              for n, s in zip(names, shapes))
-
-
-def _input_dims(model: Any) -> list[list[int]]:
-    initializers = {i.name for i in model.graph.initializer}
-    return [[d.dim_value or 1 for d in i.type.tensor_type.shape.dim] for i in model.graph.input
-            if i.name not in initializers]
-
-
-def _input_hw(model: Any) -> tuple[int, int]:
-    first = _input_dims(model)[0]
-    return int(first[-2]), int(first[-1])
-
-
-def _run(model: Any, inputs: list[Any] | None = None) -> list[Any]:
-    """The graph (a ModelProto) run once in onnxruntime: on `inputs`, or on zeros of its input shapes."""
-    import numpy as np
-    import onnxruntime as ort
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    sess = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    arrays = inputs or [np.zeros(dims, np.float32) for dims in _input_dims(model)]
-    return list(sess.run(None, {i.name: a for i, a in zip(sess.get_inputs(), arrays)}))
-
-
-def _output_shapes(model: Any) -> list[list[int]]:
-    """The outputs' real shapes: the graph run once on zeros (shape inference leaves Reshape results open)."""
-    return [list(o.shape) for o in _run(model)]
-
-
-# the edited head decoded must give the stock head's output back to within these (float rounding of a reordered sum)
-EQUIVALENCE_TOLERANCE = {"boxes_px": 0.05, "scores": 1e-4, "keypoints_px": 0.05, "angle": 1e-4}
-
-
-def prove_equivalent(layout: YoloLayout, head: UltralyticsHead, stock: Any, input_shapes: list[list[int]] | None
-                     ) -> None:
-    """Run the stock graph and the edited one (layout.model) on two inputs (seeded noise, mid-grey), decode both and set
-    layout.equivalence to the largest differences; a LayoutError when one is beyond EQUIVALENCE_TOLERANCE."""
-    import numpy as np
-    import onnx
-    fixed, edited = _fixed_inputs(stock, input_shapes), onnx.load(str(layout.model))
-    dims = _input_dims(fixed)
-    rng = np.random.default_rng(0)
-    inputs = [[rng.random(d, dtype=np.float32) for d in dims], [np.full(d, 0.5, np.float32) for d in dims]]
-    keep = {**keep_layout(stock, head, input_shapes).to_json(), "keypoints_shape": layout.keypoints_shape}
-    worst: dict[str, float] = {}
-    for x in inputs:
-        want = decode.head_outputs(_run(fixed, x), keep)
-        got = decode.head_outputs(_run(edited, x), layout.to_json())
-        for key, a, b in (("boxes_px", want[0], got[0]), ("scores", want[1], got[1]),
-                          ("keypoints_px", want[2].get("keypoints"), got[2].get("keypoints")),
-                          ("angle", want[2].get("angle"), got[2].get("angle"))):
-            if a is not None and b is not None:
-                worst[key] = max(worst.get(key, 0.0), float(np.abs(np.asarray(a) - np.asarray(b)).max()))
-    layout.equivalence = {"inputs": len(inputs), **{k: round(v, 6) for k, v in worst.items()}}
-    off = [k for k, v in worst.items() if not v <= EQUIVALENCE_TOLERANCE[k]]
-    if off:
-        raise LayoutError(f"the {layout.layout} layout cut from this head does not give the stock output back "
-                          f"({', '.join(f'{k} differs by {worst[k]:.4g}' for k in off)})",
-                          "set yolo_outputs: keep in the sidecar to build the export as it is, and report the model")
-
-
-def _save(model: Any, scratch: Path, stem: str, layout: str) -> Path:
-    import onnx
-    scratch.mkdir(parents=True, exist_ok=True)
-    path = scratch / f"{stem}.{layout}.onnx"
-    onnx.save(model, str(path))
-    return path
-
-
 def split_layout(model: Any, head: UltralyticsHead, input_shapes: list[list[int]] | None, scratch: Path,
                  stem: str) -> YoloLayout:
     """The final Concat's parts as outputs (boxes [1,4,N], scores [1,C,N], ...), then the head's other outputs."""
-    m = _fixed_inputs(model, input_shapes)
-    shapes = _shapes(m)
+    m = fixed_inputs(model, input_shapes)
+    shapes = value_shapes(m)
     names = []
     for part, role in zip(head.parts, head.roles):
-        _rename(m, part, role)
+        rename(m, part, role)
         shapes[role] = shapes.get(part, [])
         names.append(role)
     out_names = names + head.other_outputs
     out_shapes = [shapes.get(n, []) for n in out_names]
-    _set_outputs(m, out_names, out_shapes)
-    _prune(m)
-    out_shapes = _output_shapes(m)
-    _set_outputs(m, out_names, out_shapes)
+    set_outputs(m, out_names, out_shapes)
+    prune(m)
+    out_shapes = output_shapes(m)
+    set_outputs(m, out_names, out_shapes)
     original = [*out_shapes[0][:head.axis], sum(s[head.axis] for s in out_shapes[:len(names)]),
                 *out_shapes[0][head.axis + 1:]]
     layout = YoloLayout("split", head.task, out_names, int(out_shapes[1][head.axis]) if len(out_shapes) > 1 else 0,
@@ -201,16 +80,12 @@ def split_layout(model: Any, head: UltralyticsHead, input_shapes: list[list[int]
                         * len(head.other_outputs),
                         {"name": head.output, "shape": original},
                         f"concatenate {', '.join(names)} along axis {head.axis} to get {head.output} "
-                        f"{original}", _input_hw(m), head.family)
+                        f"{original}", input_hw(m), head.family)
     layout.sources = list(head.parts) + list(head.other_outputs)  # load_onnx(outputs=sources) builds the same
     if head.task == "pose":
-        layout.float_ranges = _keypoint_branches(m, head, "keypoints")
-    layout.model = _save(m, scratch, stem, "split")
+        layout.float_ranges = keypoint_branches(m, head, "keypoints")
+    layout.model = save_graph(m, scratch, stem, "split")
     return layout
-
-
-def _opset(model: Any) -> int:
-    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
 
 
 def _score_nodes(model: Any, cls: str, i: int) -> tuple[str, str]:
@@ -220,7 +95,7 @@ def _score_nodes(model: Any, cls: str, i: int) -> tuple[str, str]:
     h, g = onnx.helper, model.graph
     score, total, score_sum = f"score{i}", f"score_total{i}", f"score_sum{i}"
     g.node.append(h.make_node("Sigmoid", [cls], [score], name=f"/rknn_dropbox/Sigmoid_{i}"))
-    if _opset(model) >= 13:
+    if opset(model) >= 13:
         g.initializer.append(onnx.numpy_helper.from_array(np.array([1], np.int64), f"/rknn_dropbox/axes_{i}"))
         g.node.append(h.make_node("ReduceSum", [score, f"/rknn_dropbox/axes_{i}"], [total], keepdims=1,
                                   name=f"/rknn_dropbox/ReduceSum_{i}"))
@@ -244,25 +119,25 @@ def zoo_layout(model: Any, head: UltralyticsHead, input_shapes: list[list[int]] 
         raise LayoutError(f"yolo_outputs: rknn_model_zoo cannot be cut from {what}",
                           "use yolo_outputs: split (the head's parts as outputs), or export with the Rockchip "
                           "model zoo's fork (airockchip/ultralytics_yolov8)")
-    if _opset(model) < 11:
-        raise LayoutError(f"yolo_outputs: rknn_model_zoo needs opset 11 or later (the model has {_opset(model)})",
+    if opset(model) < 11:
+        raise LayoutError(f"yolo_outputs: rknn_model_zoo needs opset 11 or later (the model has {opset(model)})",
                           "export again with opset=12")
     if head.task in ("pose", "obb"):
         return _zoo_pose_obb_layout(model, head, input_shapes, scratch, stem)
-    m = _fixed_inputs(model, input_shapes)
-    shapes = _shapes(m)
+    m = fixed_inputs(model, input_shapes)
+    shapes = value_shapes(m)
     names, roles, out_shapes = [], [], []
     num_classes = class_count(m, head) or 0
     for i, scale in enumerate(head.scales):
         box = f"box{i}"
-        _rename(m, scale.box, box)
+        rename(m, scale.box, box)
         score, score_sum = _score_nodes(m, scale.cls, i)
         hw = shapes.get(scale.box, [1, 64, 0, 0])[2:]
         names += [box, score, score_sum]
         roles += ["box_dfl", "scores", "score_sum"]
         out_shapes += [[1, shapes.get(scale.box, [0, 64])[1], *hw], [1, num_classes, *hw], [1, 1, *hw]]
         if head.task == "segment" and scale.mask:
-            _rename(m, scale.mask, f"mask{i}")
+            rename(m, scale.mask, f"mask{i}")
             names.append(f"mask{i}")
             roles.append("mask_coefficients")
             out_shapes.append(shapes.get(scale.mask, []))
@@ -270,10 +145,10 @@ def zoo_layout(model: Any, head: UltralyticsHead, input_shapes: list[list[int]] 
         names.append(other)
         roles.append("protos" if head.task == "segment" else "other")
         out_shapes.append(shapes.get(other, []))
-    _set_outputs(m, names, out_shapes)
-    _prune(m)
-    out_shapes = _output_shapes(m)
-    _set_outputs(m, names, out_shapes)
+    set_outputs(m, names, out_shapes)
+    prune(m)
+    out_shapes = output_shapes(m)
+    set_outputs(m, names, out_shapes)
     original = [1, out_shapes[0][1] // 16 + num_classes + sum(s[1] for s, r in zip(out_shapes, roles)
                                                               if r == "mask_coefficients") // 3,
                 sum(s[2] * s[3] for s, r in zip(out_shapes, roles) if r == "box_dfl")]
@@ -281,66 +156,9 @@ def zoo_layout(model: Any, head: UltralyticsHead, input_shapes: list[list[int]] 
                         {"name": head.output, "shape": original},
                         f"per scale: DFL over box{{i}} (4 x 16 bins, softmax, expectation) and the anchor grid give "
                         f"the boxes, score{{i}} the class scores; flatten each scale (H x W) and concatenate them in "
-                        f"order to get {head.output} {original}", _input_hw(m), head.family)
-    layout.model = _save(m, scratch, stem, "rknn_model_zoo")
+                        f"order to get {head.output} {original}", input_hw(m), head.family)
+    layout.model = save_graph(m, scratch, stem, "rknn_model_zoo")
     return layout
-
-
-def _producers(model: Any) -> dict[str, Any]:
-    return {o: n for n in model.graph.node for o in n.output}
-
-
-def _keypoints_tensor(model: Any, part: str, kpt: tuple[int, int], shapes: dict[str, list[int]]) -> str:
-    """The decoded keypoints as [1, K, D, N]: the tensor the stock head reshapes into its keypoints part, or (when
-    the graph has none) a Reshape added after the part."""
-    import numpy as np
-    import onnx
-    node = _producers(model).get(part)
-    if node is not None and node.op_type == "Reshape" and len(shapes.get(node.input[0], [])) == 4 \
-            and shapes[node.input[0]][1:3] == list(kpt):
-        return node.input[0]
-    model.graph.initializer.append(onnx.numpy_helper.from_array(np.array([1, *kpt, -1], np.int64),
-                                                                "/rknn_dropbox/keypoints_shape"))
-    model.graph.node.append(onnx.helper.make_node("Reshape", [part, "/rknn_dropbox/keypoints_shape"],
-                                                  ["/rknn_dropbox/keypoints"], name="/rknn_dropbox/Reshape_kpt"))
-    return "/rknn_dropbox/keypoints"
-
-
-def _angle_sigmoid(model: Any, part: str) -> str:
-    """An OBB head's angles as the sigmoid of their logits [1, 1, N] (the stock part is (sigmoid - 0.25) * pi):
-    the Sigmoid the part is computed from, or the part mapped back when the graph has none."""
-    import numpy as np
-    import onnx
-    producers, name = _producers(model), part
-    for _ in range(4):
-        node = producers.get(name)
-        if node is None:
-            break
-        if node.op_type == "Sigmoid":
-            return node.output[0]
-        if node.op_type not in ("Mul", "Sub", "Add", "Div"):
-            break
-        name = node.input[0]
-    g, h = model.graph, onnx.helper
-    g.initializer.extend([onnx.numpy_helper.from_array(np.array(np.pi, np.float32), "/rknn_dropbox/pi"),
-                          onnx.numpy_helper.from_array(np.array(0.25, np.float32), "/rknn_dropbox/quarter")])
-    g.node.extend([h.make_node("Div", [part, "/rknn_dropbox/pi"], ["/rknn_dropbox/angle_turns"]),
-                   h.make_node("Add", ["/rknn_dropbox/angle_turns", "/rknn_dropbox/quarter"], ["/rknn_dropbox/angle"])])
-    return "/rknn_dropbox/angle"
-
-
-def _keypoint_branches(model: Any, head: UltralyticsHead, end: str) -> list[tuple[str, str]]:
-    """Per scale [the keypoint branch's first activation, `end`]: the custom_hybrid ranges the model zoo keeps in
-    float16 for a pose head (/model.22/cv4.i/cv4.i.0/act/Mul_output_0 to the keypoints)."""
-    produced = set(_producers(model))
-    ranges = []
-    for scale in head.scales:
-        if not scale.mask:
-            continue
-        first = scale.mask.replace(".2/Conv_output_0", ".0/act/Mul_output_0")
-        conv = _producers(model).get(scale.mask)
-        ranges.append((first if first in produced else conv.input[0] if conv is not None else scale.mask, end))
-    return ranges
 
 
 def _zoo_pose_obb_layout(model: Any, head: UltralyticsHead, input_shapes: list[list[int]] | None, scratch: Path,
@@ -348,8 +166,8 @@ def _zoo_pose_obb_layout(model: Any, head: UltralyticsHead, input_shapes: list[l
     """The model zoo's pose / OBB layout: per scale the box DFL logits and class logits in one tensor
     [1, 64+C, H, W]; last the decoded keypoints [1, K, D, N] (pose) or the angles' sigmoid [1, 1, N] (OBB)."""
     import onnx
-    m = _fixed_inputs(model, input_shapes)
-    shapes = _shapes(m)
+    m = fixed_inputs(model, input_shapes)
+    shapes = value_shapes(m)
     num_classes = class_count(m, head) or 0
     names, roles = [], []
     for i, scale in enumerate(head.scales):
@@ -359,18 +177,18 @@ def _zoo_pose_obb_layout(model: Any, head: UltralyticsHead, input_shapes: list[l
         roles.append("box_dfl+class_logits")
     kpt = head.keypoints_shape or (17, 3)
     if head.task == "pose":
-        last = _keypoints_tensor(m, head.parts[2], kpt, shapes)
-        _rename(m, last, "keypoints")
+        last = keypoints_tensor(m, head.parts[2], kpt, shapes)
+        rename(m, last, "keypoints")
         names.append("keypoints")
         roles.append("keypoints")
     else:
-        _rename(m, _angle_sigmoid(m, head.parts[2]), "angle")
+        rename(m, angle_sigmoid(m, head.parts[2]), "angle")
         names.append("angle")
         roles.append("angle_sigmoid")
-    _set_outputs(m, names, [[] for _ in names])
-    _prune(m)
-    out_shapes = _output_shapes(m)
-    _set_outputs(m, names, out_shapes)
+    set_outputs(m, names, [[] for _ in names])
+    prune(m)
+    out_shapes = output_shapes(m)
+    set_outputs(m, names, out_shapes)
     extra = kpt[0] * kpt[1] if head.task == "pose" else 1
     original = [1, 4 + num_classes + extra, sum(s[2] * s[3] for s in out_shapes[:-1])]
     how = "the keypoints (x, y in input pixels, visibility) as they are" if head.task == "pose" else \
@@ -380,24 +198,24 @@ def _zoo_pose_obb_layout(model: Any, head: UltralyticsHead, input_shapes: list[l
                         f"per scale: the first 64 channels of box_cls{{i}} are the DFL box logits (4 x 16 bins, "
                         f"softmax, expectation, with the anchor grid), the rest the class logits (sigmoid); {how}; "
                         f"flatten each scale (H x W) and concatenate them in order to get {head.output} {original}",
-                        _input_hw(m), head.family)
+                        input_hw(m), head.family)
     if head.task == "pose":
         layout.keypoints_shape = list(kpt)
-        layout.float_ranges = _keypoint_branches(m, head, "keypoints")
-    layout.model = _save(m, scratch, stem, "rknn_model_zoo")
+        layout.float_ranges = keypoint_branches(m, head, "keypoints")
+    layout.model = save_graph(m, scratch, stem, "rknn_model_zoo")
     return layout
 
 
 def keep_layout(model: Any, head: UltralyticsHead, input_shapes: list[list[int]] | None) -> YoloLayout:
     """The stock export as it is (one concatenated output); nothing is written."""
-    m = _fixed_inputs(model, input_shapes)
+    m = fixed_inputs(model, input_shapes)
     names = [o.name for o in m.graph.output]
-    shapes = _output_shapes(m)
+    shapes = output_shapes(m)
     main = shapes[names.index(head.output)]
     num_classes = class_count(m, head) or (main[head.axis] - 4)
     return YoloLayout("keep", head.task, names, num_classes, shapes,
                       ["boxes+scores" if n == head.output else "protos" if head.task == "segment" else "other"
-                       for n in names], {"name": head.output, "shape": main}, "as exported", _input_hw(m),
+                       for n in names], {"name": head.output, "shape": main}, "as exported", input_hw(m),
                       head.family)
 
 
@@ -416,6 +234,19 @@ def head_layout(layout: str, model: Any, head: UltralyticsHead, input_shapes: li
     if chosen.model is not None:
         prove_equivalent(chosen, head, model, input_shapes)
     return chosen
+
+
+def prove_equivalent(layout: YoloLayout, head: UltralyticsHead, stock: Any, input_shapes: list[list[int]] | None
+                     ) -> None:
+    """layout.equivalence: the edited graph (layout.model) decoded against the stock one; a LayoutError when a
+    difference is beyond float rounding."""
+    keep = {**keep_layout(stock, head, input_shapes).to_json(), "keypoints_shape": layout.keypoints_shape}
+    layout.equivalence = decoded_differences(layout.to_json(), keep, stock, layout.model, input_shapes)
+    off = beyond_tolerance(layout.equivalence)
+    if off:
+        raise LayoutError(f"the {layout.layout} layout cut from this head does not give the stock output back "
+                          f"({', '.join(off)})",
+                          "set yolo_outputs: keep in the sidecar to build the export as it is, and report the model")
 
 
 def class_names(model: Any) -> list[str]:
