@@ -60,10 +60,13 @@ def test_only_the_worker_function_imports_the_converter() -> None:
     assert not [m for m in names if m and (m.startswith(FORBIDDEN + ("rknn.", "torch")) or m in ("rknn", "torch"))]
 
 
-DAEMON_ENTRIES = ("rknn_dropbox.cli", "rknn_dropbox.service.daemon", "rknn_dropbox.status.server")
+DAEMON_ENTRIES = ("rknn_dropbox.cli", "rknn_dropbox.cli_convert", "rknn_dropbox.service.daemon",
+                  "rknn_dropbox.status.server")
 # only the top-level imports of these reach the daemon: their functions run in workers (service.worker, formats'
-# methods) or in other commands than `run` (cli: `convert` imports the converter inside its function)
-TOP_LEVEL_ONLY = ("rknn_dropbox.service.worker", "rknn_dropbox.formats", "rknn_dropbox.cli")
+# methods) or in other commands than `run` (cli_convert: `convert` imports the converter inside its function; the
+# daemon's argument parser imports cli_convert itself)
+TOP_LEVEL_ONLY = ("rknn_dropbox.service.worker", "rknn_dropbox.formats", "rknn_dropbox.cli",
+                  "rknn_dropbox.cli_convert")
 
 
 def module_path(name: str) -> Path | None:
