@@ -79,15 +79,23 @@ def run(drops: Path, root: Path, workers: int, admission: bool, history: Path | 
         while True:
             if time.monotonic() - t0 > RUN_TIMEOUT:
                 raise RuntimeError(f"{root.name}: not done after {RUN_TIMEOUT:.0f} s (see {root / 'daemon.log'})")
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/tasks?limit=1000", timeout=10) as resp:
-                tasks = json.loads(resp.read())["tasks"]
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/tasks?limit=1000", timeout=10) as resp:
+                    tasks = json.loads(resp.read())["tasks"]
+            except OSError:  # a box driven out of memory (plain workers = W) answers late: ask again
+                time.sleep(1.0)
+                continue
             if len(tasks) == len(names) and all(t["status"] in ("completed", "failed") for t in tasks):
                 break
             time.sleep(0.2)
         wall = time.monotonic() - t0
     finally:
         proc.terminate()
-        proc.wait(60)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:  # stuck swapping its workers out: the run is over either way
+            proc.kill()
+            proc.wait(60)
     # every worker the kernel killed, whether its job then failed or was retried alone
     oom = sum(1 for line in (root / "daemon.log").read_text(errors="replace").splitlines()
               if "died holding job" in line and "signal 9" in line)
