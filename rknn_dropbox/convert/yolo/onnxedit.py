@@ -151,12 +151,12 @@ def angle_sigmoid(model: Any, part: str) -> str:
 def keypoint_branches(model: Any, head: Any, end: str) -> list[tuple[str, str]]:
     """Per scale [the keypoint branch's first activation, `end`]: the custom_hybrid ranges the model zoo keeps in
     float16 for a pose head (/model.22/cv4.i/cv4.i.0/act/Mul_output_0 to the keypoints)."""
-    produced = set(producers(model))
+    made_by = producers(model)
     ranges = []
     for scale in head.scales:
         if not scale.mask:
             continue
         first = scale.mask.replace(".2/Conv_output_0", ".0/act/Mul_output_0")
-        conv = producers(model).get(scale.mask)
-        ranges.append((first if first in produced else conv.input[0] if conv is not None else scale.mask, end))
+        conv = made_by.get(scale.mask)
+        ranges.append((first if first in made_by else conv.input[0] if conv is not None else scale.mask, end))
     return ranges
